@@ -1,0 +1,61 @@
+# edgekd: every target builds .venv itself on first use, so a fresh clone needs only `make`.
+#   make pipeline                      the whole staged pipeline on the embedded default dataset
+#   make test                          lint + the test suite
+#   make data ARGS="data.generator.size=tiny"   any stage target takes key.sub=value overrides
+#   make <training target> NPROC=2     runs a training target under torchrun (DDP)
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.edgekd-setup
+CONFIG ?= configs/pipelines/default.yaml
+ARGS   ?=
+NPROC  ?= 1
+PYTEST_ARGS ?=
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+# A training module runs as `python -m` for one process and under torchrun for several.
+TRAIN_RUN = $(if $(filter 1,$(NPROC)),$(PY) -m,$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup fashion-mnist data pipeline test lint clean
+
+help: ## list the targets
+	@echo "edgekd targets (stage targets take ARGS=\"key.sub=value ...\", CONFIG=path, NPROC=N):"
+	@grep -E '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## build .venv once (torch, runtimes, dev tools) and install Fashion-MNIST
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --disable-pip-version-check -q -e ".[dev]"
+	@$(MAKE) --no-print-directory fashion-mnist
+	@touch $@
+	@echo "setup done: $(VENV)"
+
+fashion-mnist: ## install Debian's dataset-fashion-mnist when running as root and it is missing
+	@if [ -f $(FASHION_MNIST) ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian package dataset-fashion-mnist"; \
+	  apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; } || \
+	  echo "warning: apt-get could not install dataset-fashion-mnist; the generator will try torchvision's download"; \
+	else \
+	  echo "note: $(FASHION_MNIST) is missing and this is not root: the generator will try torchvision's download"; \
+	  echo "      (or set data.generator.fashion_mnist_dir to a folder holding the four idx .gz files)"; \
+	fi
+
+data: $(STAMP) ## write the dataset the config names (fashion-scenes by default) and validate it
+	$(PY) -m pipeline run --config $(CONFIG) --stages data $(ARGS)
+
+pipeline: $(STAMP) ## run the whole staged pipeline (configs/pipelines/default.yaml)
+	$(PY) -m pipeline run --config $(CONFIG) $(ARGS)
+
+lint: $(STAMP) ## ruff over the project
+	$(VENV)/bin/ruff check .
+
+test: $(STAMP) lint ## lint, then the test suite
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean: ## remove runs/ (keeps .venv and data/)
+	rm -rf runs

@@ -1,0 +1,1 @@
+"""The PyTorch side: data, models, losses, distillation and the trainer."""

@@ -1,0 +1,1 @@
+"""The staged pipeline: configs, stages, caching, gates, the CLI and the report."""

@@ -1,0 +1,47 @@
+"""edgekd's command line.
+
+    python -m pipeline run --config configs/pipelines/default.yaml [--stages data] [key.sub=value ...]
+
+Bad input (config, dataset, checkpoint) ends with one line naming the file and the field, exit 2;
+`--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from deploy.errors import InputError
+from pipeline.config import load_config, to_yaml
+from pipeline.run import run_pipeline
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description="edgekd: distil, export, quantize, measure.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the pipeline's stages")
+    run.add_argument("--config", default="configs/pipelines/default.yaml", help="pipeline YAML")
+    run.add_argument("--stages", help="comma-separated stages to run (default: the config's list)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--debug", action="store_true", help="show tracebacks on bad input")
+    run.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        print(f"# config: {args.config}" + (f" with {' '.join(args.overrides)}" if args.overrides else ""))
+        print(to_yaml(cfg), flush=True)
+        stages = args.stages.split(",") if args.stages else None
+        run_pipeline(cfg, stages, progress=not args.no_progress and sys.stderr.isatty())
+    except InputError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to continue", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

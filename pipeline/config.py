@@ -1,0 +1,211 @@
+"""YAML configs loaded into dataclasses, validated where they enter.
+
+A section given as a path to another YAML file (`data: configs/datasets/coco.yaml`) is read in its
+place. `key.sub=value` overrides apply after loading (values parsed as YAML: `3`, `true`, `[a, b]`,
+`null`); an override whose value is a .yaml path replaces a whole section. An unknown key fails with
+the file, the key, the closest valid key and the list of valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from deploy.errors import InputError
+from distill.data.fashion_scenes import FashionScenesConfig
+
+
+class ConfigError(InputError):
+    """A config file or override is invalid."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion-scenes"
+    root: str = "data/fashion-scenes"  # dataset root in COCO layout; the paths below are relative to it
+    train_images: str = "train"
+    val_images: str = "val"
+    train_annotations: str = "annotations/instances_train.json"
+    val_annotations: str = "annotations/instances_val.json"
+    generator: FashionScenesConfig | None = None  # set: the data stage writes the dataset when missing
+    check_images: bool = True  # open every image's header up front (missing, unreadable, wrong size)
+
+    def split_paths(self, split: Literal["train", "val"]) -> tuple[Path, Path]:
+        """(annotations json, image folder) of a split."""
+        root = Path(self.root)
+        if split == "train":
+            return root / self.train_annotations, root / self.train_images
+        return root / self.val_annotations, root / self.val_images
+
+
+STAGES = ("data",)  # in order; later stages join as they are built
+
+
+@dataclass
+class PipelineConfig:
+    run: str = "default"  # the run's folder is <runs_dir>/<run>
+    runs_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    stages: list[str] = field(default_factory=lambda: list(STAGES))  # which stages `run` runs by default
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.run
+
+
+# ---------------------------------------------------------------------------------------------------
+# Generic dataclass <- dict with validation
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _unknown_key(cls: type, key: str, where: str, source: str) -> ConfigError:
+    valid = [f.name for f in dataclasses.fields(cls)]
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    name = f"{where}.{key}" if where else key
+    return ConfigError(f"{source}: unknown key '{name}'{hint}; valid keys: {', '.join(valid)}")
+
+
+def _convert(tp: Any, value: Any, where: str, source: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, where, source)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{where}' must be a mapping of {tp.__name__} keys, got {value!r}")
+        return from_dict(tp, value, source, where)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{source}: '{where}' must be one of {', '.join(map(str, args))}; got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: '{where}' must be a list, got {value!r}")
+        return [_convert(args[0], v, f"{where}[{i}]", source) for i, v in enumerate(value)] if args else value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        raise ConfigError(f"{source}: '{where}' must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: dict, source: str, where: str = "") -> Any:
+    """Build dataclass `cls` from a dict, checking keys and types; errors name `source` and the key."""
+    types_ = _field_types(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in types_:
+            raise _unknown_key(cls, key, where, source)
+        kwargs[key] = _convert(types_[key], value, f"{where}.{key}" if where else key, source)
+    return cls(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Files and overrides
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def _section_type(cls: type, dotted: list[str], source: str) -> Any:
+    """The declared type at a dotted key path (errors on unknown keys)."""
+    tp: Any = cls
+    for i, key in enumerate(dotted):
+        inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)] or [tp]
+        tp = inner[0]
+        if not dataclasses.is_dataclass(tp):
+            raise ConfigError(f"{source}: '{'.'.join(dotted[:i])}' is a value, not a section")
+        types_ = _field_types(tp)
+        if key not in types_:
+            raise _unknown_key(tp, key, ".".join(dotted[:i]), source)
+        tp = types_[key]
+    return tp
+
+
+def _is_section(tp: Any) -> bool:
+    return dataclasses.is_dataclass(tp) or any(dataclasses.is_dataclass(a) for a in typing.get_args(tp))
+
+
+def _resolve_includes(cls: type, data: dict, source: str) -> dict:
+    """Replace `section: path.yaml` by that file's mapping, recursively."""
+    types_ = _field_types(cls)
+    out = dict(data)
+    for key, value in data.items():
+        tp = types_.get(key)
+        if tp is None or not _is_section(tp):
+            continue
+        inner = tp if dataclasses.is_dataclass(tp) else next(a for a in typing.get_args(tp) if dataclasses.is_dataclass(a))
+        if isinstance(value, str) and value.endswith((".yaml", ".yml")):
+            value = _resolve_includes(inner, read_yaml(value), value)
+            from_dict(inner, value, source=f"{data[key]}", where=key)  # errors name the included file
+            out[key] = value
+        elif isinstance(value, dict):
+            out[key] = _resolve_includes(inner, value, source)
+    return out
+
+
+def apply_override(cls: type, data: dict, override: str) -> None:
+    """Apply one `key.sub=value` override to the raw config dict, in place."""
+    source = f"override '{override}'"
+    if "=" not in override:
+        raise ConfigError(f"{source}: expected key.sub=value")
+    key, _, text = override.partition("=")
+    dotted = key.strip().split(".")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    tp = _section_type(cls, dotted, source)
+    if _is_section(tp) and isinstance(value, str) and value.endswith((".yaml", ".yml")):
+        value = read_yaml(value)
+    node = data
+    for part in dotted[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[dotted[-1]] = value
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), cls: type = PipelineConfig) -> Any:
+    """Read a YAML config (with included sections) and overrides into dataclass `cls`."""
+    data = _resolve_includes(cls, read_yaml(path), str(path))
+    # Validate the file alone first, so an error names the file rather than an override.
+    from_dict(cls, data, str(path))
+    for override in overrides:
+        apply_override(cls, data, override)
+        data = _resolve_includes(cls, data, f"override '{override}'")
+    return from_dict(cls, data, f"{path} (with overrides)" if overrides else str(path))
+
+
+def to_yaml(config: Any) -> str:
+    """A config as YAML, as printed at start and saved with the run."""
+    return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)

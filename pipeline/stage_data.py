@@ -1,0 +1,62 @@
+"""The data stage: write the generated dataset when it is missing or stale, then validate both splits.
+
+Validation runs here, before any training, so a missing image or a broken json fails in seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from deploy.coco import CocoDataset, dataset_stats, load_coco
+from deploy.errors import InputError
+from deploy.files import write_json
+from distill.data.fashion_scenes import generate, is_current
+from pipeline.config import DataConfig
+
+
+def load_split(data: DataConfig, split: str) -> CocoDataset:
+    """Load and validate one split of the configured dataset."""
+    annotations, images = data.split_paths(split)
+    return load_coco(str(annotations), str(images), check_files=data.check_images)
+
+
+def format_stats(stats: dict[str, dict[str, Any]]) -> str:
+    """Per-split counts and per-class boxes as a plain-text table."""
+    splits = list(stats)
+    rows = [("images", "images"), ("negatives", "negatives"), ("boxes", "boxes")]
+    lines = [f"{'':<14}" + "".join(f"{s:>10}" for s in splits)]
+    lines += [f"{label:<14}" + "".join(f"{stats[s][key]:>10}" for s in splits) for label, key in rows]
+    for bucket in ("small", "medium", "large"):
+        lines.append(f"{'  ' + bucket:<14}" + "".join(f"{stats[s]['boxes_per_size'][bucket]:>10}" for s in splits))
+    for name in stats[splits[0]]["boxes_per_class"]:
+        lines.append(f"{'  ' + name:<14}" + "".join(f"{stats[s]['boxes_per_class'][name]:>10}" for s in splits))
+    return "\n".join(lines)
+
+
+def run_data(data: DataConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """Generate (if configured and stale) and validate the dataset; write <out_dir>/stats.json."""
+    result: dict[str, Any] = {"root": data.root}
+    if data.generator is not None:
+        if is_current(data.generator, data.root):
+            print(f"{data.name}: up to date in {data.root}")
+            result["generated"] = False
+        else:
+            seconds = generate(data.generator, data.root, progress=progress)
+            print(f"{data.name}: wrote {data.root} in {seconds:.1f}s")
+            result.update(generated=True, generation_s=round(seconds, 1))
+    elif not Path(data.root).is_dir():
+        raise InputError(f"data.root: dataset folder not found: {data.root} (point data.root at a COCO-layout dataset)")
+    start = time.perf_counter()
+    splits = {split: load_split(data, split) for split in ("train", "val")}
+    if splits["train"].categories != splits["val"].categories:
+        raise InputError(f"{splits['val'].annotations_path}: categories differ from {splits['train'].annotations_path}")
+    for ds in splits.values():
+        for warning in ds.warnings:
+            print(f"warning: {warning}")
+    stats = {split: dataset_stats(ds) for split, ds in splits.items()}
+    result.update(validation_s=round(time.perf_counter() - start, 2), stats=stats)
+    print(format_stats(stats))
+    write_json(out_dir / "stats.json", result)
+    return result

@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+import torch
+from torchvision.ops import batched_nms as tv_batched_nms
+from torchvision.ops import box_iou as tv_box_iou
+from torchvision.ops import nms as tv_nms
+
+from deploy.postprocess import batched_nms, box_iou, nms, select_detections
+
+
+def random_boxes(rng: np.random.Generator, n: int) -> np.ndarray:
+    xy = rng.uniform(0, 200, size=(n, 2))
+    wh = rng.uniform(5, 80, size=(n, 2))
+    return np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
+
+
+def test_box_iou_matches_torchvision():
+    rng = np.random.default_rng(0)
+    a, b = random_boxes(rng, 30), random_boxes(rng, 20)
+    np.testing.assert_allclose(box_iou(a, b), tv_box_iou(torch.from_numpy(a), torch.from_numpy(b)).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("iou", [0.3, 0.5, 0.7])
+def test_nms_keeps_the_same_set_as_torchvision(seed, iou):
+    rng = np.random.default_rng(seed)
+    boxes, scores = random_boxes(rng, 300), rng.random(300).astype(np.float32)
+    ours = nms(boxes, scores, iou)
+    ref = tv_nms(torch.from_numpy(boxes), torch.from_numpy(scores), iou).numpy()
+    assert ours.tolist() == ref.tolist()  # same boxes, same (decreasing-score) order
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_batched_nms_keeps_the_same_set_as_torchvision(seed):
+    rng = np.random.default_rng(seed)
+    boxes, scores = random_boxes(rng, 400), rng.random(400).astype(np.float32)
+    labels = rng.integers(0, 5, size=400)
+    ours = batched_nms(boxes, scores, labels, 0.5)
+    ref = tv_batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels), 0.5).numpy()
+    assert sorted(ours.tolist()) == sorted(ref.tolist())
+    assert len(ours) < 400  # the case really suppresses something
+
+
+def test_select_detections_hand_case():
+    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60], [0, 0, 10, 10]], np.float32)
+    # location 0 and 1 overlap (IoU 9/11); location 3 duplicates 0 exactly
+    scores = np.array([
+        [0.9, 0.00],   # class 0 strong
+        [0.8, 0.70],   # same class 0 -> suppressed by location 0; class 1 survives (other class)
+        [0.04, 0.30],  # class 0 below threshold; class 1 kept
+        [0.0, 0.01],   # below threshold everywhere
+    ], np.float32)
+    kept_boxes, kept_scores, labels = select_detections(boxes, scores, score_threshold=0.05, iou_threshold=0.6)
+    assert labels.tolist() == [0, 1, 1]
+    np.testing.assert_allclose(kept_scores, [0.9, 0.7, 0.3])
+    np.testing.assert_allclose(kept_boxes, boxes[[0, 1, 2]])
+    _, _, top1 = select_detections(boxes, scores, max_detections=1)
+    assert top1.tolist() == [0]
+
+
+def test_select_detections_empty():
+    boxes, scores, labels = select_detections(np.zeros((5, 4), np.float32), np.zeros((5, 3), np.float32))
+    assert boxes.shape == (0, 4) and scores.shape == (0,) and labels.shape == (0,)

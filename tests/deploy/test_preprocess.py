@@ -1,0 +1,30 @@
+import numpy as np
+
+from deploy.preprocess import MEAN, STD, Letterbox, letterbox, preprocess, unletterbox_boxes
+
+
+def test_letterbox_wide_image_is_centred_vertically():
+    image = np.full((100, 200, 3), 200, np.uint8)  # h=100, w=200
+    resized, lb = letterbox(image, (64, 64))
+    assert resized.shape == (32, 64, 3)
+    assert lb == Letterbox(scale=0.32, pad_x=0, pad_y=16, orig_height=100, orig_width=200)
+
+
+def test_preprocess_normalises_and_pads_with_zero():
+    image = np.zeros((40, 20, 3), np.uint8)
+    image[..., 0], image[..., 1], image[..., 2] = 10, 20, 30
+    x, lb = preprocess(image, (80, 80))  # scale 2 -> 80x40, padded 20 px each side
+    assert x.shape == (3, 80, 80) and x.dtype == np.float32
+    assert (lb.pad_x, lb.pad_y, lb.scale) == (20, 0, 2.0)
+    assert np.all(x[:, :, :20] == 0) and np.all(x[:, :, 60:] == 0)
+    expected = (np.array([10, 20, 30]) - np.array(MEAN)) / np.array(STD)
+    np.testing.assert_allclose(x[:, 40, 40], expected, rtol=1e-5)
+
+
+def test_unletterbox_inverts_the_mapping_and_clips():
+    lb = Letterbox(scale=0.5, pad_x=10, pad_y=30, orig_height=200, orig_width=300)
+    original = np.array([[10, 20, 110, 220 - 40], [0, 0, 300, 200]], np.float32)
+    in_input = original * lb.scale + np.array([lb.pad_x, lb.pad_y, lb.pad_x, lb.pad_y], np.float32)
+    np.testing.assert_allclose(unletterbox_boxes(in_input, lb), original, atol=1e-4)
+    outside = np.array([[0, 0, 400, 400]], np.float32)  # reaches into the padding
+    np.testing.assert_allclose(unletterbox_boxes(outside, lb), [[0, 0, 300, 200]])

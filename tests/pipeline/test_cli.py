@@ -1,0 +1,88 @@
+"""Each bad input ends the CLI with one line naming the file and field, and a non-zero exit."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, write_coco
+
+DEFAULT = str(REPO / "configs" / "pipelines" / "default.yaml")
+CATS = [{"id": 1, "name": "a"}]
+
+
+def cli(*args, cwd=None):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, cwd=cwd, env=env)
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def user_dataset(tmp_path, images=None, anns=()):
+    """A tiny user COCO dataset and the overrides that point the default pipeline at it."""
+    images = images or [{"id": 1, "file_name": "x.jpg", "width": 32, "height": 32}]
+    for split in ("train", "val"):
+        write_coco(tmp_path, images, list(anns), CATS, split=split)
+    return [f"data.root={tmp_path}", "data.generator=null", f"runs_dir={tmp_path / 'runs'}"]
+
+
+def test_unknown_config_key():
+    assert_one_line_error(cli("run", "--config", DEFAULT, "data.rot=x"), "unknown key 'data.rot'", "did you mean 'root'")
+
+
+def test_unknown_stage():
+    assert_one_line_error(cli("run", "--config", DEFAULT, "--stages", "dat"), "unknown stage 'dat'", "valid stages: data")
+
+
+def test_missing_dataset_folder(tmp_path):
+    proc = cli("run", "--config", DEFAULT, f"data.root={tmp_path / 'nowhere'}", "data.generator=null")
+    assert_one_line_error(proc, "data.root: dataset folder not found", "nowhere")
+
+
+def test_malformed_json(tmp_path):
+    overrides = user_dataset(tmp_path)
+    (tmp_path / "annotations" / "instances_val.json").write_text("{oops")
+    assert_one_line_error(cli("run", "--config", DEFAULT, *overrides), "instances_val.json: not valid JSON")
+
+
+def test_annotation_pointing_at_unknown_image(tmp_path):
+    anns = [{"id": 9, "image_id": 4, "category_id": 1, "bbox": [0, 0, 5, 5]}]
+    overrides = user_dataset(tmp_path, anns=anns)
+    assert_one_line_error(cli("run", "--config", DEFAULT, *overrides),
+                          "instances_train.json: annotations[0] (id 9): image_id 4 is not in 'images'")
+
+
+def test_missing_image_is_caught_before_anything_else(tmp_path):
+    overrides = user_dataset(tmp_path)
+    (tmp_path / "train" / "x.jpg").unlink()
+    assert_one_line_error(cli("run", "--config", DEFAULT, *overrides), "1 of 1 images are missing", "x.jpg")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    proc = cli("run", "--config", DEFAULT, "--debug", f"data.root={tmp_path / 'nowhere'}", "data.generator=null")
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_a_valid_user_dataset_runs_and_writes_the_stage(tmp_path):
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 0, 5]},  # dropped, reported
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 5]}]
+    proc = cli("run", "--config", DEFAULT, "--no-progress", *user_dataset(tmp_path, anns=anns))
+    assert proc.returncode == 0, proc.stderr
+    assert "dropped 1 boxes with non-positive size" in proc.stdout
+    stage = json.loads((tmp_path / "runs" / "default" / "data" / "stage.json").read_text())
+    stats = json.loads((tmp_path / "runs" / "default" / "data" / "stats.json").read_text())
+    assert stage["stage"] == "data" and stats["stats"]["val"]["boxes"] == 1
+    assert (tmp_path / "runs" / "default" / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"]])
+def test_help(argv):
+    assert cli(*argv).returncode == 0

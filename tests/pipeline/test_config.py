@@ -1,0 +1,77 @@
+import pytest
+
+from pipeline.config import ConfigError, PipelineConfig, load_config, to_yaml
+from tests.conftest import REPO
+
+DEFAULT = REPO / "configs" / "pipelines" / "default.yaml"
+
+
+def test_default_config_includes_the_dataset_file():
+    cfg = load_config(DEFAULT)
+    assert isinstance(cfg, PipelineConfig)
+    assert cfg.data.root == "data/fashion-scenes"
+    assert cfg.data.generator.size == "default" and cfg.data.generator.min_object_size == 16
+
+
+def test_overrides_parse_values_as_yaml():
+    cfg = load_config(DEFAULT, ["data.generator.seed=7", "data.check_images=false", "stages=[data]",
+                                "data.generator.max_occlusion=1", "run=exp1"])
+    assert cfg.data.generator.seed == 7 and cfg.data.check_images is False and cfg.stages == ["data"]
+    assert cfg.data.generator.max_occlusion == 1.0 and isinstance(cfg.data.generator.max_occlusion, float)
+    assert str(cfg.run_dir) == "runs/exp1"
+
+
+def test_override_with_a_yaml_path_replaces_the_section():
+    cfg = load_config(DEFAULT, [f"data={REPO / 'configs/datasets/coco.yaml'}"])
+    assert cfg.data.name == "coco" and cfg.data.generator is None
+    assert cfg.data.val_annotations == "annotations/instances_val2017.json"
+
+
+def test_unknown_key_in_file_names_file_key_suggestion_and_valid_keys(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run: x\ndata:\n  roots: data/x\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(bad)
+    msg = str(e.value)
+    assert str(bad) in msg and "unknown key 'data.roots'" in msg and "did you mean 'root'" in msg
+    assert "valid keys: name, root, train_images" in msg and "\n" not in msg
+
+
+def test_unknown_key_in_an_included_file_names_that_file(tmp_path):
+    dataset = tmp_path / "mine.yaml"
+    dataset.write_text("root: data/mine\ngenerator:\n  seeed: 3\n")
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(f"data: {dataset}\n")
+    with pytest.raises(ConfigError, match=rf"{dataset}: unknown key 'data.generator.seeed' \(did you mean 'seed'"):
+        load_config(pipeline)
+
+
+def test_bad_overrides():
+    with pytest.raises(ConfigError, match=r"override 'data.generator.sed=1': unknown key 'data.generator.sed'"):
+        load_config(DEFAULT, ["data.generator.sed=1"])
+    with pytest.raises(ConfigError, match="'data.generator.seed' must be int, got 'abc'"):
+        load_config(DEFAULT, ["data.generator.seed=abc"])
+    with pytest.raises(ConfigError, match="'data.generator.size' must be one of tiny, default; got 'huge'"):
+        load_config(DEFAULT, ["data.generator.size=huge"])
+    with pytest.raises(ConfigError, match="expected key.sub=value"):
+        load_config(DEFAULT, ["data.root"])
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("data: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml: not valid YAML \(line"):
+        load_config(broken)
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(listed)
+
+
+def test_printed_config_round_trips(tmp_path):
+    cfg = load_config(DEFAULT, ["data.generator.seed=3"])
+    saved = tmp_path / "saved.yaml"
+    saved.write_text(to_yaml(cfg))
+    assert load_config(saved) == cfg
