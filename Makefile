@@ -17,7 +17,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 TRAIN_RUN = $(if $(filter 1,$(NPROC)),$(PY) -m,$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup fashion-mnist data pipeline test lint clean
+.PHONY: help setup fashion-mnist data teacher student distill ablation pipeline bench-train test lint clean
 
 help: ## list the targets
 	@echo "edgekd targets (stage targets take ARGS=\"key.sub=value ...\", CONFIG=path, NPROC=N):"
@@ -47,6 +47,21 @@ fashion-mnist: ## install Debian's dataset-fashion-mnist when running as root an
 
 data: $(STAMP) ## write the dataset the config names (fashion-scenes by default) and validate it
 	$(PY) -m pipeline run --config $(CONFIG) --stages data $(ARGS)
+
+teacher: $(STAMP) ## train (or resume) the config's teacher and evaluate it: runs/<run>/teacher/
+	$(TRAIN_RUN) pipeline.train --config $(CONFIG) --role teacher --resume $(ARGS)
+
+student: $(STAMP) ## train the student alone (the no-distillation baseline): runs/<run>/student/
+	$(TRAIN_RUN) pipeline.train --config $(CONFIG) --role student --resume $(ARGS)
+
+distill: $(STAMP) ## distil the student from the teacher (TEACHER=path to pick one): runs/<run>/distill/
+	$(TRAIN_RUN) pipeline.distill --config $(CONFIG) --resume $(if $(TEACHER),--teacher $(TEACHER)) $(ARGS)
+
+ablation: $(STAMP) ## benchmark: student with none, kd, ld, bckd, bckd cls/loc only -> runs/ablation/ablation.md
+	$(PY) -m pipeline.ablation --config $(CONFIG) $(if $(TEACHER),--teacher $(TEACHER)) $(ARGS)
+
+bench-train: $(STAMP) ## seconds per step, images/s and peak memory of teacher and student training
+	$(PY) -m pipeline.bench_train --config $(CONFIG) --json runs/bench-train.json $(ARGS)
 
 pipeline: $(STAMP) ## run the whole staged pipeline (configs/pipelines/default.yaml)
 	$(PY) -m pipeline run --config $(CONFIG) $(ARGS)

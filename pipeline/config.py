@@ -20,6 +20,9 @@ import yaml
 
 from deploy.errors import InputError
 from distill.data.fashion_scenes import FashionScenesConfig
+from distill.distiller import DistillConfig
+from distill.models.detector import ModelConfig
+from distill.trainer import TrainConfig
 
 
 class ConfigError(InputError):
@@ -45,7 +48,16 @@ class DataConfig:
         return root / self.val_annotations, root / self.val_images
 
 
-STAGES = ("data",)  # in order; later stages join as they are built
+@dataclass
+class RoleConfig:
+    """A detector to train (teacher, or the student alone as a baseline)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: str | None = None  # a trained checkpoint to use instead of training
+
+
+STAGES = ("data", "teacher", "distill")  # in order; later stages join as they are built
 
 
 @dataclass
@@ -53,6 +65,9 @@ class PipelineConfig:
     run: str = "default"  # the run's folder is <runs_dir>/<run>
     runs_dir: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)
+    teacher: RoleConfig = field(default_factory=RoleConfig)
+    student: RoleConfig = field(default_factory=RoleConfig)  # its train section is also the distillation schedule
+    distill: DistillConfig = field(default_factory=DistillConfig)
     stages: list[str] = field(default_factory=lambda: list(STAGES))  # which stages `run` runs by default
 
     @property

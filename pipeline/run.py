@@ -13,11 +13,15 @@ from typing import Any
 
 from deploy.files import write_json, write_text
 from pipeline.config import STAGES, ConfigError, PipelineConfig, to_yaml
+from pipeline.distill import distill_student
 from pipeline.stage_data import run_data
+from pipeline.train import train_role
 
 # stage name -> (function of (config, stage folder, progress), the config section it depends on)
 STAGE_FUNCTIONS: dict[str, tuple[Callable[..., dict], str]] = {
     "data": (lambda cfg, out, progress: run_data(cfg.data, out, progress), "data"),
+    "teacher": (lambda cfg, out, progress: train_role(cfg, "teacher", resume=True, progress=progress), "teacher"),
+    "distill": (lambda cfg, out, progress: distill_student(cfg, resume=True, progress=progress), "distill"),
 }
 
 

@@ -74,7 +74,7 @@ def test_debug_shows_the_traceback(tmp_path):
 def test_a_valid_user_dataset_runs_and_writes_the_stage(tmp_path):
     anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 0, 5]},  # dropped, reported
             {"id": 2, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 5]}]
-    proc = cli("run", "--config", DEFAULT, "--no-progress", *user_dataset(tmp_path, anns=anns))
+    proc = cli("run", "--config", DEFAULT, "--no-progress", "--stages", "data", *user_dataset(tmp_path, anns=anns))
     assert proc.returncode == 0, proc.stderr
     assert "dropped 1 boxes with non-positive size" in proc.stdout
     stage = json.loads((tmp_path / "runs" / "default" / "data" / "stage.json").read_text())

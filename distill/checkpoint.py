@@ -1,0 +1,57 @@
+"""Checkpoints: written atomically, read with weights_only=True, checked against the model they load into.
+
+A checkpoint is a dict: model (state_dict), config (the ModelConfig as a dict), classes, epoch, step,
+optimizer, scheduler, scaler, rng, and train (the TrainConfig as a dict).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from deploy.errors import InputError
+from deploy.files import atomic_path
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """torch.save to a temporary file, renamed into place: a crash never leaves half a checkpoint."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint (weights_only); a missing, truncated or foreign file is an InputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, not a torch file, or pickled objects weights_only refuses
+        raise InputError(f"{path}: cannot be read as a checkpoint, truncated or not one of ours "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise InputError(f"{path}: not an edgekd checkpoint (no 'model' state dict)")
+    return state
+
+
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load weights that must match the model exactly; name the first mismatching keys and shapes."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in own.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            parts.append(f"shape mismatch: {'; '.join(shapes[:3])}")
+        if missing:
+            parts.append(f"missing keys: {', '.join(missing[:3])}")
+        if unexpected:
+            parts.append(f"unexpected keys: {', '.join(unexpected[:3])}")
+        raise InputError(f"{source}: architecture differs from the model config ({len(shapes)} shapes, "
+                         f"{len(missing)} missing, {len(unexpected)} unexpected): {' | '.join(parts)}")
+    model.load_state_dict(state)

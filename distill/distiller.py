@@ -1,0 +1,121 @@
+"""The distiller: a frozen teacher held explicitly beside the student, and the loss that adds the
+distillation terms (BCKD, or the KD / LD baselines) to the student's own GFL losses.
+
+The teacher runs in eval mode under no_grad on the same augmented batch (in half precision on CUDA
+when asked). Teacher and student must share strides, levels, locations per level, and classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from deploy.errors import InputError
+from distill.losses.bckd import bckd_cls_loss, bckd_loc_loss
+from distill.losses.gfl import assign_targets, gfl_loss
+from distill.losses.kd import ld_loss, softmax_kd_loss
+from distill.models.detector import ModelConfig
+from distill.models.gfl_head import distance_to_box, distribution_to_distance
+
+METHODS = ("none", "bckd", "kd", "ld")
+
+
+@dataclass
+class DistillConfig:
+    method: Literal["none", "bckd", "kd", "ld"] = "bckd"
+    terms: list[str] = field(default_factory=lambda: ["cls", "loc"])  # BCKD terms on (ablation: [cls] or [loc])
+    cls_weight: float = 1.0  # BCKD classification term
+    loc_weight: float = 4.0  # BCKD IoU localization term
+    beta: float = 1.0  # BCKD modulating exponent
+    kd_weight: float = 1.0  # softmax KD
+    kd_temperature: float = 1.0
+    ld_weight: float = 0.25  # LD, as mmdet's LD config
+    ld_temperature: float = 10.0
+    teacher_half: bool = True  # teacher forward in float16 on CUDA
+    positive_levels_only: bool = False  # the official code's quirk: only FPN levels with a positive in the batch
+
+
+def check_pair(teacher: nn.Module, student: nn.Module, teacher_classes: list[str], student_classes: list[str],
+               input_size: tuple[int, int], teacher_source: str, teacher_input_size: tuple[int, int] | None = None) -> None:
+    """Refuse a teacher/student pair whose locations or classes differ, each probed at its own input size."""
+    if list(teacher_classes) != list(student_classes):
+        raise InputError(f"{teacher_source}: teacher classes {list(teacher_classes)[:5]}... differ from the "
+                         f"dataset's {list(student_classes)[:5]}... (train the teacher on this dataset)")
+    device = next(student.parameters()).device
+    with torch.no_grad():
+        t = teacher.float()(torch.zeros(1, 3, *(teacher_input_size or input_size), device=device))
+        s = student(torch.zeros(1, 3, *input_size, device=device))
+    t_levels = torch.unique_consecutive(t["strides"], return_counts=True)
+    s_levels = torch.unique_consecutive(s["strides"], return_counts=True)
+    for what, a, b in (("strides", t_levels[0], s_levels[0]), ("locations per level", t_levels[1], s_levels[1])):
+        if a.shape != b.shape or not torch.equal(a, b):
+            raise InputError(f"{teacher_source}: teacher and student differ in {what}: teacher {a.int().tolist()} vs "
+                             f"student {b.int().tolist()} (inputs {list(teacher_input_size or input_size)} and "
+                             f"{list(input_size)}); BCKD pairs them location by location")
+    if t["points"].shape != s["points"].shape or not torch.allclose(t["points"], s["points"]):
+        raise InputError(f"{teacher_source}: teacher and student place their locations differently")
+    if t["cls_logits"].shape[-1] != s["cls_logits"].shape[-1]:
+        raise InputError(f"{teacher_source}: teacher has {t['cls_logits'].shape[-1]} classes, student {s['cls_logits'].shape[-1]}")
+
+
+class Distiller:
+    """Calls like the trainer's loss function: (student, images, targets) -> named loss terms."""
+
+    def __init__(self, teacher: nn.Module, student_cfg: ModelConfig, cfg: DistillConfig, device: torch.device):
+        self.cfg, self.student_cfg = cfg, student_cfg
+        self.teacher = teacher.to(device).eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.half = cfg.teacher_half and device.type == "cuda"
+        if self.half:
+            self.teacher.half()
+
+    def __call__(self, student: nn.Module, images: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
+        m = self.student_cfg
+        out = student(images)
+        assigned = assign_targets(out, targets, m.anchor_scale, m.atss_topk)
+        losses = gfl_loss(out, assigned, tuple(m.loss_weights))
+        if self.cfg.method == "none":
+            return losses
+        with torch.no_grad():
+            t_out = self.teacher(images.half() if self.half else images)
+        n, a, c = out["cls_logits"].shape
+        s_logits, t_logits = out["cls_logits"].reshape(n * a, c), t_out["cls_logits"].reshape(n * a, c)
+        weight = self._level_mask(out, assigned.labels, n) if self.cfg.positive_levels_only else None
+        terms: dict[str, tuple[torch.Tensor, float]] = {}
+        if self.cfg.method == "bckd":
+            if "cls" in self.cfg.terms:
+                terms["bckd_cls"] = (bckd_cls_loss(s_logits, t_logits, weight, assigned.num_pos, self.cfg.beta), self.cfg.cls_weight)
+            if "loc" in self.cfg.terms:
+                s_boxes, t_boxes = self._boxes(out), self._boxes(t_out)  # stride units, as GFL decodes
+                terms["bckd_loc"] = (bckd_loc_loss(s_boxes, t_boxes, s_logits, t_logits, weight, assigned.num_pos),
+                                     self.cfg.loc_weight)
+        elif self.cfg.method == "kd":
+            terms["kd"] = (softmax_kd_loss(s_logits, t_logits, self.cfg.kd_temperature, assigned.num_pos), self.cfg.kd_weight)
+        elif self.cfg.method == "ld":
+            pos = assigned.labels >= 0
+            r = out["bbox_dists"].shape[-1]
+            s_d, t_d = out["bbox_dists"].reshape(n * a, 4, r)[pos], t_out["bbox_dists"].reshape(n * a, 4, r)[pos]
+            q = s_logits[pos].detach().float().sigmoid().max(dim=1).values
+            terms["ld"] = (ld_loss(s_d, t_d, q, max(float(q.sum()), 1.0), self.cfg.ld_temperature), self.cfg.ld_weight)
+        for name, (raw, w) in terms.items():
+            losses[f"loss_{name}"] = raw * w
+            losses[f"raw_{name}"] = raw.detach()
+        return losses
+
+    @staticmethod
+    def _boxes(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Decoded boxes [N*A, 4] xyxy in stride units (GIoU is scale invariant up to eps)."""
+        points = outputs["points"] / outputs["strides"][:, None]
+        boxes = distance_to_box(points[None], distribution_to_distance(outputs["bbox_dists"]))
+        return boxes.reshape(-1, 4)
+
+    @staticmethod
+    def _level_mask(outputs: dict[str, torch.Tensor], labels: torch.Tensor, n: int) -> torch.Tensor:
+        """1 at locations of FPN levels holding at least one positive in the batch, else 0: [N*A]."""
+        strides = outputs["strides"].repeat(n)
+        positive_strides = torch.unique(strides[labels >= 0])
+        return torch.isin(strides, positive_strides).float()

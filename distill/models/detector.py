@@ -1,0 +1,72 @@
+"""A dense detector: backbone -> FPN (torchvision) -> GFL head, built from a ModelConfig."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+from distill.models.backbones import build_backbone, freeze_batchnorm
+from distill.models.gfl_head import GFLHead, decode
+
+
+@dataclass
+class ModelConfig:
+    name: str = "gfl"  # detector family (GFL today)
+    backbone: str = "efficientnet_lite0"  # see distill/models/backbones.py BACKBONES
+    pretrained: str = "imagenet"  # none | imagenet | path to a .pth
+    input_size: list[int] = field(default_factory=lambda: [320, 320])  # [height, width] of the model input
+    fpn_channels: int = 96
+    extra_levels: int = 0  # 2 adds P6/P7 (strides 64, 128) as on COCO
+    head_channels: int = 96
+    head_convs: int = 2  # conv + GroupNorm + ReLU layers in each tower
+    norm_groups: int = 16
+    reg_max: int = 16  # DFL bins per side are 0..reg_max (stride units)
+    anchor_scale: float = 8.0  # ATSS anchor side = anchor_scale * stride
+    atss_topk: int = 9
+    loss_weights: list[float] = field(default_factory=lambda: [1.0, 0.25, 2.0])  # QFL, DFL, GIoU
+    freeze_bn: bool = True  # backbone BatchNorm statistics stay at their pretrained values
+
+
+class Detector(nn.Module):
+    def __init__(self, cfg: ModelConfig, num_classes: int):
+        super().__init__()
+        self.cfg, self.num_classes = cfg, num_classes
+        self.backbone = build_backbone(cfg.backbone, cfg.pretrained)
+        extra = LastLevelP6P7(cfg.fpn_channels, cfg.fpn_channels) if cfg.extra_levels == 2 else None
+        self.fpn = FeaturePyramidNetwork(self.backbone.channels, cfg.fpn_channels, extra_blocks=extra)
+        self.strides = tuple(self.backbone.strides) + ((64, 128) if extra else ())
+        self.head = GFLHead(num_classes, cfg.fpn_channels, cfg.head_channels, cfg.head_convs,
+                            cfg.norm_groups, cfg.reg_max, self.strides)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """images [N, 3, H, W] (deploy/preprocess.py normalisation) -> raw head outputs (see gfl_head)."""
+        feats = self.backbone(images)
+        pyramid = self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
+        return self.head(list(pyramid.values()))
+
+    def train(self, mode: bool = True) -> Detector:
+        super().train(mode)
+        if mode and self.cfg.freeze_bn:
+            freeze_batchnorm(self.backbone)
+        return self
+
+
+class ExportWrapper(nn.Module):
+    """forward + decode, the exported-model contract: images -> (boxes [N, A, 4] xyxy px, scores [N, A, C])."""
+
+    def __init__(self, detector: Detector):
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return decode(self.detector(images))
+
+
+def build_detector(cfg: ModelConfig, num_classes: int) -> Detector:
+    """A detector for num_classes classes from its config."""
+    return Detector(cfg, num_classes)

@@ -1,0 +1,107 @@
+"""Distillation ablation (a benchmark, not a test): the student trained with no distillation, softmax
+KD, LD, BCKD, and BCKD's classification or localization term alone, with the same seed, data and
+schedule, against one teacher.
+
+    python -m pipeline.ablation --config configs/pipelines/default.yaml [--variants none,bckd] [key=value ...]
+
+Writes runs/ablation/<variant>/ (each a distill stage folder), and runs/ablation/ablation.md and
+ablation.json: AP, AP50, AP75, APs/m/l per variant and the share of the teacher-student gap closed,
+(AP_variant - AP_none) / (AP_teacher - AP_none). Finished variants are reused on a rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from deploy.errors import InputError
+from deploy.evaluate import coco_eval
+from deploy.files import write_json, write_text
+from distill.validate import predict
+from pipeline.config import PipelineConfig, load_config
+from pipeline.distill import distill_student, load_teacher, teacher_path
+from pipeline.stage_data import load_split
+
+VARIANTS = {  # name -> distill overrides
+    "none": {"method": "none"},
+    "kd": {"method": "kd"},
+    "ld": {"method": "ld"},
+    "bckd": {"method": "bckd", "terms": ["cls", "loc"]},
+    "bckd_cls": {"method": "bckd", "terms": ["cls"]},
+    "bckd_loc": {"method": "bckd", "terms": ["loc"]},
+}
+COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def teacher_metrics(cfg: PipelineConfig, path: Path) -> dict[str, Any]:
+    """The teacher's val metrics: its stage's metrics.json when beside it, else evaluated now."""
+    beside = path.parent / "metrics.json"
+    if beside.is_file():
+        return json.loads(beside.read_text())
+    teacher, _ = load_teacher(path)
+    val = load_split(cfg.data, "val")
+    return coco_eval(val, predict(teacher, val, tuple(cfg.student.model.input_size)))
+
+
+def table(rows: dict[str, dict[str, Any]], teacher: dict[str, Any]) -> str:
+    base, top = rows.get("none", {}).get("AP"), teacher["AP"]
+    lines = ["| model | " + " | ".join(COLUMNS) + " | gap closed | train min |", "|---" * (len(COLUMNS) + 3) + "|"]
+    lines.append("| teacher | " + " | ".join(f"{100 * (teacher.get(c) or 0):.1f}" for c in COLUMNS) + " | | |")
+    for name, m in rows.items():
+        gap = "" if base is None or name == "none" or top == base else f"{100 * (m['AP'] - base) / (top - base):.0f}%"
+        lines.append(f"| student {name} | " + " | ".join(f"{100 * (m.get(c) or 0):.1f}" for c in COLUMNS)
+                     + f" | {gap} | {m.get('train_min', '')} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.ablation", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="configs/pipelines/default.yaml")
+    parser.add_argument("--teacher", help="teacher checkpoint (default: runs/<run>/teacher/last.pt)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {', '.join(VARIANTS)}")
+    parser.add_argument("--out", default="runs/ablation")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        names = args.variants.split(",")
+        unknown = [n for n in names if n not in VARIANTS]
+        if unknown:
+            raise InputError(f"--variants: unknown variant '{unknown[0]}'; valid: {', '.join(VARIANTS)}")
+        path = teacher_path(cfg, args.teacher)
+        if not path.is_file():
+            raise InputError(f"teacher checkpoint not found: {path} (run `make teacher` first, or pass --teacher)")
+        out = Path(args.out)
+        rows: dict[str, dict[str, Any]] = {}
+        for name in names:
+            variant = copy.deepcopy(cfg)
+            for key, value in VARIANTS[name].items():
+                setattr(variant.distill, key, value)
+            variant.runs_dir, variant.run = str(out.parent), out.name
+            print(f"[ablation] {name}: {VARIANTS[name]}", flush=True)
+            start = time.perf_counter()
+            metrics = distill_student(variant, str(path), resume=True, progress=sys.stderr.isatty(), out_name=name)
+            rows[name] = {**{c: metrics.get(c) for c in COLUMNS}, "train_min": round((time.perf_counter() - start) / 60, 1)}
+            print(f"[ablation] {name}: AP {100 * metrics['AP']:.1f}", flush=True)
+        teacher = teacher_metrics(cfg, path)
+        text = table(rows, teacher)
+        print(text)
+        header = (f"# Distillation ablation\n\nTeacher {path}; student {cfg.student.model.backbone} "
+                  f"({cfg.student.model.head_channels}-channel head), {cfg.student.train.epochs} epochs, seed "
+                  f"{cfg.student.train.seed}. AP on {teacher['num_images']} val images (percent).\n\n")
+        write_text(out / "ablation.md", header + text + "\n")
+        write_json(out / "ablation.json", {"teacher": {c: teacher.get(c) for c in COLUMNS}, "teacher_checkpoint": str(path),
+                                           "variants": {n: {"distill": VARIANTS[n], **rows[n]} for n in rows}})
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

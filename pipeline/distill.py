@@ -1,0 +1,100 @@
+"""Distil the pipeline's student from its teacher (BCKD by default; KD, LD or none for comparison).
+
+    python -m pipeline.distill --config configs/pipelines/default.yaml [--teacher PATH] [key=value ...]
+    torchrun --standalone --nproc_per_node=2 -m pipeline.distill --resume     # DDP, gloo on CPU
+
+The teacher is runs/<run>/teacher/last.pt unless --teacher or teacher.checkpoint names another.
+Writes runs/<run>/distill/: last.pt and best.pt (the student only), log.jsonl with every raw and
+weighted loss term, metrics.json and predictions.json through the deploy/ evaluator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+
+from deploy.errors import InputError
+from deploy.evaluate import format_metrics
+from distill.checkpoint import load_checkpoint, load_model_state
+from distill.distiller import Distiller, check_pair
+from distill.models.detector import ModelConfig, build_detector
+from distill.trainer import NonFiniteLoss, setup_distributed, train
+from pipeline.config import PipelineConfig, from_dict, load_config
+from pipeline.stage_data import load_split, run_data
+
+
+def teacher_path(cfg: PipelineConfig, override: str | None = None) -> Path:
+    """Which teacher checkpoint to distil from."""
+    return Path(override or cfg.teacher.checkpoint or cfg.run_dir / "teacher" / "last.pt")
+
+
+def load_teacher(path: Path):
+    """(teacher detector, its classes) rebuilt from a checkpoint's own model config."""
+    state = load_checkpoint(path)
+    if not isinstance(state.get("config"), dict) or not state.get("classes"):
+        raise InputError(f"{path}: the checkpoint holds no model config or classes (not written by edgekd's trainer)")
+    model_cfg = from_dict(ModelConfig, {**state["config"], "pretrained": "none"}, str(path), "config")
+    teacher = build_detector(model_cfg, num_classes=len(state["classes"]))
+    load_model_state(teacher, state["model"], str(path))
+    return teacher, list(state["classes"])
+
+
+def distill_student(cfg: PipelineConfig, teacher_file: str | None = None, resume: bool = True,
+                    progress: bool = True, out_name: str = "distill") -> dict[str, Any]:
+    """Train cfg.student with cfg.distill's terms from the teacher; return its val metrics."""
+    info = setup_distributed(cfg.student.train.device)
+    if info.main:
+        run_data(cfg.data, cfg.run_dir / "data", progress)
+    if info.world > 1:
+        dist.barrier()
+    train_set, val_set = load_split(cfg.data, "train"), load_split(cfg.data, "val")
+    path = teacher_path(cfg, teacher_file)
+    if not path.is_file():
+        raise InputError(f"teacher checkpoint not found: {path} (run `make teacher` first, or pass TEACHER=path)")
+    teacher, teacher_classes = load_teacher(path)
+    teacher_size = tuple(teacher.cfg.input_size)
+    student = build_detector(cfg.student.model, num_classes=len(train_set.categories))
+    input_size = tuple(cfg.student.model.input_size)
+    check_pair(teacher, student, teacher_classes, train_set.class_names, input_size, str(path), teacher_size)
+    distiller = Distiller(teacher, cfg.student.model, cfg.distill, info.device)
+    extra = {"config": asdict(cfg.student.model), "classes": train_set.class_names,
+             "distill": asdict(cfg.distill), "teacher": str(path)}
+    return train(student, distiller, cfg.student.train, train_set, val_set, cfg.run_dir / out_name, input_size,
+                 extra, resume=resume, progress=progress, dist_info=info)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.distill", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="configs/pipelines/default.yaml")
+    parser.add_argument("--teacher", help="teacher checkpoint (default: runs/<run>/teacher/last.pt)")
+    parser.add_argument("--resume", action="store_true", help="continue from <run>/distill/last.pt if it exists")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on bad input")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        metrics = distill_student(cfg, args.teacher or None, args.resume, progress=not args.no_progress and sys.stderr.isatty())
+        if metrics:
+            print(f"distilled student ({cfg.distill.method}): val {format_metrics(metrics)} -> {cfg.run_dir / 'distill'}")
+    except (InputError, NonFiniteLoss) as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        return 130
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Train the pipeline's teacher (or its student alone, as the no-distillation baseline).
+
+    python -m pipeline.train --config configs/pipelines/default.yaml --role teacher [--resume] [key=value ...]
+    torchrun --standalone --nproc_per_node=2 -m pipeline.train --role teacher --resume   # DDP, gloo on CPU
+    torchrun --nnodes=2 --node_rank=0 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 \\
+        --nproc_per_node=8 -m pipeline.train --role teacher                                  # multi-node
+
+Writes runs/<run>/<role>/: last.pt, best.pt, log.jsonl, metrics.json, predictions.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+
+from deploy.errors import InputError
+from deploy.evaluate import format_metrics, write_evaluation
+from distill.checkpoint import load_checkpoint, load_model_state
+from distill.losses.gfl import make_gfl_loss
+from distill.models.detector import build_detector
+from distill.trainer import NonFiniteLoss, setup_distributed, train
+from distill.validate import evaluate_model
+from pipeline.config import PipelineConfig, load_config
+from pipeline.stage_data import load_split, run_data
+
+
+def train_role(cfg: PipelineConfig, role: str, resume: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Train cfg.<role> on cfg.data (or evaluate the given checkpoint); return its val metrics."""
+    role_cfg = getattr(cfg, role)
+    info = setup_distributed(role_cfg.train.device)
+    out_dir = cfg.run_dir / role
+    if info.main:
+        run_data(cfg.data, cfg.run_dir / "data", progress)  # generates when missing; validates up front
+    if info.world > 1:
+        dist.barrier()
+    train_set, val_set = load_split(cfg.data, "train"), load_split(cfg.data, "val")
+    model = build_detector(role_cfg.model, num_classes=len(train_set.categories))
+    input_size = tuple(role_cfg.model.input_size)
+    if role_cfg.checkpoint:
+        state = load_checkpoint(role_cfg.checkpoint)
+        load_model_state(model, state["model"], role_cfg.checkpoint)
+        metrics, results = evaluate_model(model, val_set, input_size, role_cfg.train.batch_size, info.device, progress)
+        if info.main:
+            write_evaluation(str(out_dir), metrics, results)
+            print(f"{role} (from {role_cfg.checkpoint}): val {format_metrics(metrics)}")
+        return metrics
+    loss_fn = make_gfl_loss(role_cfg.model.anchor_scale, role_cfg.model.atss_topk, tuple(role_cfg.model.loss_weights))
+    extra = {"config": asdict(role_cfg.model), "classes": train_set.class_names}
+    return train(model, loss_fn, role_cfg.train, train_set, val_set, out_dir, input_size, extra,
+                 resume=resume, progress=progress, dist_info=info)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="configs/pipelines/default.yaml")
+    parser.add_argument("--role", choices=("teacher", "student"), default="teacher")
+    parser.add_argument("--resume", action="store_true", help="continue from <run>/<role>/last.pt if it exists")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on bad input")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        metrics = train_role(cfg, args.role, args.resume, progress=not args.no_progress and sys.stderr.isatty())
+        if metrics:
+            print(f"{args.role}: val {format_metrics(metrics)} -> {Path(cfg.run_dir) / args.role}")
+    except (InputError, NonFiniteLoss) as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        return 130
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

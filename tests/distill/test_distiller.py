@@ -1,0 +1,104 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from deploy.errors import InputError
+from distill.distiller import DistillConfig, Distiller, check_pair
+from distill.models.detector import ModelConfig, build_detector
+from tests.conftest import REPO
+
+TEACHER = dict(backbone="efficientnet_lite0", pretrained="none", input_size=[64, 64], fpn_channels=32,
+               head_channels=32, head_convs=2)
+STUDENT = dict(TEACHER, fpn_channels=16, head_channels=16, head_convs=1)
+CLASSES = [f"c{i}" for i in range(3)]
+
+
+def pair(**teacher_kw):
+    torch.manual_seed(0)
+    return (build_detector(ModelConfig(**{**TEACHER, **teacher_kw}), 3),
+            build_detector(ModelConfig(**STUDENT), 3))
+
+
+def batch():
+    images = torch.randn(2, 3, 64, 64)
+    targets = [{"boxes": torch.tensor([[4.0, 4, 40, 30]]), "labels": torch.tensor([1])},
+               {"boxes": torch.tensor([[10.0, 20, 60, 60], [0, 0, 16, 16]]), "labels": torch.tensor([0, 2])}]
+    return images, targets
+
+
+def test_pair_check_refuses_other_levels_and_other_classes():
+    teacher, student = pair(extra_levels=2)
+    with pytest.raises(InputError, match=r"differ in strides: teacher \[8, 16, 32, 64, 128\] vs student \[8, 16, 32\]"):
+        check_pair(teacher, student, CLASSES, CLASSES, (64, 64), "t.pt")
+    teacher, student = pair()
+    with pytest.raises(InputError, match="t.pt: teacher classes"):
+        check_pair(teacher, student, ["x", "y", "z"], CLASSES, (64, 64), "t.pt")
+    check_pair(teacher, student, CLASSES, CLASSES, (64, 64), "t.pt")  # same layout, widths differ: fine
+
+
+@pytest.mark.parametrize("method, terms, expected", [
+    ("none", ["cls", "loc"], set()),
+    ("bckd", ["cls", "loc"], {"bckd_cls", "bckd_loc"}),
+    ("bckd", ["cls"], {"bckd_cls"}),
+    ("bckd", ["loc"], {"bckd_loc"}),
+    ("kd", ["cls", "loc"], {"kd"}),
+    ("ld", ["cls", "loc"], {"ld"}),
+])
+def test_terms_are_named_weighted_and_only_the_student_learns(method, terms, expected):
+    teacher, student = pair()
+    cfg = DistillConfig(method=method, terms=terms, cls_weight=1.0, loc_weight=4.0)
+    distiller = Distiller(teacher, ModelConfig(**STUDENT), cfg, torch.device("cpu"))
+    losses = distiller(student.train(), *batch())
+    names = {k.removeprefix("loss_") for k in losses if k.startswith("loss_")} - {"qfl", "dfl", "giou"}
+    assert names == expected
+    for name in expected:
+        weight = {"bckd_cls": 1.0, "bckd_loc": 4.0, "kd": cfg.kd_weight, "ld": cfg.ld_weight}[name]
+        torch.testing.assert_close(losses[f"loss_{name}"].detach(), losses[f"raw_{name}"] * weight)
+        assert losses[f"raw_{name}"].item() > 0
+    sum(v for k, v in losses.items() if k.startswith("loss_")).backward()
+    assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert not teacher.training
+
+
+def test_positive_levels_only_masks_levels_without_positives():
+    teacher, student = pair()
+    student.train()
+    base = Distiller(teacher, ModelConfig(**STUDENT), DistillConfig(), torch.device("cpu"))
+    masked = Distiller(teacher, ModelConfig(**STUDENT), DistillConfig(positive_levels_only=True), torch.device("cpu"))
+    images, targets = batch()
+    a, b = base(student, images, targets), masked(student, images, targets)
+    assert 0 < b["raw_bckd_cls"].item() < a["raw_bckd_cls"].item()  # small boxes: some levels hold no positive
+
+
+def test_distill_cli_runs_a_few_steps(tiny_scenes, tmp_path):
+    common = [f"data.root={tiny_scenes}", "data.generator.size=tiny", f"runs_dir={tmp_path}"]
+    small = {"backbone": "efficientnet_lite0", "input_size": [128, 128], "fpn_channels": 32, "head_convs": 1}
+    train = {"max_steps": 2, "batch_size": 4, "workers": 0, "max_train_images": 0, "log_every": 1}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    teacher = [*common, *(f"teacher.model.{k}={json.dumps(v)}" for k, v in {**small, "head_channels": 32}.items()),
+               *(f"teacher.train.{k}={json.dumps(v)}" for k, v in train.items())]
+    proc = subprocess.run([sys.executable, "-m", "pipeline.train", "--no-progress", *teacher], capture_output=True,
+                          text=True, cwd=REPO, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    student = [*common, *(f"student.model.{k}={json.dumps(v)}" for k, v in {**small, "head_channels": 16}.items()),
+               *(f"student.train.{k}={json.dumps(v)}" for k, v in train.items())]
+    proc = subprocess.run([sys.executable, "-m", "pipeline.distill", "--no-progress", *student], capture_output=True,
+                          text=True, cwd=REPO, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = tmp_path / "default" / "distill"
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert {"raw_bckd_cls", "loss_bckd_cls", "raw_bckd_loc", "loss_bckd_loc", "loss_qfl"} <= set(records[0])
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["distill"]["method"] == "bckd" and state["config"]["head_channels"] == 16
+    assert not any(k.startswith("teacher") for k in state["model"])  # only the student is saved
+    assert (out / "metrics.json").is_file()
+    # A teacher of another input size is refused before any training.
+    proc = subprocess.run([sys.executable, "-m", "pipeline.distill", "--no-progress", *student,
+                           "student.model.input_size=[160,160]", "run=other", f"teacher.checkpoint={tmp_path / 'default/teacher/last.pt'}"],
+                          capture_output=True, text=True, cwd=REPO, env=env)
+    assert proc.returncode == 2 and "differ in locations per level" in proc.stderr
