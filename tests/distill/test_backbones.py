@@ -51,3 +51,14 @@ def test_local_weights_file_and_its_errors(tmp_path):
         build_backbone("resnet18", str(tmp_path / "bad.pth"))
     with pytest.raises(InputError, match="unknown backbone 'resnet9'; valid: resnet18"):
         build_backbone("resnet9", "none")
+
+
+def test_offline_imagenet_download_says_how_to_pass_a_local_file(monkeypatch):
+    from torchvision.models import ResNet18_Weights
+
+    def offline(self, *args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(type(ResNet18_Weights.IMAGENET1K_V1), "get_state_dict", offline)
+    with pytest.raises(InputError, match=r"downloads torchvision's weights .* set pretrained: /path/to/resnet18-"):
+        build_backbone("resnet18", "imagenet")

@@ -102,3 +102,49 @@ def test_distill_cli_runs_a_few_steps(tiny_scenes, tmp_path):
                            "student.model.input_size=[160,160]", "run=other", f"teacher.checkpoint={tmp_path / 'default/teacher/last.pt'}"],
                           capture_output=True, text=True, cwd=REPO, env=env)
     assert proc.returncode == 2 and "differ in locations per level" in proc.stderr
+
+
+def test_distillation_steps_leave_the_teacher_bit_identical(tiny_scenes, tmp_path):
+    from distill.trainer import TrainConfig, train
+    from pipeline.config import DataConfig
+    from pipeline.stage_data import load_split
+
+    data = DataConfig(root=str(tiny_scenes))
+    splits = load_split(data, "train"), load_split(data, "val")
+    size = dict(TEACHER, input_size=[128, 128])
+    torch.manual_seed(0)
+    teacher = build_detector(ModelConfig(**size), 10)
+    student = build_detector(ModelConfig(**dict(STUDENT, input_size=[128, 128])), 10)
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student_before = {k: v.clone() for k, v in student.state_dict().items()}
+    distiller = Distiller(teacher, ModelConfig(**dict(STUDENT, input_size=[128, 128])), DistillConfig(), torch.device("cpu"))
+    cfg = TrainConfig(epochs=1, max_steps=3, batch_size=4, workers=0, warmup_steps=0, optimizer="adamw", lr=1e-3)
+    train(student, distiller, cfg, *splits, tmp_path, (128, 128), {"classes": splits[0].class_names}, progress=False)
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, teacher_before[k]), k
+    assert any(not torch.equal(v, student_before[k]) for k, v in student.state_dict().items())
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    optimised = sum(len(g["params"]) for g in state["optimizer"]["param_groups"])
+    assert optimised == sum(1 for p in student.parameters() if p.requires_grad)  # no teacher parameter
+    assert set(state["model"]) == set(student.state_dict())
+
+
+def test_two_process_gloo_distillation(tiny_scenes, tmp_path):
+    common = [f"data.root={tiny_scenes}", "data.generator.size=tiny", f"runs_dir={tmp_path}"]
+    small = {"backbone": "efficientnet_lite0", "input_size": [128, 128], "fpn_channels": 32, "head_convs": 1}
+    train = {"max_steps": 2, "batch_size": 2, "workers": 0, "max_train_images": 0, "log_every": 1, "device": "cpu"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    teacher = [*common, *(f"teacher.model.{k}={json.dumps(v)}" for k, v in {**small, "head_channels": 32}.items()),
+               *(f"teacher.train.{k}={json.dumps(v)}" for k, v in train.items())]
+    proc = subprocess.run([sys.executable, "-m", "pipeline.train", "--no-progress", *teacher], capture_output=True,
+                          text=True, cwd=REPO, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    student = [*common, *(f"student.model.{k}={json.dumps(v)}" for k, v in {**small, "head_channels": 16}.items()),
+               *(f"student.train.{k}={json.dumps(v)}" for k, v in train.items())]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "pipeline.distill", "--no-progress", *student],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "default" / "distill"
+    assert sorted(p.name for p in out.glob("*.pt")) == ["best.pt", "last.pt"]
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == 2
