@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from deploy.errors import InputError
+from pipeline.cli import guarded
 from pipeline.config import load_config, to_yaml
 from pipeline.run import run_pipeline
 
@@ -26,21 +26,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--debug", action="store_true", help="show tracebacks on bad input")
     run.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> None:
         cfg = load_config(args.config, args.overrides)
         print(f"# config: {args.config}" + (f" with {' '.join(args.overrides)}" if args.overrides else ""))
         print(to_yaml(cfg), flush=True)
         stages = args.stages.split(",") if args.stages else None
         run_pipeline(cfg, stages, progress=not args.no_progress and sys.stderr.isatty())
-    except InputError as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command to continue", file=sys.stderr)
-        return 130
-    return 0
+
+    return guarded(body, args.debug)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from deploy.errors import InputError
 from deploy.evaluate import coco_eval
 from deploy.files import write_json, write_text
 from distill.validate import predict
+from pipeline.cli import guarded
 from pipeline.config import PipelineConfig, load_config
 from pipeline.distill import distill_student, load_teacher, teacher_path
 from pipeline.stage_data import load_split
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/ablation")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> None:
         cfg = load_config(args.config, args.overrides)
         names = args.variants.split(",")
         unknown = [n for n in names if n not in VARIANTS]
@@ -97,10 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         write_text(out / "ablation.md", header + text + "\n")
         write_json(out / "ablation.json", {"teacher": {c: teacher.get(c) for c in COLUMNS}, "teacher_checkpoint": str(path),
                                            "variants": {n: {"distill": VARIANTS[n], **rows[n]} for n in rows}})
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return guarded(body)
 
 
 if __name__ == "__main__":

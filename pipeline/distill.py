@@ -23,7 +23,8 @@ from deploy.evaluate import format_metrics
 from distill.checkpoint import load_checkpoint, load_model_state
 from distill.distiller import Distiller, check_pair
 from distill.models.detector import ModelConfig, build_detector
-from distill.trainer import NonFiniteLoss, setup_distributed, train
+from distill.trainer import setup_distributed, train
+from pipeline.cli import guarded
 from pipeline.config import PipelineConfig, from_dict, load_config
 from pipeline.stage_data import load_split, run_data
 
@@ -77,23 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on bad input")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> None:
         cfg = load_config(args.config, args.overrides)
         metrics = distill_student(cfg, args.teacher or None, args.resume, progress=not args.no_progress and sys.stderr.isatty())
         if metrics:
             print(f"distilled student ({cfg.distill.method}): val {format_metrics(metrics)} -> {cfg.run_dir / 'distill'}")
-    except (InputError, NonFiniteLoss) as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: rerun with --resume to continue from the last checkpoint", file=sys.stderr)
-        return 130
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
+
+    return guarded(body, args.debug, "interrupted: rerun with --resume to continue from the last checkpoint")
 
 
 if __name__ == "__main__":

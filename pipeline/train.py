@@ -18,13 +18,13 @@ from typing import Any
 
 import torch.distributed as dist
 
-from deploy.errors import InputError
 from deploy.evaluate import format_metrics, write_evaluation
 from distill.checkpoint import load_checkpoint, load_model_state
 from distill.losses.gfl import make_gfl_loss
 from distill.models.detector import build_detector
-from distill.trainer import NonFiniteLoss, setup_distributed, train
+from distill.trainer import setup_distributed, train
 from distill.validate import evaluate_model
+from pipeline.cli import guarded
 from pipeline.config import PipelineConfig, load_config
 from pipeline.stage_data import load_split, run_data
 
@@ -64,23 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on bad input")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> None:
         cfg = load_config(args.config, args.overrides)
         metrics = train_role(cfg, args.role, args.resume, progress=not args.no_progress and sys.stderr.isatty())
         if metrics:
             print(f"{args.role}: val {format_metrics(metrics)} -> {Path(cfg.run_dir) / args.role}")
-    except (InputError, NonFiniteLoss) as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: rerun with --resume to continue from the last checkpoint", file=sys.stderr)
-        return 130
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
+
+    return guarded(body, args.debug, "interrupted: rerun with --resume to continue from the last checkpoint")
 
 
 if __name__ == "__main__":

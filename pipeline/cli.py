@@ -1,0 +1,31 @@
+"""What every edgekd command does around its work: bad input or a stopped run ends with one line and
+exit code 2 (the traceback only with --debug), Ctrl-C says how to continue, DDP is torn down."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import torch.distributed as dist
+
+from deploy.errors import InputError
+from distill.trainer import NonFiniteLoss
+
+
+def guarded(body: Callable[[], None], debug: bool = False,
+            on_interrupt: str = "interrupted: rerun the same command to continue") -> int:
+    """Run body(); map failures to exit codes: 2 for bad input or a non-finite loss, 130 for Ctrl-C."""
+    try:
+        body()
+    except (InputError, NonFiniteLoss) as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(on_interrupt, file=sys.stderr)
+        return 130
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
