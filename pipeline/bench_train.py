@@ -33,9 +33,7 @@ def bench(role_cfg, num_classes: int, steps: int, warmup: int, distill_from=None
     loss_fn = make_gfl_loss(role_cfg.model.anchor_scale, role_cfg.model.atss_topk, tuple(role_cfg.model.loss_weights))
     if distill_from is not None:
         teacher = build_detector(distill_from.model, num_classes)
-        if role_cfg.train.channels_last:
-            teacher.to(memory_format=torch.channels_last)
-        loss_fn = Distiller(teacher, role_cfg.model, distill_cfg, torch.device("cpu"))
+        loss_fn = Distiller(teacher, role_cfg.model, distill_cfg, torch.device("cpu"), role_cfg.train.channels_last)
     if role_cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)

@@ -62,7 +62,7 @@ def distill_student(cfg: PipelineConfig, teacher_file: str | None = None, resume
     student = build_detector(cfg.student.model, num_classes=len(train_set.categories))
     input_size = tuple(cfg.student.model.input_size)
     check_pair(teacher, student, teacher_classes, train_set.class_names, input_size, str(path), teacher_size)
-    distiller = Distiller(teacher, cfg.student.model, cfg.distill, info.device)
+    distiller = Distiller(teacher, cfg.student.model, cfg.distill, info.device, cfg.student.train.channels_last)
     extra = {"config": asdict(cfg.student.model), "classes": train_set.class_names,
              "distill": asdict(cfg.distill), "teacher": str(path)}
     return train(student, distiller, cfg.student.train, train_set, val_set, cfg.run_dir / out_name, input_size,
