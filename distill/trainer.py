@@ -186,12 +186,12 @@ def train(model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, train_set: CocoDa
         if info.main:
             print(f"resumed from {out_dir / 'last.pt'} at step {step} (epoch {step // steps_per_epoch})")
             _truncate_log(out_dir / "log.jsonl", step)
-    if step >= total_steps_for(cfg, steps_per_epoch) and (out_dir / "metrics.json").is_file():
+    total_steps = total_steps_for(cfg, steps_per_epoch)
+    if step >= total_steps and (out_dir / "metrics.json").is_file():
         if info.main:
             print(f"already trained: {out_dir / 'last.pt'} is at step {step}")
         return json.loads((out_dir / "metrics.json").read_text())
     train_model = DistributedDataParallel(model) if info.world > 1 else model
-    total_steps = total_steps_for(cfg, steps_per_epoch)
 
     def checkpoint(path: Path) -> None:
         save_checkpoint(path, {
@@ -205,6 +205,22 @@ def train(model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, train_set: CocoDa
         record["elapsed_s"] = round(time.perf_counter() - started, 1)  # wall time of this session
         with open(out_dir / "log.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+
+    def evaluate(final: bool) -> dict[str, Any]:
+        """Val mAP (a subset during training, all of val at the end); best.pt follows the best AP."""
+        nonlocal best_ap
+        val = val_set if final else subset(val_set, cfg.max_val_images)
+        metrics, results = evaluate_model(model, val, input_size, cfg.batch_size, info.device, progress)
+        log({"step": step, "epoch": step // steps_per_epoch, "val_images": len(val.images),
+             "val": {k: metrics[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}})
+        print(f"epoch {-(-step // steps_per_epoch)}: val ({len(val.images)} images) {format_metrics(metrics)}", flush=True)
+        if metrics["AP"] > best_ap:
+            best_ap = metrics["AP"]
+            checkpoint(out_dir / "last.pt")  # records best_ap for a resume
+            checkpoint(out_dir / "best.pt")
+        if final:
+            write_evaluation(str(out_dir), metrics, results)
+        return metrics
 
     if info.main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -260,18 +276,9 @@ def train(model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, train_set: CocoDa
         if info.main and (epoch_done or step >= total_steps):
             checkpoint(out_dir / "last.pt")
             if step >= total_steps or (epoch + 1) % cfg.eval_every == 0:
-                final = step >= total_steps
-                val = val_set if final else subset(val_set, cfg.max_val_images)
-                metrics, results = evaluate_model(model, val, input_size, cfg.batch_size, info.device, progress)
-                log({"step": step, "epoch": epoch, "val": {k: metrics[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")},
-                     "val_images": len(val.images)})
-                print(f"epoch {epoch + 1}: val ({len(val.images)} images) {format_metrics(metrics)}", flush=True)
-                if metrics["AP"] > best_ap:
-                    best_ap = metrics["AP"]
-                    checkpoint(out_dir / "last.pt")  # records best_ap for a resume
-                    checkpoint(out_dir / "best.pt")
-                if final:
-                    write_evaluation(str(out_dir), metrics, results)
+                metrics = evaluate(final=step >= total_steps)
         if info.world > 1:
             dist.barrier()
+    if info.main and not metrics:  # trained to the end before, but stopped ahead of the final evaluation
+        metrics = evaluate(final=True)
     return metrics

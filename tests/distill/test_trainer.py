@@ -112,3 +112,10 @@ def test_two_process_gloo_ddp_writes_one_checkpoint(tiny_scenes, tmp_path):
     state = load_checkpoint(out / "last.pt")
     assert state["step"] == 2 and state["train"]["batch_size"] == 2
     assert [r["img_s"] > 0 for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" in r] == [True, True]
+
+
+def test_a_run_stopped_before_its_final_evaluation_evaluates_on_resume(splits, tmp_path):
+    run(splits, tmp_path, max_steps=2)
+    (tmp_path / "metrics.json").unlink()  # as if killed after the last checkpoint, before the evaluation
+    _, metrics = run(splits, tmp_path, resume=True, max_steps=2)
+    assert metrics["num_images"] == 24 and (tmp_path / "metrics.json").is_file()
