@@ -173,8 +173,10 @@ def train(model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, train_set: CocoDa
     amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
     step, best_ap = 0, -1.0
-    if resume and not (out_dir / "last.pt").is_file() and info.main:
-        print(f"resume: no checkpoint at {out_dir / 'last.pt'}; starting from step 0")
+    if not (resume and (out_dir / "last.pt").is_file()) and info.main:
+        if resume:
+            print(f"resume: no checkpoint at {out_dir / 'last.pt'}; starting from step 0")
+        _truncate_log(out_dir / "log.jsonl", 0)  # a fresh start keeps no lines of an earlier run
     if resume and (out_dir / "last.pt").is_file():
         state = load_checkpoint(out_dir / "last.pt")
         load_model_state(model, state["model"], str(out_dir / "last.pt"))
