@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.cli import guarded
+from pipeline.cli import common_arguments, guarded
 from pipeline.config import load_config, to_yaml
 from pipeline.run import run_pipeline
 
@@ -20,11 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description="edgekd: distil, export, quantize, measure.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the pipeline's stages")
-    run.add_argument("--config", default="configs/pipelines/default.yaml", help="pipeline YAML")
+    common_arguments(run)
     run.add_argument("--stages", help="comma-separated stages to run (default: the config's list)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
-    run.add_argument("--debug", action="store_true", help="show tracebacks on bad input")
-    run.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     args = parser.parse_args(argv)
 
     def body() -> None:

@@ -3,6 +3,7 @@ exit code 2 (the traceback only with --debug), Ctrl-C says how to continue, DDP 
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 
@@ -29,3 +30,12 @@ def guarded(body: Callable[[], None], debug: bool = False,
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
     return 0
+
+
+def common_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--config, --no-progress, --debug and the key.sub=value overrides every command takes."""
+    parser.add_argument("--config", default="configs/pipelines/default.yaml", help="pipeline YAML")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on bad input")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    return parser

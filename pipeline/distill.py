@@ -24,7 +24,7 @@ from distill.checkpoint import load_checkpoint, load_model_state
 from distill.distiller import Distiller, check_pair
 from distill.models.detector import ModelConfig, build_detector
 from distill.trainer import setup_distributed, train
-from pipeline.cli import guarded
+from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, from_dict, load_config
 from pipeline.stage_data import load_split, run_data
 
@@ -70,13 +70,9 @@ def distill_student(cfg: PipelineConfig, teacher_file: str | None = None, resume
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.distill", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="configs/pipelines/default.yaml")
+    parser = common_arguments(argparse.ArgumentParser(prog="python -m pipeline.distill", description=__doc__.split("\n")[0]))
     parser.add_argument("--teacher", help="teacher checkpoint (default: runs/<run>/teacher/last.pt)")
     parser.add_argument("--resume", action="store_true", help="continue from <run>/distill/last.pt if it exists")
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on bad input")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = parser.parse_args(argv)
 
     def body() -> None:

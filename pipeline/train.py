@@ -24,7 +24,7 @@ from distill.losses.gfl import make_gfl_loss
 from distill.models.detector import build_detector
 from distill.trainer import setup_distributed, train
 from distill.validate import evaluate_model
-from pipeline.cli import guarded
+from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
 from pipeline.stage_data import load_split, run_data
 
@@ -56,13 +56,9 @@ def train_role(cfg: PipelineConfig, role: str, resume: bool = True, progress: bo
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="configs/pipelines/default.yaml")
+    parser = common_arguments(argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__.split("\n")[0]))
     parser.add_argument("--role", choices=("teacher", "student"), default="teacher")
     parser.add_argument("--resume", action="store_true", help="continue from <run>/<role>/last.pt if it exists")
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on bad input")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = parser.parse_args(argv)
 
     def body() -> None:
