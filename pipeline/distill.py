@@ -59,7 +59,8 @@ def distill_student(cfg: PipelineConfig, teacher_file: str | None = None, resume
         raise InputError(f"teacher checkpoint not found: {path} (run `make teacher` first, or pass TEACHER=path)")
     teacher, teacher_classes = load_teacher(path)
     teacher_size = tuple(teacher.cfg.input_size)
-    student = build_detector(cfg.student.model, num_classes=len(train_set.categories))
+    # Seeded after the teacher is built: every variant (and `make student`) starts from the same init.
+    student = build_detector(cfg.student.model, num_classes=len(train_set.categories), seed=cfg.student.train.seed)
     input_size = tuple(cfg.student.model.input_size)
     check_pair(teacher, student, teacher_classes, train_set.class_names, input_size, str(path), teacher_size)
     distiller = Distiller(teacher, cfg.student.model, cfg.distill, info.device, cfg.student.train.channels_last)

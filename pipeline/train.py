@@ -39,7 +39,7 @@ def train_role(cfg: PipelineConfig, role: str, resume: bool = True, progress: bo
     if info.world > 1:
         dist.barrier()
     train_set, val_set = load_split(cfg.data, "train"), load_split(cfg.data, "val")
-    model = build_detector(role_cfg.model, num_classes=len(train_set.categories))
+    model = build_detector(role_cfg.model, num_classes=len(train_set.categories), seed=role_cfg.train.seed)
     input_size = tuple(role_cfg.model.input_size)
     if role_cfg.checkpoint:
         state = load_checkpoint(role_cfg.checkpoint)

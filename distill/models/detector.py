@@ -67,6 +67,9 @@ class ExportWrapper(nn.Module):
         return decode(self.detector(images))
 
 
-def build_detector(cfg: ModelConfig, num_classes: int) -> Detector:
-    """A detector for num_classes classes from its config."""
+def build_detector(cfg: ModelConfig, num_classes: int, seed: int | None = None) -> Detector:
+    """A detector for num_classes classes from its config; with a seed, its random layers (FPN, head)
+    are initialised the same whatever the process drew from the RNG before."""
+    if seed is not None:
+        torch.manual_seed(seed)
     return Detector(cfg, num_classes)

@@ -119,3 +119,13 @@ def test_a_run_stopped_before_its_final_evaluation_evaluates_on_resume(splits, t
     (tmp_path / "metrics.json").unlink()  # as if killed after the last checkpoint, before the evaluation
     _, metrics = run(splits, tmp_path, resume=True, max_steps=2)
     assert metrics["num_images"] == 24 and (tmp_path / "metrics.json").is_file()
+
+
+def test_a_seeded_build_does_not_depend_on_earlier_rng_draws():
+    cfg = ModelConfig(**{**SMALL, "pretrained": "none"})
+    a = build_detector(cfg, 10, seed=3).state_dict()
+    torch.rand(1000)  # what an earlier model, teacher or training run in the same process would draw
+    b = build_detector(cfg, 10, seed=3).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = build_detector(cfg, 10, seed=4).state_dict()
+    assert not torch.equal(a["head.cls_out.weight"], c["head.cls_out.weight"])
