@@ -37,11 +37,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load weights that must match the model exactly; name the first mismatching keys and shapes."""
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str, extra_ok: bool = False) -> None:
+    """Load weights that must match the model; name the first mismatching keys and shapes. With
+    extra_ok, keys the model lacks are ignored (a classifier's head when loading a backbone)."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
+    unexpected = [] if extra_ok else [k for k in state if k not in own]
     shapes = [f"{k} checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
               for k, v in own.items() if k in state and state[k].shape != v.shape]
     if missing or unexpected or shapes:
@@ -54,4 +55,4 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
             parts.append(f"unexpected keys: {', '.join(unexpected[:3])}")
         raise InputError(f"{source}: architecture differs from the model config ({len(shapes)} shapes, "
                          f"{len(missing)} missing, {len(unexpected)} unexpected): {' | '.join(parts)}")
-    model.load_state_dict(state)
+    model.load_state_dict({k: state[k] for k in own})

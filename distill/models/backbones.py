@@ -21,6 +21,7 @@ from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from deploy.errors import InputError
+from distill.checkpoint import load_model_state
 
 # torchvision: builder, ImageNet weights enum name, nodes at strides 8/16/32
 _TORCHVISION = {
@@ -86,18 +87,6 @@ def _map_in_order(source: dict[str, torch.Tensor], target_keys: list[str], path:
     return dict(zip(target_keys, source.values()))
 
 
-def _load_into(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    """Load the weights the module has; every module weight must be present with its shape."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    wrong = [f"{k}: file {tuple(state[k].shape)} vs network {tuple(v.shape)}"
-             for k, v in own.items() if k in state and state[k].shape != v.shape]
-    if missing or wrong:
-        detail = f"shape mismatch {wrong[:3]}" if wrong else f"missing keys {missing[:5]}"
-        raise InputError(f"{path}: does not fit the backbone ({len(missing)} missing, {len(wrong)} mismatched): {detail}")
-    module.load_state_dict({k: state[k] for k in own})
-
-
 def _efficientnet_lite(k: int, pretrained: str) -> Backbone:
     import timm
 
@@ -109,7 +98,7 @@ def _efficientnet_lite(k: int, pretrained: str) -> Backbone:
         if next(iter(state)).startswith("_conv_stem"):  # efficientnet_pytorch naming: map in order
             full_keys = list(timm.create_model(name, pretrained=False, pad_type="").state_dict())
             state = _map_in_order(state, full_keys, path)
-        _load_into(body, state, path)
+        load_model_state(body, state, str(path), extra_ok=True)
     return Backbone(body, list(body.feature_info.channels()))
 
 
@@ -128,7 +117,7 @@ def _torchvision(name: str, pretrained: str) -> Backbone:
         model.load_state_dict(state)
     body = create_feature_extractor(model, return_nodes={n: str(i) for i, n in enumerate(nodes)})
     if pretrained not in ("none", "imagenet"):  # a full classifier's file or a backbone-only one
-        _load_into(body, read_state_dict(pretrained), Path(pretrained))
+        load_model_state(body, read_state_dict(pretrained), pretrained, extra_ok=True)
     with torch.no_grad():
         channels = [f.shape[1] for f in body(torch.zeros(1, 3, 64, 64)).values()]
     return Backbone(body, channels)

@@ -11,7 +11,7 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from distill.models.backbones import build_backbone, freeze_batchnorm
-from distill.models.gfl_head import GFLHead, decode
+from distill.models.gfl_head import GFLHead
 
 
 @dataclass
@@ -54,17 +54,6 @@ class Detector(nn.Module):
         if mode and self.cfg.freeze_bn:
             freeze_batchnorm(self.backbone)
         return self
-
-
-class ExportWrapper(nn.Module):
-    """forward + decode, the exported-model contract: images -> (boxes [N, A, 4] xyxy px, scores [N, A, C])."""
-
-    def __init__(self, detector: Detector):
-        super().__init__()
-        self.detector = detector
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return decode(self.detector(images))
 
 
 def build_detector(cfg: ModelConfig, num_classes: int, seed: int | None = None) -> Detector:
