@@ -17,7 +17,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 TRAIN_RUN = $(if $(filter 1,$(NPROC)),$(PY) -m,$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup fashion-mnist data teacher student distill ablation pipeline bench-train test lint clean
+.PHONY: help setup fashion-mnist data teacher student distill export quantize ablation pipeline bench-train test lint clean
 
 help: ## list the targets
 	@echo "edgekd targets (stage targets take ARGS=\"key.sub=value ...\", CONFIG=path, NPROC=N):"
@@ -56,6 +56,12 @@ student: $(STAMP) ## train the student alone (the no-distillation baseline): run
 
 distill: $(STAMP) ## distil the student from the teacher (TEACHER=path to pick one): runs/<run>/distill/
 	$(TRAIN_RUN) pipeline.distill --config $(CONFIG) --resume $(if $(TEACHER),--teacher $(TEACHER)) $(ARGS)
+
+export: $(STAMP) ## student checkpoint -> runs/<run>/export/model.onnx, parity-gated, PyTorch and ORT FP32 measured
+	$(PY) -m pipeline.export --config $(CONFIG) $(ARGS)
+
+quantize: $(STAMP) ## ORT INT8 (QDQ), OpenVINO FP32/FP16/INT8 (NNCF), each measured; prints the table
+	$(PY) -m pipeline.quantize --config $(CONFIG) $(ARGS)
 
 ablation: $(STAMP) ## benchmark: student with none, kd, ld, bckd, bckd cls/loc only -> runs/ablation/ablation.md
 	$(PY) -m pipeline.ablation --config $(CONFIG) $(if $(TEACHER),--teacher $(TEACHER)) $(ARGS)

@@ -3,3 +3,7 @@
 
 class InputError(ValueError):
     """Bad input; the message is one line naming the file and the field or setting at fault."""
+
+
+class GateError(RuntimeError):
+    """A stage's result broke a declared limit (parity, mAP drop): the message names the figure and the limit."""

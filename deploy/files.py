@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Union
+
+from deploy.errors import InputError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -36,3 +39,24 @@ def write_text(path: PathLike, text: str) -> None:
 def write_json(path: PathLike, data: Any, indent: int = 2) -> None:
     """Write JSON atomically (NaN is refused: it is not JSON)."""
     write_text(path, json.dumps(data, indent=indent, allow_nan=False) + "\n")
+
+
+def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes (recorded in artifacts to tie them to their source)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_writable(directory: PathLike) -> Path:
+    """Create `directory` if needed and make sure files can be written there; one clear error if not."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"output directory {directory} cannot be created ({e.strerror})") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise InputError(f"output directory {directory} is not writable")
+    return directory

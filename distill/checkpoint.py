@@ -56,3 +56,19 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
         raise InputError(f"{source}: architecture differs from the model config ({len(shapes)} shapes, "
                          f"{len(missing)} missing, {len(unexpected)} unexpected): {' | '.join(parts)}")
     model.load_state_dict({k: state[k] for k in own})
+
+
+def load_detector(path: str | Path):
+    """(detector in eval mode, its classes, the checkpoint) rebuilt from a checkpoint's own model config."""
+    from distill.models.detector import ModelConfig, build_detector  # models import this module's loader
+
+    state = load_checkpoint(path)
+    if not isinstance(state.get("config"), dict) or not state.get("classes"):
+        raise InputError(f"{path}: the checkpoint holds no model config or classes (not written by edgekd's trainer)")
+    known = {f for f in ModelConfig.__dataclass_fields__}
+    unknown = sorted(set(state["config"]) - known)
+    if unknown:
+        raise InputError(f"{path}: its model config has keys this version does not know: {', '.join(unknown)}")
+    model = build_detector(ModelConfig(**{**state["config"], "pretrained": "none"}), num_classes=len(state["classes"]))
+    load_model_state(model, state["model"], str(path))
+    return model.eval(), list(state["classes"]), state

@@ -9,13 +9,14 @@ from collections.abc import Callable
 
 import torch.distributed as dist
 
-from deploy.errors import InputError
+from deploy.errors import GateError, InputError
 from distill.trainer import NonFiniteLoss
 
 
 def guarded(body: Callable[[], None], debug: bool = False,
             on_interrupt: str = "interrupted: rerun the same command to continue") -> int:
-    """Run body(); map failures to exit codes: 2 for bad input or a non-finite loss, 130 for Ctrl-C."""
+    """Run body(); map failures to exit codes: 2 for bad input or a non-finite loss, 3 for a failed gate,
+    130 for Ctrl-C."""
     try:
         body()
     except (InputError, NonFiniteLoss) as e:
@@ -23,6 +24,11 @@ def guarded(body: Callable[[], None], debug: bool = False,
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except GateError as e:  # the artifacts stay for inspection
+        if debug:
+            raise
+        print(f"gate failed: {e}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(on_interrupt, file=sys.stderr)
         return 130

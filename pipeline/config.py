@@ -23,6 +23,8 @@ from distill.data.fashion_scenes import FashionScenesConfig
 from distill.distiller import DistillConfig
 from distill.models.detector import ModelConfig
 from distill.trainer import TrainConfig
+from export.onnx import ExportConfig
+from export.quantize import QuantizeConfig
 
 
 class ConfigError(InputError):
@@ -57,7 +59,7 @@ class RoleConfig:
     checkpoint: str | None = None  # a trained checkpoint to use instead of training
 
 
-STAGES = ("data", "teacher", "distill")  # in order; later stages join as they are built
+STAGES = ("data", "teacher", "distill", "export", "quantize")  # in order; later stages join as they are built
 
 
 @dataclass
@@ -68,6 +70,8 @@ class PipelineConfig:
     teacher: RoleConfig = field(default_factory=RoleConfig)
     student: RoleConfig = field(default_factory=RoleConfig)  # its train section is also the distillation schedule
     distill: DistillConfig = field(default_factory=DistillConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     stages: list[str] = field(default_factory=lambda: list(STAGES))  # which stages `run` runs by default
 
     @property

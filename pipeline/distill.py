@@ -20,12 +20,12 @@ import torch.distributed as dist
 
 from deploy.errors import InputError
 from deploy.evaluate import format_metrics
-from distill.checkpoint import load_checkpoint, load_model_state
+from distill.checkpoint import load_detector
 from distill.distiller import Distiller, check_pair
-from distill.models.detector import ModelConfig, build_detector
+from distill.models.detector import build_detector
 from distill.trainer import setup_distributed, train
 from pipeline.cli import common_arguments, guarded
-from pipeline.config import PipelineConfig, from_dict, load_config
+from pipeline.config import PipelineConfig, load_config
 from pipeline.stage_data import load_split, run_data
 
 
@@ -36,13 +36,8 @@ def teacher_path(cfg: PipelineConfig, override: str | None = None) -> Path:
 
 def load_teacher(path: Path):
     """(teacher detector, its classes) rebuilt from a checkpoint's own model config."""
-    state = load_checkpoint(path)
-    if not isinstance(state.get("config"), dict) or not state.get("classes"):
-        raise InputError(f"{path}: the checkpoint holds no model config or classes (not written by edgekd's trainer)")
-    model_cfg = from_dict(ModelConfig, {**state["config"], "pretrained": "none"}, str(path), "config")
-    teacher = build_detector(model_cfg, num_classes=len(state["classes"]))
-    load_model_state(teacher, state["model"], str(path))
-    return teacher, list(state["classes"])
+    teacher, classes, _ = load_detector(path)
+    return teacher, classes
 
 
 def distill_student(cfg: PipelineConfig, teacher_file: str | None = None, resume: bool = True,

@@ -14,6 +14,8 @@ from typing import Any
 from deploy.files import write_json, write_text
 from pipeline.config import STAGES, ConfigError, PipelineConfig, to_yaml
 from pipeline.distill import distill_student
+from pipeline.export import run_export
+from pipeline.quantize import run_quantize
 from pipeline.stage_data import run_data
 from pipeline.train import train_role
 
@@ -22,6 +24,8 @@ STAGE_FUNCTIONS: dict[str, tuple[Callable[..., dict], str]] = {
     "data": (lambda cfg, out, progress: run_data(cfg.data, out, progress), "data"),
     "teacher": (lambda cfg, out, progress: train_role(cfg, "teacher", resume=True, progress=progress), "teacher"),
     "distill": (lambda cfg, out, progress: distill_student(cfg, resume=True, progress=progress), "distill"),
+    "export": (run_export, "export"),
+    "quantize": (run_quantize, "quantize"),
 }
 
 

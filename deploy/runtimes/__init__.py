@@ -1,0 +1,44 @@
+"""Runtime runners with one interface: `open_runner(path)` picks the runtime by file suffix.
+
+A runner has `inputs` and `outputs` ({name: shape}, -1 for a dynamic axis), `batch` (the fixed batch
+size, or None when dynamic), `precision`, `backend`, `warmup(n)` and `infer(images) -> {name: array}`
+on a preprocessed float32 [N, 3, H, W] batch. The runtime library is imported when a runner is opened,
+so a device needs only the runtime it uses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from deploy.errors import InputError
+
+BACKENDS = {".onnx": "onnxruntime", ".xml": "openvino", ".engine": "tensorrt", ".plan": "tensorrt"}
+
+
+def backend_for(path: str, backend: str | None = None) -> str:
+    """The runtime for an artifact: the override, or the one its suffix implies."""
+    if backend:
+        if backend not in set(BACKENDS.values()):
+            raise InputError(f"--backend {backend}: unknown; valid: {', '.join(sorted(set(BACKENDS.values())))}")
+        return backend
+    suffix = Path(path).suffix.lower()
+    if suffix not in BACKENDS:
+        raise InputError(f"{path}: cannot tell the runtime from the suffix '{suffix}' "
+                         f"(known: {', '.join(BACKENDS)}); pass --backend")
+    return BACKENDS[suffix]
+
+
+def open_runner(path: str, backend: str | None = None, **options: Any):
+    """Load an artifact into its runtime's runner; options go to that runner (threads, device, ...)."""
+    if not Path(path).is_file():
+        raise InputError(f"artifact not found: {path}")
+    name = backend_for(path, backend)
+    if name == "onnxruntime":
+        from deploy.runtimes.onnxruntime import OrtRunner
+        return OrtRunner(path, **options)
+    if name == "openvino":
+        from deploy.runtimes.openvino import OpenVinoRunner
+        return OpenVinoRunner(path, **options)
+    from deploy.runtimes.tensorrt import TensorRTRunner
+    return TensorRTRunner(path, **options)

@@ -1,0 +1,137 @@
+"""PyTorch checkpoint -> ONNX following the exported-model contract (../shared/DESIGN.md): input
+`images` float32 [N, 3, H, W] preprocessed as deploy/preprocess.py does; outputs `boxes` [N, A, 4]
+xyxy in input pixels and `scores` [N, A, C] sigmoid probabilities, the decode inside the graph.
+`make export` (pipeline/export.py) runs it on the pipeline's student.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxslim
+import torch
+from torch import nn
+
+from deploy.errors import GateError, InputError
+from deploy.files import atomic_path, check_writable, sha256_file
+from deploy.preprocess import MEAN, STD
+from deploy.runtimes.onnxruntime import OrtRunner
+from distill.models.gfl_head import decode
+
+INPUT, OUTPUTS = "images", ("boxes", "scores")
+
+
+@dataclass
+class ExportConfig:
+    checkpoint: str | None = None  # the model to export; default <run>/distill/last.pt
+    opset: int = 17
+    batch: int = 1  # the static batch size (the device's)
+    dynamic_batch: bool = False  # a symbolic batch axis instead
+    slim: bool = True  # onnxslim after the checker
+    score_atol: float = 1e-4  # gate: max |scores ONNX Runtime - PyTorch|
+    box_atol: float = 1e-2  # gate: max |boxes ONNX Runtime - PyTorch| in input pixels
+    parity_images: int = 16  # val images the parity check runs on
+    warmup: int = 10  # latency: untimed calls, then timed ones
+    iters: int = 100
+    threads: int = 0  # runtime threads; 0 = the runtime's default (all cores)
+
+
+class ExportModel(nn.Module):
+    """The detector with its decode: images -> (boxes xyxy input pixels, scores probabilities)."""
+
+    def __init__(self, detector: nn.Module):
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return decode(self.detector(images))
+
+
+def metadata(classes: list[str], input_size: tuple[int, int], source: str | None) -> dict[str, str]:
+    """Model properties a device needs to use the file without our configs (all strings, as ONNX wants)."""
+    return {
+        "edgekd.classes": json.dumps(classes),
+        "edgekd.input_size": json.dumps(list(input_size)),  # [height, width]
+        "edgekd.preprocess": json.dumps({"resize": "letterbox, centred, bilinear", "color": "RGB",
+                                         "layout": "NCHW", "mean": MEAN, "std": STD, "pad": "mean colour (0)"}),
+        "edgekd.outputs": "boxes [N,A,4] xyxy input pixels; scores [N,A,C] sigmoid",
+        "edgekd.source_sha256": sha256_file(source) if source else "",
+        "edgekd.source": str(source or ""),
+    }
+
+
+def check_onnx(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
+    """onnx.checker (full) and strict shape inference; a failure is an InputError naming the file."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise InputError(f"{where}: the ONNX model fails the checker: {str(e).splitlines()[0][:300]}") from None
+
+
+def export_onnx(detector: nn.Module, classes: list[str], out: str | Path, input_size: tuple[int, int],
+                opset: int = 17, batch: int = 1, dynamic_batch: bool = False, slim: bool = True,
+                source: str | None = None) -> Path:
+    """Write the detector as ONNX to `out` (atomically: checked, slimmed and tagged, or nothing)."""
+    out = Path(out)
+    check_writable(out.parent)
+    model = ExportModel(detector).eval()
+    dummy = torch.zeros(batch, 3, *input_size)
+    dynamic = {INPUT: {0: "batch"}, **{o: {0: "batch"} for o in OUTPUTS}} if dynamic_batch else None
+    with atomic_path(out) as tmp, warnings.catch_warnings():
+        # The TorchScript exporter: the dynamo one needs onnxscript, and this graph is static anyway.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (dummy,), str(tmp), dynamo=False, opset_version=opset, input_names=[INPUT],
+                          output_names=list(OUTPUTS), dynamic_axes=dynamic, do_constant_folding=True)
+        proto = check_onnx(onnx.load(str(tmp)), str(out))
+        if slim:
+            proto = check_onnx(onnxslim.slim(proto), f"{out} (after onnxslim)")
+        onnx.helper.set_model_props(proto, metadata(classes, input_size, source))
+        onnx.save(proto, str(tmp))
+    return out
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """Our metadata props of an exported file, JSON values decoded."""
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    out = {}
+    for key, value in props.items():
+        if key.startswith("edgekd."):
+            try:
+                out[key[7:]] = json.loads(value)
+            except json.JSONDecodeError:
+                out[key[7:]] = value
+    return out
+
+
+@torch.no_grad()
+def parity(detector: nn.Module, onnx_path: str | Path, images: np.ndarray, batch: int | None = None) -> dict[str, float]:
+    """Max abs difference of scores and of boxes (pixels) between ONNX Runtime and PyTorch on images
+    [N, 3, H, W], run in chunks of the file's batch size."""
+    runner = OrtRunner(str(onnx_path))
+    size = runner.batch or batch or len(images)
+    model = ExportModel(detector).eval()
+    worst = {"scores_max_abs": 0.0, "boxes_max_abs": 0.0}
+    for start in range(0, len(images) - size + 1, size):
+        x = images[start : start + size]
+        got = runner.infer(x)
+        boxes, scores = model(torch.from_numpy(x))
+        worst["scores_max_abs"] = max(worst["scores_max_abs"], float(np.abs(got["scores"] - scores.numpy()).max()))
+        worst["boxes_max_abs"] = max(worst["boxes_max_abs"], float(np.abs(got["boxes"] - boxes.numpy()).max()))
+    return worst
+
+
+def check_parity(diff: dict[str, float], score_atol: float, box_atol: float, where: str) -> None:
+    """Refuse an export whose outputs drift from PyTorch beyond the tolerances."""
+    if diff["scores_max_abs"] > score_atol:
+        raise GateError(f"{where}: ONNX Runtime vs PyTorch scores differ by {diff['scores_max_abs']:.2e} "
+                        f"> max {score_atol:.0e} (export.score_atol)")
+    if diff["boxes_max_abs"] > box_atol:
+        raise GateError(f"{where}: ONNX Runtime vs PyTorch boxes differ by {diff['boxes_max_abs']:.2e} px "
+                        f"> max {box_atol:.0e} px (export.box_atol)")

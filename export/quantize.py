@@ -1,0 +1,344 @@
+"""INT8 post-training quantization and OpenVINO IR: ONNX Runtime QDQ (static, per-channel symmetric
+weights, symmetric activations so TensorRT takes the same file as explicit quantization), OpenVINO
+FP32/FP16 IR and NNCF INT8.
+
+The decode (DFL softmax and integral, anchor arithmetic, sigmoid, the concatenations) stays in float:
+it is everything after the last convolutions, found from the graph rather than from names. When INT8
+loses more than the gate allows, the most sensitive convolutions go back to float, fewest first.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+
+from deploy.coco import CocoDataset
+from deploy.errors import InputError
+from deploy.files import atomic_path
+from deploy.preprocess import load_image, preprocess
+
+MIN_CALIBRATION_IMAGES = 8
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+ARTIFACTS = ("onnxruntime_int8", "openvino_fp32", "openvino_fp16", "openvino_int8")
+
+
+@dataclass
+class QuantizeConfig:
+    artifacts: list[Literal["onnxruntime_int8", "openvino_fp32", "openvino_fp16", "openvino_int8"]] = field(
+        default_factory=lambda: list(ARTIFACTS))  # which to build and measure
+    calib_images: int = 300  # drawn from the train split, never val
+    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"  # ONNX Runtime's calibrator
+    seed: int = 0  # which training images calibrate
+    symmetric_activations: bool = True  # ORT QDQ: int8 zero-point-0 activations, as TensorRT needs; false: uint8
+    max_map_drop: float = 1.0  # gate: INT8 AP may fall at most this far (AP points) below FP32
+    accuracy_aware: bool = True  # over the gate: keep the most sensitive layers in float until it holds
+    max_float_layers: int = 32  # accuracy-aware search gives up beyond this many float layers
+    openvino_hint: Literal["LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"] = "LATENCY"
+    openvino_cache_dir: str | None = None  # compiled-model cache (faster start-up; latency unchanged)
+
+
+def calibration_paths(train: CocoDataset, count: int, seed: int = 0) -> list[str]:
+    """`count` training image paths drawn at random (seeded): calibration never sees val."""
+    if count < MIN_CALIBRATION_IMAGES:
+        raise InputError(f"quantize.calib_images={count}: at least {MIN_CALIBRATION_IMAGES} calibration images are needed")
+    if len(train.images) < count:
+        raise InputError(f"quantize.calib_images={count}, but the train split ({train.image_dir}) holds only "
+                         f"{len(train.images)} images; lower quantize.calib_images")
+    picked = random.Random(seed).sample(range(len(train.images)), count)
+    return [train.image_path(train.images[i]) for i in sorted(picked)]
+
+
+def calibration_batches(paths: Sequence[str], input_size: tuple[int, int]) -> Iterable[np.ndarray]:
+    """Preprocessed [1, 3, H, W] float32 inputs, one per image, read lazily."""
+    for path in paths:
+        yield preprocess(load_image(path), input_size)[0][None]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The decode: nodes from which no convolution is reachable
+
+
+def tail_nodes(names: Sequence[str], consumers: dict[str, list[str]], is_conv: dict[str, bool]) -> set[str]:
+    """Nodes (in topological order `names`) that reach no convolution downstream and are not one."""
+    feeds_conv: dict[str, bool] = {}
+    for name in reversed(names):
+        feeds_conv[name] = any(is_conv[c] or feeds_conv.get(c, False) for c in consumers.get(name, []))
+    return {n for n in names if not is_conv[n] and not feeds_conv[n]}
+
+
+def onnx_decode_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the ONNX nodes after the last convolutions (the decode), in graph order."""
+    nodes = list(model.graph.node)
+    names = [n.name or f"#{i}" for i, n in enumerate(nodes)]
+    producer = {out: name for name, n in zip(names, nodes) for out in n.output}
+    consumers: dict[str, list[str]] = {}
+    for name, n in zip(names, nodes):
+        for tensor in n.input:
+            if tensor in producer:
+                consumers.setdefault(producer[tensor], []).append(name)
+    tail = tail_nodes(names, consumers, {name: n.op_type == "Conv" for name, n in zip(names, nodes)})
+    return [n for n in names if n in tail]
+
+
+def openvino_decode_ops(model: Any) -> list[str]:
+    """Friendly names of the OpenVINO ops after the last convolutions (parameters and constants aside)."""
+    ops = list(model.get_ordered_ops())
+    names = [op.get_friendly_name() for op in ops]
+    consumers = {op.get_friendly_name(): [t.get_node().get_friendly_name() for out in op.outputs()
+                                          for t in out.get_target_inputs()] for op in ops}
+    kinds = {op.get_friendly_name(): op.get_type_name() for op in ops}
+    tail = tail_nodes(names, consumers, {n: kinds[n] in ("Convolution", "GroupConvolution") for n in names})
+    return [n for n in names if n in tail and kinds[n] not in ("Parameter", "Constant", "Result")]
+
+
+# ---------------------------------------------------------------------------------------------------
+# ONNX Runtime
+
+
+def preprocess_for_quantization(fp32: str | Path, out: str | Path) -> Path:
+    """ONNX Runtime's quant_pre_process (shape inference, graph optimisation) to `out`."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with atomic_path(out) as tmp:
+        quant_pre_process(str(fp32), str(tmp), skip_symbolic_shape=False)
+    return Path(out)
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over image files (duck-typed: get_next and rewind)."""
+
+    def __init__(self, paths: Sequence[str], input_size: tuple[int, int], input_name: str = "images"):
+        self.paths, self.input_size, self.input_name = paths, input_size, input_name
+        self.rewind()
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._it, None)
+        return None if batch is None else {self.input_name: batch}
+
+    def rewind(self) -> None:
+        self._it = iter(calibration_batches(self.paths, self.input_size))
+
+
+def quantize_onnxruntime(prepared: str | Path, out: str | Path, paths: Sequence[str], input_size: tuple[int, int],
+                         keep_float: Sequence[str] = (), method: str = "minmax", symmetric: bool = True) -> Path:
+    """QDQ INT8 of a quant_pre_process'ed FP32 model; the decode and `keep_float` nodes stay float.
+    symmetric: int8 activations with zero point 0, which TensorRT's explicit quantization requires;
+    otherwise uint8 asymmetric activations (ONNX Runtime CPU's own fast path, a bit more accurate
+    after ReLUs, whose outputs waste the sign bit of a symmetric int8)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    if method not in CALIBRATION_METHODS:
+        raise InputError(f"quantize.calibration={method}: valid methods are {', '.join(CALIBRATION_METHODS)}")
+    reader = type("Reader", (_Reader, CalibrationDataReader), {})(paths, input_size)
+    exclude = onnx_decode_nodes(onnx.load(str(prepared))) + list(keep_float)
+    calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                 "percentile": CalibrationMethod.Percentile}[method]
+    with atomic_path(out) as tmp:
+        quantize_static(str(prepared), str(tmp), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, nodes_to_exclude=exclude, calibrate_method=calibrate,
+                        extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True})
+        model = strip_decode_qdq(onnx.load(str(tmp)))
+        onnx.save(model, str(tmp))
+    return Path(out)
+
+
+def strip_decode_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Remove the Quantize/DequantizeLinear pairs that ONNX Runtime puts on the last convolutions'
+    outputs (it quantizes Conv outputs by op type, whatever the consumer): the decode then reads the
+    float logits, not logits rounded to 8 bits."""
+    nodes = list(model.graph.node)
+    tail = set(onnx_decode_nodes(model))
+    by_output = {o: n for n in nodes for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in nodes:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    drop, rename = set(), {}
+    for dq in nodes:
+        q = by_output.get(dq.input[0]) if dq.op_type == "DequantizeLinear" else None
+        users = consumers.get(dq.output[0], [])
+        if q is None or q.op_type != "QuantizeLinear" or not users:
+            continue
+        if all(u.name in tail and u.op_type not in ("QuantizeLinear", "DequantizeLinear") for u in users):
+            rename[dq.output[0]] = q.input[0]
+            drop.add(id(dq))
+            if all(id(u) == id(dq) or u.op_type == "DequantizeLinear" and u.output[0] in rename
+                   for u in consumers.get(q.output[0], [])):
+                drop.add(id(q))
+    kept = [n for n in nodes if id(n) not in drop]
+    for n in kept:
+        for k, name in enumerate(n.input):
+            if name in rename:
+                n.input[k] = rename[name]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    used = {i for n in kept for i in n.input}
+    unused = [t for t in model.graph.initializer if t.name not in used]
+    for t in unused:  # the removed pairs' scales and zero points
+        model.graph.initializer.remove(t)
+    return model
+
+
+def quantized_nodes(model: onnx.ModelProto) -> set[str]:
+    """Names of the nodes that take a DequantizeLinear output as input (run on INT8 data)."""
+    dq_outputs = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return {n.name for n in model.graph.node if n.op_type != "QuantizeLinear" and any(i in dq_outputs for i in n.input)}
+
+
+def onnx_conv_sensitivity(prepared: str | Path, qdq: str | Path, paths: Sequence[str],
+                          input_size: tuple[int, int]) -> list[tuple[str, float]]:
+    """Quantized Conv nodes, most sensitive first, with the SQNR (dB) of their output against the float
+    model's on the calibration images (ONNX Runtime's qdq_loss_debug)."""
+    from onnxruntime.quantization import CalibrationDataReader
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_activation_error,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
+
+    reader_type = type("Reader", (_Reader, CalibrationDataReader), {})
+    # The quantizer folds a Conv's Clip/Relu into it: the QDQ Conv then writes the activation's tensor,
+    # so the float model's activation outputs are saved too, to match by tensor name.
+    saved = ["Conv", "Clip", "Relu"]
+    qdq_model, float_model = onnx.load(str(qdq)), onnx.load(str(prepared))
+    int8_convs = {n.name for n in qdq_model.graph.node if n.op_type == "Conv"} & quantized_nodes(qdq_model)
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for n in float_model.graph.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+    measured_at = {}  # tensor -> the Conv it judges: after the Conv's ReLU/ReLU6 where it has one
+    for n in float_model.graph.node:
+        if n.name in int8_convs:
+            after = users.get(n.output[0], [])
+            activation = len(after) == 1 and after[0].op_type in ("Clip", "Relu")
+            measured_at[after[0].output[0] if activation else n.output[0]] = n.name
+    with tempfile.TemporaryDirectory() as tmp:
+        float_aug, qdq_aug = os.path.join(tmp, "float.onnx"), os.path.join(tmp, "qdq.onnx")
+        modify_model_output_intermediate_tensors(str(prepared), float_aug, op_types_for_saving=saved)
+        modify_model_output_intermediate_tensors(str(qdq), qdq_aug, op_types_for_saving=saved)
+        float_act = collect_activations(float_aug, reader_type(paths, input_size))
+        qdq_act = collect_activations(qdq_aug, reader_type(paths, input_size))
+    errors = compute_activation_error(create_activation_matching(qdq_act, float_act))
+    ranked = [(measured_at[t], float(e["xmodel_err"])) for t, e in errors.items() if t in measured_at and "xmodel_err" in e]
+    return sorted(ranked, key=lambda item: item[1])  # low SQNR = most damaged
+
+
+def keep_float_until(ranked: Sequence[str], evaluate: Callable[[list[str]], float], float_ap: float,
+                     max_drop: float, max_layers: int = 32) -> tuple[list[str], list[dict[str, Any]]]:
+    """Keep the most sensitive layers in float, doubling their number (1, 2, 4, ...) until the INT8 AP
+    is within max_drop (AP points) of float_ap, then bisect down to the fewest that hold the gate.
+    evaluate(kept) -> AP. Returns (kept layers, every trial as {kept, AP, drop})."""
+    trials: list[dict[str, Any]] = []
+
+    def trial(k: int) -> bool:
+        ap = evaluate(list(ranked[:k]))
+        trials.append({"kept": k, "layers": list(ranked[:k]), "AP": ap, "drop": float_ap - ap})
+        return float_ap - ap <= max_drop
+
+    low, high, k = 0, None, 1
+    limit = min(max_layers, len(ranked))
+    while k <= limit:
+        if trial(k):
+            high = k
+            break
+        low = k
+        k = min(2 * k, limit) if k < limit else limit + 1
+    if high is None:
+        return [], trials
+    while high - low > 1:  # trial(low) failed, trial(high) held
+        mid = (low + high) // 2
+        if trial(mid):
+            high = mid
+        else:
+            low = mid
+    return list(ranked[:high]), trials
+
+
+# ---------------------------------------------------------------------------------------------------
+# OpenVINO and NNCF
+
+
+def save_ir(model: Any, out_xml: str | Path, fp16: bool) -> Path:
+    """ov.save_model into a temporary folder, then .bin and .xml renamed into place (the .xml last:
+    a reader never finds an .xml without its weights)."""
+    import openvino as ov
+
+    out_xml = Path(out_xml)
+    out_xml.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_xml.stem}.", dir=out_xml.parent))
+    try:
+        ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=fp16)
+        os.replace(tmp / "model.bin", out_xml.with_suffix(".bin"))
+        os.replace(tmp / "model.xml", out_xml)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_xml
+
+
+def openvino_ir(onnx_path: str | Path, out_xml: str | Path, fp16: bool = False) -> Path:
+    """ONNX -> OpenVINO IR, FP32 or with FP16-compressed weights."""
+    import openvino as ov
+
+    return save_ir(ov.convert_model(str(onnx_path)), out_xml, fp16)
+
+
+def quantize_openvino(onnx_path: str | Path, out_xml: str | Path, paths: Sequence[str], input_size: tuple[int, int],
+                      accuracy: AccuracyControl | None = None) -> Path:
+    """NNCF INT8 of the FP32 model (symmetric, the decode in the ignored scope). With `accuracy`, NNCF's
+    accuracy control reverts the most sensitive layers to float until the AP drop holds."""
+    import nncf
+    import openvino as ov
+
+    model = ov.convert_model(str(onnx_path))
+    scope = nncf.IgnoredScope(names=openvino_decode_ops(model), validate=False)
+    calibration = nncf.Dataset(list(paths), lambda p: preprocess(load_image(p), input_size)[0][None])
+    if accuracy is None:
+        quantized = nncf.quantize(model, calibration, preset=nncf.QuantizationPreset.PERFORMANCE,
+                                  subset_size=len(paths), ignored_scope=scope)
+    else:
+        # NNCF hands validate the raw items and feeds the model transform(item) when it ranks layers.
+        quantized = nncf.quantize_with_accuracy_control(
+            model, calibration, nncf.Dataset(list(accuracy.items), accuracy.transform),
+            lambda compiled, items: (accuracy.validate(compiled, list(items)) / 100.0, None),
+            max_drop=accuracy.max_drop / 100.0, drop_type=nncf.DropType.ABSOLUTE,
+            preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(paths), ignored_scope=scope)
+    return save_ir(quantized, out_xml, fp16=False)
+
+
+@dataclass
+class AccuracyControl:
+    """What NNCF's accuracy control needs: val items, item -> model input, (compiled model, items) -> AP
+    in points, and the allowed drop in points."""
+
+    items: Sequence[Any]
+    transform: Callable[[Any], np.ndarray]
+    validate: Callable[[Any, list], float]
+    max_drop: float
+
+
+def openvino_float_convolutions(model: Any) -> list[str]:
+    """Convolutions of an INT8 IR whose input is not fake-quantized (kept in float)."""
+    out = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() in ("Convolution", "GroupConvolution"):
+            source = op.input_value(0).get_node()
+            if source.get_type_name() != "FakeQuantize":
+                out.append(op.get_friendly_name())
+    return out

@@ -1,0 +1,37 @@
+import numpy as np
+import pytest
+
+from deploy.latency import latency_stats, time_calls
+
+
+def fake_timer(durations_s):
+    """A timer whose consecutive start/stop pairs are `durations_s` apart."""
+    t, ticks = 0.0, []
+    for d in durations_s:
+        ticks += [t, t + d]
+        t += d + 1.0
+    it = iter(ticks)
+    return lambda: next(it)
+
+
+def test_time_calls_warms_up_untimed_then_times_each_call():
+    calls = []
+    samples = time_calls(lambda: calls.append(1), iters=4, warmup=3, timer=fake_timer([0.010, 0.020, 0.030, 0.040]))
+    assert len(calls) == 7
+    np.testing.assert_allclose(samples, [10.0, 20.0, 30.0, 40.0])
+
+
+def test_latency_statistics_against_hand_computed_values():
+    # 1..100 ms: mean 50.5, population std sqrt((100^2 - 1) / 12), percentiles by linear interpolation
+    stats = latency_stats([float(v) for v in range(100, 0, -1)], batch=4)
+    assert stats["mean"] == 50.5 and stats["min"] == 1.0
+    assert stats["std"] == pytest.approx(((100**2 - 1) / 12) ** 0.5, abs=1e-4)
+    assert stats["p50"] == 50.5 and stats["p90"] == pytest.approx(90.1) and stats["p99"] == pytest.approx(99.01)
+    assert stats["throughput_ips"] == pytest.approx(4 * 1000 / 50.5, abs=1e-4)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="iters must be at least 1"):
+        time_calls(lambda: None, iters=0)
+    with pytest.raises(ValueError, match="no latency samples"):
+        latency_stats([])

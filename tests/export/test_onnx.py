@@ -1,0 +1,99 @@
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+
+from deploy.errors import GateError, InputError
+from deploy.files import sha256_file
+from deploy.preprocess import preprocess_batch
+from deploy.runtimes import open_runner
+from distill.checkpoint import load_detector, save_checkpoint
+from export.onnx import check_onnx, check_parity, export_onnx, parity, read_metadata
+
+
+def val_batch(val, n=4):
+    return preprocess_batch([val.image_path(i) for i in val.images[:n]], (128, 128))[0]
+
+
+def test_onnx_runtime_matches_pytorch_on_real_images(tiny_model, tiny_onnx, tiny_splits):
+    diff = parity(tiny_model[0], tiny_onnx, val_batch(tiny_splits[1]))
+    assert diff["scores_max_abs"] < 1e-5 and diff["boxes_max_abs"] < 1e-3, diff
+
+
+def test_the_file_follows_the_export_contract(tiny_onnx, tiny_model):
+    runner = open_runner(str(tiny_onnx))
+    assert runner.inputs == {"images": [1, 3, 128, 128]}
+    anchors = (16 * 16 + 8 * 8 + 4 * 4)
+    assert runner.outputs == {"boxes": [1, anchors, 4], "scores": [1, anchors, 10]}
+    out = runner.infer(np.zeros((1, 3, 128, 128), np.float32))
+    assert out["scores"].min() >= 0 and out["scores"].max() <= 1  # probabilities, not logits
+    meta = read_metadata(tiny_onnx)
+    assert meta["classes"] == tiny_model[1] and meta["input_size"] == [128, 128]
+    assert meta["source_sha256"] == sha256_file(tiny_model[2]) and meta["preprocess"]["mean"][0] == 123.675
+    assert onnx.load(str(tiny_onnx)).opset_import[0].version == 17
+
+
+def test_dynamic_batch_runs_any_batch(tiny_model, tmp_path, tiny_splits):
+    detector, classes, _ = tiny_model
+    path = export_onnx(detector, classes, tmp_path / "dyn.onnx", (128, 128), dynamic_batch=True)
+    runner = open_runner(str(path))
+    assert runner.batch is None
+    x = val_batch(tiny_splits[1], 3)
+    assert runner.infer(x)["scores"].shape[0] == 3
+    np.testing.assert_allclose(runner.infer(x[:1])["scores"], runner.infer(x)["scores"][:1], atol=1e-5)
+
+
+def test_parity_gate_names_the_figure_and_the_limit():
+    with pytest.raises(GateError, match=r"scores differ by 2.00e-03 > max 1e-04 \(export.score_atol\)"):
+        check_parity({"scores_max_abs": 2e-3, "boxes_max_abs": 0.0}, 1e-4, 1e-2, "m.onnx")
+    with pytest.raises(GateError, match="boxes differ"):
+        check_parity({"scores_max_abs": 0.0, "boxes_max_abs": 0.5}, 1e-4, 1e-2, "m.onnx")
+
+
+def test_a_model_failing_the_checker_is_refused_by_name(tiny_onnx):
+    model = onnx.load(str(tiny_onnx))
+    model.graph.node[0].input[0] = "no_such_tensor"
+    with pytest.raises(InputError, match="bad.onnx: the ONNX model fails the checker"):
+        check_onnx(model, "bad.onnx")
+
+
+def test_an_output_directory_that_cannot_be_made_is_one_error(tiny_model, tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InputError, match="output directory .*file/sub cannot be created"):
+        export_onnx(tiny_model[0], tiny_model[1], tmp_path / "file" / "sub" / "m.onnx", (128, 128))
+
+
+def test_an_unwritable_output_directory_is_one_error_and_leaves_nothing(tiny_model, tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root writes anywhere")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(InputError, match="not writable"):
+            export_onnx(tiny_model[0], tiny_model[1], locked / "m.onnx", (128, 128))
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o700)
+
+
+def test_a_failed_export_leaves_no_partial_file(tiny_model, tmp_path, monkeypatch):
+    import export.onnx as module
+
+    def broken(model, where):
+        raise InputError(f"{where}: the ONNX model fails the checker: boom")
+    monkeypatch.setattr(module, "check_onnx", broken)
+    with pytest.raises(InputError, match="boom"):
+        export_onnx(tiny_model[0], tiny_model[1], tmp_path / "m.onnx", (128, 128))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_checkpoint_of_another_architecture_names_keys(tiny_model, tmp_path):
+    detector, classes, path = tiny_model
+    state = {"model": detector.state_dict(), "config": {**json.loads(json.dumps(detector.cfg.__dict__)),
+                                                        "head_channels": 32}, "classes": classes}
+    save_checkpoint(tmp_path / "other.pt", state)
+    with pytest.raises(InputError, match=r"other.pt: architecture differs .*shape mismatch: head\."):
+        load_detector(tmp_path / "other.pt")
