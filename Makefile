@@ -17,7 +17,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 TRAIN_RUN = $(if $(filter 1,$(NPROC)),$(PY) -m,$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup fashion-mnist data teacher student distill export quantize ablation pipeline bench-train test lint clean
+.PHONY: help setup fashion-mnist data teacher student distill export quantize ablation pipeline bench-train bench-openvino test lint clean
 
 help: ## list the targets
 	@echo "edgekd targets (stage targets take ARGS=\"key.sub=value ...\", CONFIG=path, NPROC=N):"
@@ -68,6 +68,9 @@ ablation: $(STAMP) ## benchmark: student with none, kd, ld, bckd, bckd cls/loc o
 
 bench-train: $(STAMP) ## seconds per step, images/s and peak memory of teacher and student training
 	$(PY) -m pipeline.bench_train --config $(CONFIG) --json runs/bench-train.json $(ARGS)
+
+bench-openvino: $(STAMP) ## our OpenVINO latency vs benchmark_app on the quantize stage's IRs (RUN=default)
+	$(PY) -m pipeline.bench_openvino $(wildcard runs/$(or $(RUN),default)/quantize/openvino/model_*.xml) $(ARGS)
 
 pipeline: $(STAMP) ## run the whole staged pipeline (configs/pipelines/default.yaml)
 	$(PY) -m pipeline run --config $(CONFIG) $(ARGS)

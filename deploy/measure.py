@@ -30,10 +30,11 @@ def sample_images(coco: CocoDataset, count: int) -> list[np.ndarray]:
 
 
 def measure_latency(runner: Any, images: list[np.ndarray], input_size: tuple[int, int], warmup: int = 10,
-                    iters: int = 100) -> dict[str, dict[str, float]]:
-    """{'infer': stats, 'end_to_end': stats} in ms per batch at the runner's batch size; infer-only
-    times the runtime call on one preprocessed batch, end-to-end adds preprocess and NMS."""
-    batch = runner.batch or 1
+                    iters: int = 100, batch: int | None = None) -> dict[str, dict[str, float]]:
+    """{'infer': stats, 'end_to_end': stats} in ms per batch at the runner's batch size (or `batch` for
+    a dynamic one); infer-only times the runtime call on one preprocessed batch, end-to-end adds
+    preprocess and NMS."""
+    batch = runner.batch or batch or 1
     chosen = [images[i % len(images)] for i in range(batch)]
     x = np.stack([preprocess(image, input_size)[0] for image in chosen])
     infer = runner_infer(runner)
@@ -44,16 +45,20 @@ def measure_latency(runner: Any, images: list[np.ndarray], input_size: tuple[int
 
 
 def measure_artifact(runner: Any, coco: CocoDataset | None, input_size: tuple[int, int], warmup: int = 10,
-                     iters: int = 100, images: list[np.ndarray] | None = None) -> tuple[dict[str, Any], list]:
-    """(metrics, COCO results) of an opened runner: mAP on coco (when given), latency, size."""
+                     iters: int = 100, images: list[np.ndarray] | None = None,
+                     batch: int | None = None) -> tuple[dict[str, Any], list]:
+    """(metrics, COCO results) of an opened runner: mAP on coco (when given), latency, size. `batch`
+    applies to a dynamic-batch artifact; a static one runs at its own."""
+    batch = runner.batch or batch or 1
     metrics: dict[str, Any] = {"artifact": runner.path, "backend": runner.backend, "precision": runner.precision,
-                               "batch": runner.batch or 1, "size_mb": artifact_size_mb(runner.path)}
+                               "batch": batch, "size_mb": artifact_size_mb(runner.path)}
     results: list = []
     if coco is not None:
-        results = predict(runner_infer(runner), coco, input_size, fixed_batch=runner.batch)
+        results = predict(runner_infer(runner), coco, input_size, batch_size=batch, fixed_batch=runner.batch)
         evaluation = coco_eval(coco, results)
         metrics.update({k: evaluation[k] for k in METRIC_KEYS}, num_images=evaluation["num_images"])
     if images is None:
         images = sample_images(coco, 8) if coco is not None else [np.full((*input_size, 3), 114, np.uint8)]
-    metrics["latency_ms"] = measure_latency(runner, images, input_size, warmup, iters)
+    metrics["latency_ms"] = measure_latency(runner, images, input_size, warmup, iters, batch)
+    metrics["throughput_ips"] = metrics["latency_ms"]["infer"]["throughput_ips"]
     return metrics, results

@@ -15,7 +15,10 @@ DEPLOY_FILES = sorted((REPO / "deploy").rglob("*.py"))
 
 def test_deploy_never_imports_torch():
     modules = [".".join(p.relative_to(REPO).with_suffix("").parts) for p in DEPLOY_FILES]
-    code = f"import sys\nfor m in {modules!r}: __import__(m)\nprint(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'distill', 'export', 'pipeline')))"
+    # torch made unimportable: an import of it anywhere under deploy/ fails the run outright
+    code = ("import sys\nsys.modules['torch'] = None\nsys.modules['torchvision'] = None\n"
+            f"for m in {modules!r}: __import__(m)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('distill', 'export', 'pipeline')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"
 

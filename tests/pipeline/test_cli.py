@@ -86,3 +86,16 @@ def test_a_valid_user_dataset_runs_and_writes_the_stage(tmp_path):
 @pytest.mark.parametrize("argv", [["--help"], ["run", "--help"]])
 def test_help(argv):
     assert cli(*argv).returncode == 0
+
+
+def test_export_and_quantize_name_their_missing_inputs(tmp_path):
+    overrides = user_dataset(tmp_path)
+    assert_one_line_error(cli("run", "--config", DEFAULT, "--stages", "export", *overrides),
+                          "checkpoint to export not found", "distill/last.pt", "export.checkpoint")
+    assert_one_line_error(cli("run", "--config", DEFAULT, "--stages", "quantize", *overrides),
+                          "export/model.onnx or its metrics.json missing", "make export")
+
+
+def test_an_unknown_quantize_artifact_lists_the_valid_ones():
+    assert_one_line_error(cli("run", "--config", DEFAULT, "quantize.artifacts=[tflite_int8]"),
+                          "quantize.artifacts[0]", "openvino_int8")

@@ -1,0 +1,76 @@
+"""deploy/benchmark.py as a device runs it: a script, torch unimportable, on ONNX Runtime and OpenVINO
+artifacts of a (briefly) trained detector, its mAP checked against the export stage's."""
+
+import json
+import subprocess
+import sys
+from dataclasses import asdict
+
+import pytest
+
+from distill.checkpoint import save_checkpoint
+from distill.losses.gfl import make_gfl_loss
+from distill.models.detector import build_detector
+from distill.trainer import TrainConfig, train
+from export.quantize import openvino_ir
+from pipeline.config import PipelineConfig
+from pipeline.export import run_export
+from tests.conftest import REPO, SMALL
+
+LATENCY_KEYS = {"mean", "std", "min", "p50", "p90", "p99"}
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_scenes, tiny_splits, tmp_path_factory):
+    """The export stage run on a detector trained for 48 steps (AP above 0, so equality means something)."""
+    work = tmp_path_factory.mktemp("bench")
+    train_set, val = tiny_splits
+    model = build_detector(SMALL, len(train_set.class_names), seed=0)
+    cfg = TrainConfig(epochs=8, batch_size=8, optimizer="adamw", lr=3e-3, weight_decay=0.0, warmup_steps=0,
+                      schedule="cosine", augment=[], workers=0,
+                      eval_every=100)
+    train(model, make_gfl_loss(), cfg, train_set, val, work / "train", (128, 128), {}, progress=False)
+    save_checkpoint(work / "model.pt", {"model": model.state_dict(), "config": asdict(SMALL),
+                                        "classes": train_set.class_names})
+    pcfg = PipelineConfig(run="r", runs_dir=str(work))
+    pcfg.data.root, pcfg.data.generator = str(tiny_scenes), None
+    pcfg.export.checkpoint, pcfg.export.iters, pcfg.export.warmup = str(work / "model.pt"), 3, 1
+    metrics = run_export(pcfg, work / "r" / "export", progress=False)
+    onnx_path = work / "r" / "export" / "model.onnx"
+    return onnx_path, openvino_ir(onnx_path, work / "model_fp32.xml"), metrics
+
+
+def run_benchmark(*args):
+    # torch made unimportable: the device has none
+    code = ("import runpy, sys\nsys.modules['torch'] = None\n"
+            f"sys.argv = ['deploy/benchmark.py', *{list(map(str, args))!r}]\n"
+            "runpy.run_path('deploy/benchmark.py', run_name='__main__')")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+
+
+def test_benchmark_reports_every_field_and_the_export_stage_map(exported, tiny_scenes, tmp_path):
+    onnx_path, xml, export_metrics = exported
+    out_json, out_md = tmp_path / "b.json", tmp_path / "b.md"
+    proc = run_benchmark(onnx_path, xml, "--data", tiny_scenes / "annotations" / "instances_val.json",
+                         "--warmup", "1", "--iters", "5", "--json", out_json, "--markdown", out_md)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out_json.read_text())
+    onnx_entry, ov_entry = result["results"]
+    assert (onnx_entry["backend"], ov_entry["backend"]) == ("onnxruntime", "openvino")
+    for entry in (onnx_entry, ov_entry):
+        assert entry["precision"] == "fp32" and entry["batch"] == 1 and entry["throughput_ips"] > 0
+        for kind in ("infer", "end_to_end"):
+            assert set(entry["latency_ms"][kind]) >= LATENCY_KEYS
+    expected = export_metrics["onnxruntime_fp32"]["AP"]
+    assert expected > 0
+    assert onnx_entry["AP"] == pytest.approx(expected, abs=1e-9)
+    assert ov_entry["AP"] == pytest.approx(expected, abs=2e-3)  # OpenVINO differs from ORT by ~1e-6 in scores
+    assert onnx_entry["AP50"] == pytest.approx(export_metrics["onnxruntime_fp32"]["AP50"], abs=1e-9)
+    assert result["machine"]["cpu_threads"] >= 1 and "onnxruntime" in result["machine"]["runtimes"]
+    assert "| model.onnx | onnxruntime | fp32 | 1 |" in out_md.read_text()
+
+
+def test_a_batch_the_static_file_cannot_take_is_one_error(exported):
+    proc = run_benchmark(exported[0], "--batch", "4", "--iters", "2")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "fixed at 1" in proc.stderr
