@@ -1,8 +1,9 @@
 """Our OpenVINO latency against OpenVINO's own benchmark_app on the same IR, measured back to back
 (a benchmark, not a test). benchmark_app refuses -nthreads with a hint, so both use the runtime's
-default threads and the LATENCY hint.
+default threads and the LATENCY hint. The two alternate for --rounds rounds and each reports its
+median round, so drift of a shared machine hits both alike.
 
-    python -m pipeline.bench_openvino MODEL.xml [MODEL.xml ...] [--seconds 20] [--json runs/bench-openvino.json]
+    python -m pipeline.bench_openvino MODEL.xml [MODEL.xml ...] [--seconds 10] [--rounds 3] [--json runs/bench-openvino.json]
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def ours(xml: str, seconds: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.bench_openvino", description=__doc__.split("\n")[0])
     parser.add_argument("models", nargs="+")
-    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--seconds", type=int, default=10, help="per round and tool")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", default="runs/bench-openvino.json")
     args = parser.parse_args(argv)
 
@@ -55,8 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         print("| IR | ours p50 ms | benchmark_app median ms | ratio | ours mean ms | benchmark_app mean ms |")
         print("|---|---:|---:|---:|---:|---:|")
         for xml in args.models:
-            mine, theirs = ours(xml, args.seconds), benchmark_app(xml, args.seconds)
-            rows.append({"model": xml, "ours": mine, "benchmark_app": theirs, "p50_ratio": mine["p50"] / theirs["p50"]})
+            rounds = [(ours(xml, args.seconds), benchmark_app(xml, args.seconds)) for _ in range(args.rounds)]
+            mine = sorted((r[0] for r in rounds), key=lambda m: m["p50"])[len(rounds) // 2]
+            theirs = sorted((r[1] for r in rounds), key=lambda m: m["p50"])[len(rounds) // 2]
+            rows.append({"model": xml, "ours": mine, "benchmark_app": theirs, "p50_ratio": mine["p50"] / theirs["p50"],
+                         "rounds": [{"ours_p50": a["p50"], "benchmark_app_p50": b["p50"]} for a, b in rounds]})
             print(f"| {xml} | {mine['p50']:.2f} | {theirs['p50']:.2f} | {mine['p50'] / theirs['p50']:.3f} "
                   f"| {mine['mean']:.2f} | {theirs['mean']:.2f} |", flush=True)
         write_json(args.json, {"rows": rows})
