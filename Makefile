@@ -17,7 +17,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 TRAIN_RUN = $(if $(filter 1,$(NPROC)),$(PY) -m,$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup fashion-mnist data teacher student distill export quantize ablation pipeline bench-train bench-openvino test lint clean
+.PHONY: help setup fashion-mnist data teacher student distill export quantize ablation pipeline bench-train bench-openvino export-trt benchmark test lint clean
 
 help: ## list the targets
 	@echo "edgekd targets (stage targets take ARGS=\"key.sub=value ...\", CONFIG=path, NPROC=N):"
@@ -62,6 +62,12 @@ export: $(STAMP) ## student checkpoint -> runs/<run>/export/model.onnx, parity-g
 
 quantize: $(STAMP) ## ORT INT8 (QDQ), OpenVINO FP32/FP16/INT8 (NNCF), each measured; prints the table
 	$(PY) -m pipeline.quantize --config $(CONFIG) $(ARGS)
+
+export-trt: $(STAMP) ## TensorRT engine (PRECISION=fp32|fp16|int8) on a GPU box or Jetson -> runs/<run>/engines/
+	$(PY) -m pipeline.export_trt --config $(CONFIG) --precision $(or $(PRECISION),fp16) $(ARGS)
+
+benchmark: $(STAMP) ## deploy/benchmark.py over every artifact of the run this machine can run -> runs/<run>/benchmark/
+	$(PY) -m pipeline.benchmark --config $(CONFIG) $(ARGS)
 
 ablation: $(STAMP) ## benchmark: student with none, kd, ld, bckd, bckd cls/loc only -> runs/ablation/ablation.md
 	$(PY) -m pipeline.ablation --config $(CONFIG) $(if $(TEACHER),--teacher $(TEACHER)) $(ARGS)

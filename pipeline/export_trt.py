@@ -1,0 +1,74 @@
+"""TensorRT engines from the run's ONNX files (what `make export-trt PRECISION=fp16|int8` runs, on a GPU
+box or on the Jetson itself): fp32/fp16 from export/model.onnx, int8 from quantize/model.int8.onnx
+(explicit quantization). Each engine is measured by the deploy/ evaluator like every artifact.
+
+    python -m pipeline.export_trt --config configs/pipelines/default.yaml --precision fp16 [key=value ...]
+
+Writes runs/<run>/engines/model_<precision>.engine, its .json, timing.cache and metrics_<precision>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from deploy.errors import InputError
+from deploy.files import write_json
+from deploy.measure import measure_artifact, sample_images
+from deploy.runtimes import open_runner
+from deploy.runtimes.tensorrt import available
+from export.tensorrt import EngineConfig, build_engine
+from pipeline.cli import common_arguments, guarded
+from pipeline.config import PipelineConfig, load_config
+from pipeline.stage_data import load_split
+
+
+def engine_source(cfg: PipelineConfig, precision: str) -> Path:
+    """The ONNX an engine of this precision is built from."""
+    if precision == "int8":
+        return cfg.run_dir / "quantize" / "model.int8.onnx"
+    return cfg.run_dir / "export" / "model.onnx"
+
+
+def run_export_trt(cfg: PipelineConfig, precision: str, dla_core: int | None = None,
+                   workspace_mb: int = 2048) -> dict[str, Any]:
+    """Build, then measure on val; return the engine's metrics."""
+    reason = available()
+    if reason:
+        raise InputError(f"cannot build TensorRT engines here: {reason}")
+    source = engine_source(cfg, precision)
+    if not source.is_file():
+        raise InputError(f"{source} not found: run `make {'quantize' if precision == 'int8' else 'export'}` first")
+    out_dir = cfg.run_dir / "engines"
+    engine = build_engine(source, out_dir / f"model_{precision}.engine",
+                          EngineConfig(precision=precision, workspace_mb=workspace_mb, dla_core=dla_core,
+                                       max_batch=cfg.export.batch, timing_cache=str(out_dir / "timing.cache")))
+    val = load_split(cfg.data, "val")
+    runner = open_runner(str(engine))
+    _, _, height, width = runner.inputs[runner.input_name]
+    metrics, results = measure_artifact(runner, val, (height, width), cfg.export.warmup, cfg.export.iters,
+                                        sample_images(val, 8))
+    write_json(out_dir / f"predictions_{precision}.json", results)
+    write_json(out_dir / f"metrics_{precision}.json", metrics)
+    print(f"[export-trt] {engine}: AP {100 * metrics['AP']:.2f}, infer p50 {metrics['latency_ms']['infer']['p50']:.2f} ms")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = common_arguments(argparse.ArgumentParser(prog="python -m pipeline.export_trt", description=__doc__.split("\n")[0]))
+    parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16")
+    parser.add_argument("--dla-core", type=int, help="Jetson DLA core (GPU fallback on)")
+    parser.add_argument("--workspace-mb", type=int, default=2048)
+    args = parser.parse_args(argv)
+
+    def body() -> None:
+        cfg = load_config(args.config, args.overrides)
+        run_export_trt(cfg, args.precision, args.dla_core, args.workspace_mb)
+
+    return guarded(body, args.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
