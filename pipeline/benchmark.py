@@ -23,7 +23,7 @@ DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "benchmark.py"
 def artifacts(cfg: PipelineConfig) -> tuple[list[Path], list[tuple[Path, str]]]:
     """(runnable artifacts, [(artifact, why skipped)]) of the run."""
     run = cfg.run_dir
-    found = [run / "export" / "model.onnx", run / "quantize" / "model.int8.onnx",
+    found = [run / "export" / "model.onnx", run / "quantize" / "model.int8.onnx", run / "quantize" / "model.int8.cpu.onnx",
              *sorted((run / "quantize" / "openvino").glob("model_*.xml")), *sorted((run / "engines").glob("*.engine"))]
     found = [p for p in found if p.is_file()]
     trt_reason = available()

@@ -3,7 +3,8 @@
 
     python -m pipeline.quantize --config configs/pipelines/default.yaml [key=value ...]
 
-Writes runs/<run>/quantize/: model.int8.onnx, openvino/model_{fp32,fp16,int8}.xml (+ .bin),
+Writes runs/<run>/quantize/: model.int8.onnx (and model.int8.cpu.onnx on request),
+openvino/model_{fp32,fp16,int8}.xml (+ .bin),
 predictions_<artifact>.json, metrics.json ({"artifacts": {name: metrics}, ...}) and table.md, the
 table across every artifact (PyTorch and ONNX Runtime FP32 from the export stage included).
 """
@@ -101,6 +102,11 @@ def run_quantize(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> d
             m = measure("onnxruntime_int8", int8)
             if float_ap - 100 * m["AP"] > qc.max_map_drop and qc.accuracy_aware:
                 m = _onnxruntime_accuracy_aware(qc, prepared, int8, paths, val, input_size, float_ap, measure)
+    if "onnxruntime_int8_cpu" in qc.artifacts:
+        with tempfile.TemporaryDirectory() as work:
+            prepared = preprocess_for_quantization(fp32, Path(work) / "prepared.onnx")
+            measure("onnxruntime_int8_cpu", quantize_onnxruntime(prepared, out_dir / "model.int8.cpu.onnx", paths, input_size,
+                                                                 method=qc.calibration, symmetric=False))
     if "openvino_fp32" in qc.artifacts or "openvino_int8" in qc.artifacts:
         measure("openvino_fp32", openvino_ir(fp32, out_dir / "openvino" / "model_fp32.xml"))
     if "openvino_fp16" in qc.artifacts:

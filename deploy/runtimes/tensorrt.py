@@ -117,9 +117,12 @@ class TensorRTRunner:
     def _capture(self) -> None:
         """Record one inference into a CUDA graph and instantiate it."""
         try:
-            from cuda import cudart
+            from cuda.bindings import runtime as cudart  # cuda-python 12.6+
         except ImportError:
-            raise InputError("cuda_graph needs the cuda-python package (pip install cuda-python)") from None
+            try:
+                from cuda import cudart  # older cuda-python
+            except ImportError:
+                raise InputError("cuda_graph needs the cuda-python package (pip install cuda-python)") from None
         self._enqueue()  # TensorRT wants one enqueue before capture to settle its own state
         self.stream.synchronize()
         handle = self.stream.handle

@@ -74,3 +74,19 @@ def test_a_batch_the_static_file_cannot_take_is_one_error(exported):
     proc = run_benchmark(exported[0], "--batch", "4", "--iters", "2")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "fixed at 1" in proc.stderr
+
+
+def test_make_benchmark_runs_what_it_can_and_lists_engines_it_cannot(exported, tiny_scenes):
+    from deploy.runtimes.tensorrt import available
+    from pipeline.benchmark import artifacts
+
+    if available() is None:
+        pytest.skip("TensorRT is available here: engines would run")
+    onnx_path = exported[0]
+    run_dir = onnx_path.parents[1]
+    (run_dir / "engines").mkdir(exist_ok=True)
+    (run_dir / "engines" / "model_fp16.engine").write_bytes(b"")
+    cfg = PipelineConfig(run=run_dir.name, runs_dir=str(run_dir.parent))
+    runnable, skipped = artifacts(cfg)
+    assert runnable == [onnx_path]
+    assert [p.name for p, _ in skipped] == ["model_fp16.engine"] and "tensorrt is not installed" in skipped[0][1]
