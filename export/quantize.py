@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 import onnx
+from onnxruntime.quantization import CalibrationDataReader
 
 from deploy.coco import CocoDataset
 from deploy.errors import InputError
@@ -115,8 +116,8 @@ def preprocess_for_quantization(fp32: str | Path, out: str | Path) -> Path:
     return Path(out)
 
 
-class _Reader:
-    """onnxruntime CalibrationDataReader over image files (duck-typed: get_next and rewind)."""
+class _Reader(CalibrationDataReader):
+    """ONNX Runtime calibration data over image files."""
 
     def __init__(self, paths: Sequence[str], input_size: tuple[int, int], input_name: str = "images"):
         self.paths, self.input_size, self.input_name = paths, input_size, input_name
@@ -137,7 +138,6 @@ def quantize_onnxruntime(prepared: str | Path, out: str | Path, paths: Sequence[
     otherwise uint8 asymmetric activations (ONNX Runtime CPU's own fast path, a bit more accurate
     after ReLUs, whose outputs waste the sign bit of a symmetric int8)."""
     from onnxruntime.quantization import (
-        CalibrationDataReader,
         CalibrationMethod,
         QuantFormat,
         QuantType,
@@ -146,7 +146,7 @@ def quantize_onnxruntime(prepared: str | Path, out: str | Path, paths: Sequence[
 
     if method not in CALIBRATION_METHODS:
         raise InputError(f"quantize.calibration={method}: valid methods are {', '.join(CALIBRATION_METHODS)}")
-    reader = type("Reader", (_Reader, CalibrationDataReader), {})(paths, input_size)
+    reader = _Reader(paths, input_size)
     exclude = onnx_decode_nodes(onnx.load(str(prepared))) + list(keep_float)
     calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                  "percentile": CalibrationMethod.Percentile}[method]
@@ -207,7 +207,6 @@ def onnx_conv_sensitivity(prepared: str | Path, qdq: str | Path, paths: Sequence
                           input_size: tuple[int, int]) -> list[tuple[str, float]]:
     """Quantized Conv nodes, most sensitive first, with the SQNR (dB) of their output against the float
     model's on the calibration images (ONNX Runtime's qdq_loss_debug)."""
-    from onnxruntime.quantization import CalibrationDataReader
     from onnxruntime.quantization.qdq_loss_debug import (
         collect_activations,
         compute_activation_error,
@@ -215,7 +214,6 @@ def onnx_conv_sensitivity(prepared: str | Path, qdq: str | Path, paths: Sequence
         modify_model_output_intermediate_tensors,
     )
 
-    reader_type = type("Reader", (_Reader, CalibrationDataReader), {})
     # The quantizer folds a Conv's Clip/Relu into it: the QDQ Conv then writes the activation's tensor,
     # so the float model's activation outputs are saved too, to match by tensor name.
     saved = ["Conv", "Clip", "Relu"]
@@ -235,8 +233,8 @@ def onnx_conv_sensitivity(prepared: str | Path, qdq: str | Path, paths: Sequence
         float_aug, qdq_aug = os.path.join(tmp, "float.onnx"), os.path.join(tmp, "qdq.onnx")
         modify_model_output_intermediate_tensors(str(prepared), float_aug, op_types_for_saving=saved)
         modify_model_output_intermediate_tensors(str(qdq), qdq_aug, op_types_for_saving=saved)
-        float_act = collect_activations(float_aug, reader_type(paths, input_size))
-        qdq_act = collect_activations(qdq_aug, reader_type(paths, input_size))
+        float_act = collect_activations(float_aug, _Reader(paths, input_size))
+        qdq_act = collect_activations(qdq_aug, _Reader(paths, input_size))
     errors = compute_activation_error(create_activation_matching(qdq_act, float_act))
     ranked = [(measured_at[t], float(e["xmodel_err"])) for t, e in errors.items() if t in measured_at and "xmodel_err" in e]
     return sorted(ranked, key=lambda item: item[1])  # low SQNR = most damaged

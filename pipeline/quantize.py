@@ -25,7 +25,7 @@ from deploy.errors import GateError, InputError
 from deploy.evaluate import coco_eval
 from deploy.files import check_writable, write_json, write_text
 from deploy.measure import measure_artifact, sample_images
-from deploy.predict import predict
+from deploy.predict import predict, runner_infer
 from deploy.preprocess import load_image, preprocess
 from deploy.runtimes import open_runner
 from export.quantize import (
@@ -94,19 +94,18 @@ def run_quantize(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> d
               f"infer p50 {metrics['latency_ms']['infer']['p50']:.2f} ms", flush=True)
         return metrics
 
-    if "onnxruntime_int8" in qc.artifacts:
+    if {"onnxruntime_int8", "onnxruntime_int8_cpu"} & set(qc.artifacts):
         with tempfile.TemporaryDirectory() as work:
             prepared = preprocess_for_quantization(fp32, Path(work) / "prepared.onnx")
-            int8 = quantize_onnxruntime(prepared, out_dir / "model.int8.onnx", paths, input_size, method=qc.calibration,
-                                        symmetric=qc.symmetric_activations)
-            m = measure("onnxruntime_int8", int8)
-            if float_ap - 100 * m["AP"] > qc.max_map_drop and qc.accuracy_aware:
-                m = _onnxruntime_accuracy_aware(qc, prepared, int8, paths, val, input_size, float_ap, measure)
-    if "onnxruntime_int8_cpu" in qc.artifacts:
-        with tempfile.TemporaryDirectory() as work:
-            prepared = preprocess_for_quantization(fp32, Path(work) / "prepared.onnx")
-            measure("onnxruntime_int8_cpu", quantize_onnxruntime(prepared, out_dir / "model.int8.cpu.onnx", paths, input_size,
-                                                                 method=qc.calibration, symmetric=False))
+            if "onnxruntime_int8" in qc.artifacts:
+                int8 = quantize_onnxruntime(prepared, out_dir / "model.int8.onnx", paths, input_size,
+                                            method=qc.calibration, symmetric=qc.symmetric_activations)
+                m = measure("onnxruntime_int8", int8)
+                if float_ap - 100 * m["AP"] > qc.max_map_drop and qc.accuracy_aware:
+                    _onnxruntime_accuracy_aware(qc, prepared, int8, paths, val, input_size, float_ap, measure)
+            if "onnxruntime_int8_cpu" in qc.artifacts:
+                measure("onnxruntime_int8_cpu", quantize_onnxruntime(prepared, out_dir / "model.int8.cpu.onnx", paths,
+                                                                     input_size, method=qc.calibration, symmetric=False))
     if "openvino_fp32" in qc.artifacts or "openvino_int8" in qc.artifacts:
         measure("openvino_fp32", openvino_ir(fp32, out_dir / "openvino" / "model_fp32.xml"))
     if "openvino_fp16" in qc.artifacts:
@@ -145,7 +144,7 @@ def _onnxruntime_accuracy_aware(qc, prepared: Path, int8: Path, paths: list[str]
             trial = quantize_onnxruntime(prepared, Path(tmp) / "trial.onnx", paths, input_size, kept, qc.calibration,
                                          qc.symmetric_activations)
             runner = open_runner(str(trial))
-            ap = _ap_of(lambda x: tuple(runner.infer(x)[k] for k in ("boxes", "scores")), val, input_size, runner.batch)
+            ap = _ap_of(runner_infer(runner), val, input_size, runner.batch)
         print(f"[quantize]   {len(kept)} layers in float: AP {ap:.2f}", flush=True)
         return ap
 
