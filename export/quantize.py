@@ -60,10 +60,15 @@ def calibration_paths(train: CocoDataset, count: int, seed: int = 0) -> list[str
     return [train.image_path(train.images[i]) for i in sorted(picked)]
 
 
+def model_input(path: str, input_size: tuple[int, int]) -> np.ndarray:
+    """One image file as a preprocessed [1, 3, H, W] float32 model input."""
+    return preprocess(load_image(path), input_size)[0][None]
+
+
 def calibration_batches(paths: Sequence[str], input_size: tuple[int, int]) -> Iterable[np.ndarray]:
     """Preprocessed [1, 3, H, W] float32 inputs, one per image, read lazily."""
     for path in paths:
-        yield preprocess(load_image(path), input_size)[0][None]
+        yield model_input(path, input_size)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -308,7 +313,7 @@ def quantize_openvino(onnx_path: str | Path, out_xml: str | Path, paths: Sequenc
 
     model = ov.convert_model(str(onnx_path))
     scope = nncf.IgnoredScope(names=openvino_decode_ops(model), validate=False)
-    calibration = nncf.Dataset(list(paths), lambda p: preprocess(load_image(p), input_size)[0][None])
+    calibration = nncf.Dataset(list(paths), lambda p: model_input(p, input_size))
     if accuracy is None:
         quantized = nncf.quantize(model, calibration, preset=nncf.QuantizationPreset.PERFORMANCE,
                                   subset_size=len(paths), ignored_scope=scope)

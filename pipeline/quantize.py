@@ -26,12 +26,12 @@ from deploy.evaluate import coco_eval
 from deploy.files import check_writable, write_json, write_text
 from deploy.measure import measure_artifact, sample_images
 from deploy.predict import predict, runner_infer
-from deploy.preprocess import load_image, preprocess
 from deploy.runtimes import open_runner
 from export.quantize import (
     AccuracyControl,
     calibration_paths,
     keep_float_until,
+    model_input,
     onnx_conv_sensitivity,
     openvino_float_convolutions,
     openvino_ir,
@@ -169,7 +169,7 @@ def _openvino_accuracy_aware(qc, fp32: Path, int8_xml: Path, paths: list[str], v
         return _ap_of(infer, subset, input_size, 1)
 
     default_float = set(openvino_float_convolutions(ov.Core().read_model(str(int8_xml))))
-    control = AccuracyControl(val.images, lambda info: preprocess(load_image(val.image_path(info)), input_size)[0][None],
+    control = AccuracyControl(val.images, lambda info: model_input(val.image_path(info), input_size),
                               validate, qc.max_map_drop)
     quantize_openvino(fp32, int8_xml, paths, input_size, control)
     reverted = [n for n in openvino_float_convolutions(ov.Core().read_model(str(int8_xml))) if n not in default_float]
