@@ -17,7 +17,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 TRAIN_RUN = $(if $(filter 1,$(NPROC)),$(PY) -m,$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup fashion-mnist data teacher student distill export quantize ablation pipeline bench-train bench-openvino export-trt benchmark test lint clean
+.PHONY: help setup fashion-mnist data teacher student distill export quantize ablation pipeline status report bench-train bench-openvino export-trt benchmark test lint clean
 
 help: ## list the targets
 	@echo "edgekd targets (stage targets take ARGS=\"key.sub=value ...\", CONFIG=path, NPROC=N):"
@@ -78,8 +78,14 @@ bench-train: $(STAMP) ## seconds per step, images/s and peak memory of teacher a
 bench-openvino: $(STAMP) ## our OpenVINO latency vs benchmark_app on the quantize stage's IRs (RUN=default)
 	$(PY) -m pipeline.bench_openvino $(wildcard runs/$(or $(RUN),default)/quantize/openvino/model_*.xml) $(ARGS)
 
-pipeline: $(STAMP) ## run the whole staged pipeline (configs/pipelines/default.yaml)
-	$(PY) -m pipeline run --config $(CONFIG) $(ARGS)
+pipeline: $(STAMP) ## every stage, skipping those done, resuming the interrupted (FROM=stage reruns from it)
+	$(PY) -m pipeline run --config $(CONFIG) $(if $(FROM),--from $(FROM)) $(ARGS)
+
+status: $(STAMP) ## each stage of the run: done, stale (settings or inputs changed), failed or pending
+	$(PY) -m pipeline status --config $(CONFIG) $(ARGS)
+
+report: $(STAMP) ## rewrite runs/<run>/report.{md,json,html} and its plots from the stages' files
+	$(PY) -m pipeline run --config $(CONFIG) --stages report $(ARGS)
 
 lint: $(STAMP) ## ruff over the project
 	$(VENV)/bin/ruff check .

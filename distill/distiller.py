@@ -36,6 +36,9 @@ class DistillConfig:
     ld_temperature: float = 10.0
     teacher_half: bool = True  # teacher forward in float16 on CUDA
     positive_levels_only: bool = False  # the official code's quirk: only FPN levels with a positive in the batch
+    # Pipeline gate: when the student-alone stage runs too, the distilled student must reach its AP plus
+    # this many AP points (null: no gate).
+    min_gain_over_baseline: float | None = 0.0
 
 
 def check_pair(teacher: nn.Module, student: nn.Module, teacher_classes: list[str], student_classes: list[str],

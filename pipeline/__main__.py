@@ -1,9 +1,13 @@
 """edgekd's command line.
 
-    python -m pipeline run --config configs/pipelines/default.yaml [--stages data] [key.sub=value ...]
+    python -m pipeline run --config configs/pipelines/default.yaml [--stages a,b | --from stage] [key.sub=value ...]
+    python -m pipeline status --config configs/pipelines/default.yaml [key.sub=value ...]
 
+`run` skips every stage whose settings and inputs are unchanged since it finished, resumes an
+interrupted one and reruns the rest; `--from stage` reruns that stage and every one after it.
+`status` lists each stage as done, stale (settings or inputs changed), failed or pending.
 Bad input (config, dataset, checkpoint) ends with one line naming the file and the field, exit 2;
-`--debug` shows the traceback instead.
+a failed gate names the stage, the figure and the limit, exit 3; `--debug` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -13,25 +17,33 @@ import sys
 
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import load_config, to_yaml
-from pipeline.run import run_pipeline
+from pipeline.run import format_status, pipeline_status, run_pipeline
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description="edgekd: distil, export, quantize, measure.")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the pipeline's stages")
-    common_arguments(run)
-    run.add_argument("--stages", help="comma-separated stages to run (default: the config's list)")
+    run = common_arguments(sub.add_parser("run", help="run the pipeline's stages"))
+    chosen = run.add_mutually_exclusive_group()
+    chosen.add_argument("--stages", help="comma-separated stages to run (default: the config's list)")
+    chosen.add_argument("--from", dest="start", metavar="STAGE", help="rerun this stage and every stage after it")
+    run.add_argument("--quiet-config", action="store_true", help="do not print the resolved config")
+    common_arguments(sub.add_parser("status", help="list each stage as done, stale, failed or pending"))
     args = parser.parse_args(argv)
 
     def body() -> None:
         cfg = load_config(args.config, args.overrides)
+        if args.command == "status":
+            print(f"# {cfg.run_dir}")
+            print(format_status(pipeline_status(cfg)))
+            return
         print(f"# config: {args.config}" + (f" with {' '.join(args.overrides)}" if args.overrides else ""))
-        print(to_yaml(cfg), flush=True)
+        if not args.quiet_config:
+            print(to_yaml(cfg), flush=True)
         stages = args.stages.split(",") if args.stages else None
-        run_pipeline(cfg, stages, progress=not args.no_progress and sys.stderr.isatty())
+        run_pipeline(cfg, stages, progress=not args.no_progress and sys.stderr.isatty(), start=args.start)
 
-    return guarded(body, args.debug)
+    return guarded(body, args.debug, "interrupted: rerun the same command to continue where it stopped")
 
 
 if __name__ == "__main__":

@@ -1,18 +1,23 @@
 """`make benchmark`: deploy/benchmark.py over every artifact of the run that this machine can execute;
 the others are listed as skipped, with the reason.
 
-    python -m pipeline.benchmark --config configs/pipelines/default.yaml [key=value ...]
+    python -m pipeline.benchmark --config configs/pipelines/default.yaml [benchmark.evaluate=true] [key=value ...]
 
-Writes runs/<run>/benchmark/benchmark.{json,md}.
+Writes runs/<run>/benchmark/benchmark.{json,md}; latency only unless benchmark.evaluate (each stage
+measured its artifacts' AP already).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+from deploy.errors import InputError
+from deploy.files import write_json
 from deploy.runtimes.tensorrt import available
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
@@ -32,30 +37,40 @@ def artifacts(cfg: PipelineConfig) -> tuple[list[Path], list[tuple[Path, str]]]:
     return runnable, skipped
 
 
+def run_benchmark(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """Time every runnable artifact side by side in one deploy/benchmark.py process (torch-free, as on
+    the device); return benchmark.json's content."""
+    runnable, skipped = artifacts(cfg)
+    for path, why in skipped:
+        print(f"[benchmark] skipped {path}: {why}", flush=True)
+    if not runnable:
+        raise InputError(f"nothing to benchmark in {cfg.run_dir}: run the export and quantize stages first")
+    bc = cfg.benchmark
+    cmd = [sys.executable, str(DEPLOY), *map(str, runnable), "--warmup", str(bc.warmup), "--iters", str(bc.iters),
+           "--json", str(out_dir / "benchmark.json"), "--markdown", str(out_dir / "benchmark.md")]
+    if bc.evaluate:
+        cmd += ["--data", str(Path(cfg.data.root) / cfg.data.val_annotations)]
+    if bc.threads:
+        cmd += ["--threads", str(bc.threads)]
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    print(done.stdout, end="", flush=True)
+    if done.returncode:
+        raise InputError(f"deploy/benchmark.py failed with exit code {done.returncode} (its message is above)")
+    result = json.loads((out_dir / "benchmark.json").read_text())
+    result["skipped"] = [{"artifact": str(p), "reason": why} for p, why in skipped]
+    write_json(out_dir / "benchmark.json", result)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = common_arguments(argparse.ArgumentParser(prog="python -m pipeline.benchmark", description=__doc__.split("\n")[0]))
     args = parser.parse_args(argv)
-    status = {"code": 0}
 
     def body() -> None:
         cfg = load_config(args.config, args.overrides)
-        runnable, skipped = artifacts(cfg)
-        for path, why in skipped:
-            print(f"skipped {path}: {why}")
-        if not runnable:
-            print(f"nothing to benchmark in {cfg.run_dir}: run `make export quantize` first")
-            status["code"] = 2
-            return
-        out = cfg.run_dir / "benchmark"
-        data = Path(cfg.data.root) / cfg.data.val_annotations
-        cmd = [sys.executable, str(DEPLOY), *map(str, runnable), "--data", str(data), "--warmup", str(cfg.export.warmup),
-               "--iters", str(cfg.export.iters), "--json", str(out / "benchmark.json"), "--markdown", str(out / "benchmark.md")]
-        if cfg.export.threads:
-            cmd += ["--threads", str(cfg.export.threads)]
-        status["code"] = subprocess.run(cmd).returncode
+        run_benchmark(cfg, cfg.run_dir / "benchmark")
 
-    code = guarded(body, args.debug)
-    return code or status["code"]
+    return guarded(body, args.debug)
 
 
 if __name__ == "__main__":

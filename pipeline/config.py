@@ -59,7 +59,28 @@ class RoleConfig:
     checkpoint: str | None = None  # a trained checkpoint to use instead of training
 
 
-STAGES = ("data", "teacher", "distill", "export", "quantize")  # in order; later stages join as they are built
+@dataclass
+class EnginesConfig:
+    """TensorRT engines (built where TensorRT and a GPU are present; the stage records why not elsewhere)."""
+
+    precisions: list[Literal["fp32", "fp16", "int8"]] = field(default_factory=lambda: ["fp16", "int8"])
+    workspace_mb: int = 2048
+    dla_core: int | None = None  # Jetson DLA core (GPU fallback on)
+
+
+@dataclass
+class BenchmarkConfig:
+    """Every artifact timed side by side in one process by deploy/benchmark.py (the report's latencies)."""
+
+    warmup: int = 10
+    iters: int = 100
+    threads: int = 0  # 0 = each runtime's default
+    evaluate: bool = False  # also its AP (each stage measured it already)
+
+
+# In order. `student` (the student trained alone, the no-distillation baseline) is off by default.
+STAGES = ("data", "teacher", "student", "distill", "export", "quantize", "engines", "benchmark", "report")
+DEFAULT_STAGES = [s for s in STAGES if s != "student"]
 
 
 @dataclass
@@ -72,7 +93,9 @@ class PipelineConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
-    stages: list[str] = field(default_factory=lambda: list(STAGES))  # which stages `run` runs by default
+    engines: EnginesConfig = field(default_factory=EnginesConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    stages: list[str] = field(default_factory=lambda: list(DEFAULT_STAGES))  # which stages `run` runs by default
 
     @property
     def run_dir(self) -> Path:

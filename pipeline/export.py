@@ -25,6 +25,7 @@ from export.onnx import check_parity, export_onnx, parity
 from export.torch_runner import TorchRunner
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
+from pipeline.profile import count_gflops
 from pipeline.stage_data import load_split
 
 
@@ -60,8 +61,9 @@ def run_export(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> dic
                                              ec.warmup, ec.iters, decoded)
     onnx_metrics["delta_AP_vs_pytorch"] = onnx_metrics["AP"] - reference["AP"]
     check_results(val, results, str(path))
+    model = {"params": sum(p.numel() for p in detector.parameters()), "gflops": count_gflops(detector, input_size)}
     metrics = {"pytorch": reference, "onnxruntime_fp32": onnx_metrics, "parity": diff, "input_size": list(input_size),
-               "classes": classes, "source": str(source)}
+               "classes": classes, "source": str(source), "model": model}
     write_json(out_dir / "predictions_pytorch.json", ref_results)
     write_json(out_dir / "predictions.json", results)
     write_json(out_dir / "metrics.json", metrics)

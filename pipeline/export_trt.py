@@ -56,6 +56,20 @@ def run_export_trt(cfg: PipelineConfig, precision: str, dla_core: int | None = N
     return metrics
 
 
+def run_engines(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """The pipeline's engines stage: every precision in cfg.engines where TensorRT can build, else a
+    record of why not (so the report says it rather than leaving a silent gap)."""
+    reason = available()
+    if reason:
+        print(f"[engines] skipped: {reason}", flush=True)
+        result: dict[str, Any] = {"skipped": reason}
+    else:
+        result = {"engines": {p: run_export_trt(cfg, p, cfg.engines.dla_core, cfg.engines.workspace_mb)
+                              for p in cfg.engines.precisions}}
+    write_json(out_dir / "engines.json", result)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = common_arguments(argparse.ArgumentParser(prog="python -m pipeline.export_trt", description=__doc__.split("\n")[0]))
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16")

@@ -1,76 +1,257 @@
-"""Run the selected stages in order; each writes <run_dir>/<stage>/stage.json when it finishes."""
+"""Run the pipeline's stages in order, skipping those already done, and resuming or rerunning the rest.
+
+Each stage declares the config sections it reads and the files it consumes. Their hashes go into
+<run>/<stage>/stage.json (pipeline/stage_state.py). On the next run a stage whose hashes match is
+skipped; one interrupted with the same hashes resumes (training from its last checkpoint); one whose
+settings or inputs changed is set aside to <run>/.previous/<stage> and rerun from scratch, and the
+stages after it see new inputs and rerun too. Every artifact is written under a temporary name and
+renamed into place, so no stage reads a half-written file after a kill.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
-import hashlib
-import json
-import platform
+import contextlib
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from deploy.errors import GateError
 from deploy.files import write_json, write_text
+from pipeline.benchmark import artifacts as benchmark_artifacts
+from pipeline.benchmark import run_benchmark
 from pipeline.config import STAGES, ConfigError, PipelineConfig, to_yaml
-from pipeline.distill import distill_student
-from pipeline.export import run_export
+from pipeline.distill import distill_student, teacher_path
+from pipeline.export import run_export, source_checkpoint
+from pipeline.export_trt import run_engines
+from pipeline.gates import GATE_KEYS, check_gate
 from pipeline.quantize import run_quantize
-from pipeline.stage_data import run_data
+from pipeline.report import write_report
+from pipeline.stage_data import load_split, run_data
+from pipeline.stage_state import (
+    Status,
+    config_hash,
+    inputs_hash,
+    now,
+    output_files,
+    read_state,
+    set_aside,
+    stage_status,
+    versions,
+    write_state,
+)
 from pipeline.train import train_role
 
-# stage name -> (function of (config, stage folder, progress), the config section it depends on)
-STAGE_FUNCTIONS: dict[str, tuple[Callable[..., dict], str]] = {
-    "data": (lambda cfg, out, progress: run_data(cfg.data, out, progress), "data"),
-    "teacher": (lambda cfg, out, progress: train_role(cfg, "teacher", resume=True, progress=progress), "teacher"),
-    "distill": (lambda cfg, out, progress: distill_student(cfg, resume=True, progress=progress), "distill"),
-    "export": (run_export, "export"),
-    "quantize": (run_quantize, "quantize"),
+
+@dataclass
+class Stage:
+    run: Callable[[PipelineConfig, Path, bool], dict[str, Any]]
+    sections: Callable[[PipelineConfig], dict[str, Any]]  # the config it reads
+    inputs: Callable[[PipelineConfig], list[Path]]  # the files it consumes
+    upstream: tuple[str, ...]  # the stages that make those files
+    extra_outputs: Callable[[PipelineConfig], list[Path]] = lambda cfg: []  # files it writes outside its folder
+    track_folder: bool = True  # its folder's files are outputs (not for data: training rewrites its stats.json)
+
+
+def _annotations(cfg: PipelineConfig) -> list[Path]:
+    return [cfg.data.split_paths("train")[0], cfg.data.split_paths("val")[0]]
+
+
+def _trained(role: str) -> Callable[[PipelineConfig], Path]:
+    return lambda cfg: Path(getattr(cfg, role).checkpoint or cfg.run_dir / role / "last.pt")
+
+
+def _train_stage(role: str) -> Callable[[PipelineConfig, Path, bool], dict[str, Any]]:
+    def run(cfg: PipelineConfig, out: Path, progress: bool) -> dict[str, Any]:
+        if role == "distill":
+            metrics = distill_student(cfg, resume=True, progress=progress)
+            checkpoint = out / "last.pt"
+        else:
+            metrics = train_role(cfg, role, resume=True, progress=progress)
+            checkpoint = _trained(role)(cfg)
+        write_profile(cfg, checkpoint, out)
+        return metrics
+    return run
+
+
+def write_profile(cfg: PipelineConfig, checkpoint: Path, out: Path) -> None:
+    """Params, GFLOPs and PyTorch latency of a trained model, for the report."""
+    from pipeline.profile import profile_checkpoint  # torch profiling only where a stage trains
+
+    bc = cfg.benchmark
+    profile = profile_checkpoint(checkpoint, load_split(cfg.data, "val"), bc.warmup, bc.iters, bc.threads)
+    write_json(out / "profile.json", profile)
+
+
+def _report_inputs(cfg: PipelineConfig) -> list[Path]:
+    return [cfg.run_dir / s / "stage.json" for s in cfg.stages if s != "report"]
+
+
+def _report(cfg: PipelineConfig, out: Path, progress: bool) -> dict[str, Any]:
+    report = write_report(cfg, out, progress)
+    return {"rows": len(report["rows"])}
+
+
+STAGE_TABLE: dict[str, Stage] = {
+    "data": Stage(lambda cfg, out, progress: run_data(cfg.data, out, progress),
+                  lambda cfg: {"data": cfg.data},
+                  lambda cfg: [] if cfg.data.generator else _annotations(cfg), (),
+                  _annotations, track_folder=False),
+    "teacher": Stage(_train_stage("teacher"), lambda cfg: {"teacher": cfg.teacher},
+                     lambda cfg: _annotations(cfg) + ([Path(cfg.teacher.checkpoint)] if cfg.teacher.checkpoint else []),
+                     ("data",)),
+    "student": Stage(_train_stage("student"), lambda cfg: {"student": cfg.student}, _annotations, ("data",)),
+    "distill": Stage(_train_stage("distill"), lambda cfg: {"student": cfg.student, "distill": cfg.distill},
+                     lambda cfg: _annotations(cfg) + [teacher_path(cfg)], ("data", "teacher")),
+    "export": Stage(run_export, lambda cfg: {"export": cfg.export},
+                    lambda cfg: _annotations(cfg) + [source_checkpoint(cfg)], ("data", "distill")),
+    "quantize": Stage(run_quantize, lambda cfg: {"quantize": cfg.quantize, "export": cfg.export},
+                      lambda cfg: _annotations(cfg) + [cfg.run_dir / "export" / "model.onnx"], ("data", "export")),
+    "engines": Stage(run_engines, lambda cfg: {"engines": cfg.engines, "export": cfg.export},
+                     lambda cfg: [cfg.run_dir / "export" / "model.onnx"] + (
+                         [cfg.run_dir / "quantize" / "model.int8.onnx"] if "int8" in cfg.engines.precisions else []),
+                     ("export", "quantize")),
+    "benchmark": Stage(run_benchmark, lambda cfg: {"benchmark": cfg.benchmark},
+                       lambda cfg: benchmark_artifacts(cfg)[0], ("export", "quantize", "engines")),
+    "report": Stage(_report, lambda cfg: {}, _report_inputs,
+                    ("data", "teacher", "student", "distill", "export", "quantize", "engines", "benchmark"),
+                    lambda cfg: [cfg.run_dir / f"report.{ext}" for ext in ("md", "json", "html")]),
 }
 
 
-def versions() -> dict[str, str]:
-    """Versions of Python and the libraries that change results."""
-    out = {"python": platform.python_version()}
-    for module in ("numpy", "torch", "torchvision", "onnx", "onnxruntime", "openvino", "nncf", "pycocotools"):
-        try:
-            out[module] = __import__(module).__version__
-        except Exception:  # not installed, or a broken install: record, don't fail
-            out[module] = "missing"
+def select_stages(cfg: PipelineConfig, requested: list[str] | None = None, start: str | None = None) -> list[str]:
+    """The stages to run in pipeline order: `requested`, or the config's list (from `start` on)."""
+    names = requested or cfg.stages
+    unknown = [n for n in [*names, *([start] if start else [])] if n not in STAGE_TABLE]
+    if unknown:
+        raise ConfigError(f"unknown stage '{unknown[0]}'; valid stages: {', '.join(STAGES)}")
+    selected = [s for s in STAGES if s in names]
+    if start:
+        if start not in selected:
+            raise ConfigError(f"--from {start}: not among the stages to run ({', '.join(selected)})")
+        selected = selected[selected.index(start):]
+    return selected
+
+
+def hashes(cfg: PipelineConfig, name: str) -> tuple[str, str, list[str]]:
+    """(config hash, inputs hash, missing inputs) of a stage now."""
+    stage = STAGE_TABLE[name]
+    in_hash, missing = inputs_hash(stage.inputs(cfg))
+    return config_hash(stage.sections(cfg), GATE_KEYS), in_hash, missing
+
+
+def pipeline_status(cfg: PipelineConfig) -> dict[str, Status]:
+    """Each of the config's stages as done, stale, failed or pending, as `run` would find them; a stage
+    after one that will rerun is stale (it reruns if that stage's outputs change)."""
+    out: dict[str, Status] = {}
+    for name in [s for s in STAGES if s in cfg.stages]:
+        rerun = [u for u in STAGE_TABLE[name].upstream if u in out and out[u].runs]
+        cfg_hash, in_hash, missing = hashes(cfg, name)
+        out[name] = stage_status(cfg.run_dir / name, cfg_hash, in_hash, [] if rerun else missing, rerun)
     return out
 
 
-def config_hash(section: Any) -> str:
-    """Hash of one config section, recorded in stage.json (the caching issue compares it)."""
-    blob = json.dumps(dataclasses.asdict(section), sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler, `kill`) stops like Ctrl-C: the stage stays `running` and resumes next time."""
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
-def select_stages(cfg: PipelineConfig, requested: list[str] | None) -> list[str]:
-    """The stages to run, in pipeline order; unknown names fail with the valid ones."""
-    names = requested or cfg.stages
-    unknown = [n for n in names if n not in STAGE_FUNCTIONS]
-    if unknown:
-        raise ConfigError(f"unknown stage '{unknown[0]}'; valid stages: {', '.join(STAGES)}")
-    return [s for s in STAGES if s in names]
+def run_stage(cfg: PipelineConfig, name: str, force: bool, progress: bool) -> dict[str, Any] | None:
+    """Skip, resume or (re)run one stage; check its gate either way. Returns its result when it ran."""
+    stage, out = STAGE_TABLE[name], cfg.run_dir / name
+    cfg_hash, in_hash, missing = hashes(cfg, name)
+    status = stage_status(out, cfg_hash, in_hash, missing, [])
+    result = None
+    if status.state == "done" and not force:
+        print(f"[{name}] up to date ({status.reason})", flush=True)
+    else:
+        if force or status.state == "stale":
+            moved = set_aside(out, cfg.run_dir)
+            if moved:
+                print(f"[{name}] {'forced' if force else status.reason}: earlier outputs moved to {moved}", flush=True)
+        print(f"[{name}] start" + (f" ({status.reason})" if status.state in ("pending", "failed") else ""), flush=True)
+        started, start = now(), time.perf_counter()
+        out.mkdir(parents=True, exist_ok=True)
+        record = {"stage": name, "config_hash": cfg_hash, "inputs_hash": in_hash, "started": started}
+        write_state(out, state="running", **record)
+        try:
+            result = stage.run(cfg, out, progress)
+        except GateError as e:
+            write_state(out, state="failed", error=str(e), **record)
+            raise
+        wall = round(time.perf_counter() - start, 1)
+        write_state(out, state="done", **record, finished=now(), wall_s=wall,
+                    outputs=output_files(out if stage.track_folder else None, stage.extra_outputs(cfg)), versions=versions(), summary=summary(result))
+        print(f"[{name}] done in {wall:.1f}s" + (f": {summary(result)}" if summary(result) else ""), flush=True)
+    try:
+        gate = check_gate(name, cfg)
+    except GateError as e:
+        state = read_state(out) or {}
+        write_state(out, **{**state, "state": "failed", "error": str(e)})
+        raise
+    if gate:
+        print(f"[{name}] gate passed: {gate}", flush=True)
+        state = read_state(out) or {}
+        if state.get("gate") != gate:  # rewritten only on change: the report stage hashes stage.json
+            write_state(out, **{**state, "gate": gate})
+    return result
 
 
-def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None, progress: bool = True) -> dict[str, dict]:
-    """Run the stages; return each stage's result."""
-    selected = select_stages(cfg, stages)
+def summary(result: Any) -> str:
+    """A stage result's headline for its done line."""
+    if not isinstance(result, dict):
+        return ""
+    if isinstance(result.get("AP"), float):
+        return f"AP {100 * result['AP']:.2f}"
+    if "onnxruntime_fp32" in result:
+        return f"ONNX Runtime FP32 AP {100 * result['onnxruntime_fp32']['AP']:.2f}"
+    if "artifacts" in result:
+        return ", ".join(f"{n} AP {100 * m['AP']:.2f}" for n, m in result["artifacts"].items())
+    if isinstance(result.get("skipped"), str):
+        return "skipped"
+    return ""
+
+
+def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None, progress: bool = True,
+                 start: str | None = None) -> dict[str, Any]:
+    """Run the selected stages (`start` and every stage after it forced to rerun); return the results of
+    the stages that ran."""
+    selected = select_stages(cfg, stages, start)
     run_dir = cfg.run_dir
     write_text(run_dir / "config.yaml", to_yaml(cfg))
-    results = {}
-    for name in selected:
-        function, section = STAGE_FUNCTIONS[name]
-        print(f"[{name}] start", flush=True)
-        start = time.perf_counter()
-        results[name] = function(cfg, run_dir / name, progress)
-        wall = time.perf_counter() - start
-        write_json(run_dir / name / "stage.json", {
-            "stage": name, "config_hash": config_hash(getattr(cfg, section)), "wall_s": round(wall, 2),
-            "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "versions": versions(),
-        })
-        print(f"[{name}] done in {wall:.1f}s", flush=True)
+    results: dict[str, Any] = {}
+    begin = time.perf_counter()
+    with sigterm_as_interrupt():
+        for name in selected:
+            stale_upstream = [u for u in STAGE_TABLE[name].upstream
+                              if u in cfg.stages and u not in selected and (read_state(run_dir / u) or {}).get("state") != "done"]
+            if stale_upstream:
+                print(f"[{name}] note: upstream {', '.join(stale_upstream)} not done and not selected; "
+                      "using the files it left", flush=True)
+            result = run_stage(cfg, name, force=start is not None, progress=progress)
+            if result is not None:
+                results[name] = result
+    print(f"pipeline: {len(selected)} stages in {time.perf_counter() - begin:.1f}s", flush=True)
+    if (run_dir / "report.md").is_file() and "report" in selected:
+        print(f"report: {run_dir / 'report.md'} (and report.html, report.json)", flush=True)
     return results
+
+
+def format_status(statuses: dict[str, Status]) -> str:
+    width = max(map(len, statuses)) if statuses else 5
+    return "\n".join(f"{name:<{width}}  {s.state:<8} {s.reason}" for name, s in statuses.items())
+

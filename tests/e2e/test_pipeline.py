@@ -1,41 +1,121 @@
-"""A tiny whole pipeline through the CLI: every stage that exists, its files, and a rerun that resumes."""
+"""The tiny whole pipeline through the CLI: every stage and the report, a rerun that skips everything,
+a changed setting that reruns only what follows it, a gate that stops it, and a SIGTERM mid-training
+followed by a resume."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 from tests.conftest import REPO
 
 SMALL = {"input_size": "[128,128]", "fpn_channels": 32, "head_convs": 1, "backbone": "efficientnet_lite0"}
 SHORT = {"max_steps": 3, "batch_size": 4, "workers": 0, "max_train_images": 0}
-TINY = ["data.generator.size=tiny", "stages=[data,teacher,distill,export,quantize]",
-        "quantize.calib_images=16", "export.warmup=1", "export.iters=5",
+TINY = ["data.generator.size=tiny", "quantize.calib_images=16", "export.warmup=1", "export.iters=5",
+        "benchmark.warmup=1", "benchmark.iters=5",
         *(f"{role}.model.{k}={v}" for role in ("teacher", "student") for k, v in SMALL.items()),
         "teacher.model.head_channels=32", "student.model.head_channels=16",
         *(f"{role}.train.{k}={v}" for role in ("teacher", "student") for k, v in SHORT.items())]
+ALL = "stages=[data,teacher,student,distill,export,quantize,engines,benchmark,report]"
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
-def test_tiny_pipeline_runs_every_stage_and_resumes(tiny_scenes, tmp_path):
-    cmd = [sys.executable, "-m", "pipeline", "run", "--no-progress", f"data.root={tiny_scenes}",
-           f"runs_dir={tmp_path}", *TINY]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    first = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
-    assert first.returncode == 0, first.stderr[-2000:]
+def pipeline(command, tiny_scenes, tmp_path, *args):
+    cmd = [sys.executable, "-m", "pipeline", command, f"data.root={tiny_scenes}", f"runs_dir={tmp_path}", *TINY, *args]
+    if command == "run":
+        cmd[4:4] = ["--no-progress", "--quiet-config"]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=ENV)
+
+
+def ran(stdout):
+    return [line.split("]")[0][1:] for line in stdout.splitlines() if line.endswith("] start") or "] start (" in line]
+
+
+def test_tiny_pipeline_caches_reruns_what_changed_and_gates(tiny_scenes, tmp_path):
+    first = pipeline("run", tiny_scenes, tmp_path, ALL)
+    assert first.returncode == 0, first.stderr[-3000:]
     run = tmp_path / "default"
-    assert "[data] done" in first.stdout and "[teacher] done" in first.stdout and "[distill] done" in first.stdout
-    for stage in ("data", "teacher", "distill", "export", "quantize"):
-        assert f"[{stage}] done" in first.stdout
-        assert json.loads((run / stage / "stage.json").read_text())["stage"] == stage
-    for stage in ("teacher", "distill"):
+    stages = ["data", "teacher", "student", "distill", "export", "quantize", "engines", "benchmark", "report"]
+    assert ran(first.stdout) == stages
+    for stage in stages:
+        state = json.loads((run / stage / "stage.json").read_text())
+        assert state["state"] == "done" and state["stage"] == stage and len(state["config_hash"]) == 16
+    for stage in ("teacher", "student", "distill"):
         assert json.loads((run / stage / "metrics.json").read_text())["num_images"] == 24
-    assert json.loads((run / "teacher" / "predictions.json").read_text()) is not None
-    exported = json.loads((run / "export" / "metrics.json").read_text())
-    assert exported["parity"]["scores_max_abs"] <= 1e-4 and exported["onnxruntime_fp32"]["num_images"] == 24
+        profile = json.loads((run / stage / "profile.json").read_text())
+        assert profile["params"] > 1e5 and profile["gflops"] > 0 and profile["latency_ms"]["infer"]["p50"] > 0
+    for name in ("export/model.onnx", "quantize/model.int8.onnx", "quantize/openvino/model_int8.xml",
+                 "benchmark/benchmark.json", "report/ap_vs_latency.png", "report/ap_by_stage.png",
+                 "report/training_curves.png", "report.md", "report.html"):
+        assert (run / name).is_file(), name
+    report = json.loads((run / "report.json").read_text())
+    rows = {r["name"]: r for r in report["rows"]}
+    assert list(rows) == ["teacher", "student", "distill", "onnxruntime_fp32", "onnxruntime_int8", "openvino_fp32",
+                          "openvino_fp16", "openvino_int8"]
     quantized = json.loads((run / "quantize" / "metrics.json").read_text())["artifacts"]
-    assert set(quantized) == {"onnxruntime_int8", "openvino_fp32", "openvino_fp16", "openvino_int8"}
-    assert [quantized[a]["precision"] for a in sorted(quantized)] == ["int8", "fp16", "fp32", "int8"]
-    for name in ("model.int8.onnx", "openvino/model_int8.xml", "openvino/model_int8.bin", "table.md"):
-        assert (run / "quantize" / name).is_file()
-    again = subprocess.run([*cmd, "--stages", "teacher,distill"], capture_output=True, text=True, cwd=REPO, env=env)
-    assert again.returncode == 0 and "already trained" in again.stdout
+    for name, m in quantized.items():  # the report carries each stage's own figures
+        assert rows[name]["AP"] == m["AP"] and rows[name]["size_mb"] == m["size_mb"]
+    timed = {e["artifact"]: e for e in json.loads((run / "benchmark" / "benchmark.json").read_text())["results"]}
+    assert rows["openvino_int8"]["latency_ms"]["p50"] == timed[quantized["openvino_int8"]["artifact"]]["latency_ms"]["infer"]["p50"]
+    for row in report["rows"]:
+        assert {"stage", "artifact", "runtime", "precision", "AP", "AP50", "AP75", "latency_ms", "e2e_latency_ms",
+                "throughput_ips", "size_mb", "params", "gflops"} <= set(row)
+        assert row["latency_ms"]["p99"] >= row["latency_ms"]["p50"] > 0 and row["params"] > 0
+    assert rows["distill"]["previous"] == "student" and rows["openvino_int8"]["previous"] == "openvino_fp32"
+    assert rows["openvino_int8"]["delta_AP_previous"] == rows["openvino_int8"]["AP"] - rows["openvino_fp32"]["AP"]
+    assert report["versions"]["tensorrt"] and report["machine"]["cpu_threads"] > 0
+    assert "TensorRT engines not built" in (run / "report.md").read_text()
+    assert "data:image/png;base64," in (run / "report.html").read_text()
+
+    again = pipeline("run", tiny_scenes, tmp_path, ALL)  # nothing changed: every stage skipped
+    assert again.returncode == 0 and ran(again.stdout) == [], again.stdout
+    assert again.stdout.count("up to date") == len(stages)
+    status = pipeline("status", tiny_scenes, tmp_path, ALL)
+    assert status.returncode == 0 and status.stdout.count(" done ") == len(stages), status.stdout
+
+    changed = ["distill.cls_weight=2.0"]
+    status = pipeline("status", tiny_scenes, tmp_path, ALL, *changed)
+    states = dict(line.split()[:2] for line in status.stdout.splitlines()[1:])
+    assert states == {**{s: "done" for s in stages[:3]}, **{s: "stale" for s in stages[3:]}}, status.stdout
+    rerun = pipeline("run", tiny_scenes, tmp_path, ALL, *changed)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert ran(rerun.stdout) == stages[3:], rerun.stdout
+    assert (run / ".previous" / "distill" / "last.pt").is_file()  # the earlier student is kept, not resumed from
+
+    gated = pipeline("run", tiny_scenes, tmp_path, ALL, *changed, "distill.min_gain_over_baseline=100")
+    assert gated.returncode == 3 and "stage distill" in gated.stderr and "min_gain_over_baseline" in gated.stderr
+    assert ran(gated.stdout) == [] and "[export]" not in gated.stdout  # the gate alone changed: nothing retrained
+    assert json.loads((run / "distill" / "stage.json").read_text())["state"] == "failed"
+    assert (run / "distill" / "last.pt").is_file()  # artifacts left for inspection
+
+
+def test_sigterm_during_distillation_then_resume(tiny_scenes, tmp_path):
+    longer = ["student.train.max_steps=60", "student.train.epochs=5", "student.train.save_every_steps=2", "stages=[data,teacher,distill,export]"]
+    cmd = [sys.executable, "-m", "pipeline", "run", "--no-progress", "--quiet-config", f"data.root={tiny_scenes}",
+           f"runs_dir={tmp_path}", *TINY, *longer]
+    log = tmp_path / "first.log"
+    checkpoint = tmp_path / "default" / "distill" / "last.pt"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=ENV)
+        deadline = time.time() + 300
+        while not checkpoint.is_file() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    assert code == 130, log.read_text()[-3000:]
+    assert "[distill] done" not in log.read_text() and not (tmp_path / "default" / "export").exists()
+
+    second = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=ENV)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "[data] up to date" in second.stdout and "[teacher] up to date" in second.stdout
+    resumed = [line for line in second.stdout.splitlines() if line.startswith("resumed from")]
+    step = int(resumed[0].split(" at step ")[1].split()[0])
+    assert 0 < step < 60, resumed
+    assert "[distill] start (interrupted" in second.stdout
+    records = [json.loads(line) for line in (checkpoint.parent / "log.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in records if "loss" in r]
+    assert train_steps == sorted(set(train_steps)) and train_steps[-1] == 60  # none lost or logged twice
+    assert (tmp_path / "default" / "export" / "model.onnx").is_file()
+    assert json.loads((checkpoint.parent / "stage.json").read_text())["state"] == "done"

@@ -1,0 +1,40 @@
+"""Facts about a trained PyTorch detector for the report: parameters, GFLOPs and its FP32 latency through
+the same deploy/ timing code as every exported artifact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from deploy.coco import CocoDataset
+from deploy.measure import measure_latency, sample_images
+from distill.checkpoint import load_detector
+from export.torch_runner import TorchRunner
+
+
+def count_gflops(model: nn.Module, input_size: tuple[int, int]) -> float:
+    """Forward FLOPs at batch 1 in GFLOPs (a multiply-add counts 2, as torch's flop counter does)."""
+    x = torch.zeros(1, 3, *input_size)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    return round(counter.get_total_flops() / 1e9, 3)
+
+
+def profile_checkpoint(path: Path, val: CocoDataset, warmup: int, iters: int, threads: int = 0) -> dict[str, Any]:
+    """{params, gflops, input_size, size_mb, latency_ms{infer, end_to_end}} of a detector checkpoint."""
+    detector, _, _ = load_detector(path)
+    input_size = tuple(detector.cfg.input_size)
+    runner = TorchRunner(detector, str(path), 1, threads)
+    return {
+        "artifact": str(path), "backend": "pytorch", "precision": "fp32", "input_size": list(input_size),
+        "params": sum(p.numel() for p in detector.parameters()),
+        "gflops": count_gflops(detector, input_size),
+        # The weights alone: the checkpoint file also holds the optimizer state for a resume.
+        "size_mb": round(sum(t.numel() * t.element_size() for t in detector.state_dict().values()) / 1e6, 3),
+        "latency_ms": measure_latency(runner, sample_images(val, 8), input_size, warmup, iters),
+    }

@@ -1,0 +1,187 @@
+"""The report stage: one table across every stage's artifacts, with what each stage cost in accuracy and
+bought in speed, plots, the machine and the library versions.
+
+Writes <run>/report.md, report.json and report.html (plots embedded), and the PNGs in <run>/report/.
+AP figures in report.json are COCO fractions (0.284), as in every metrics.json; the tables show percent.
+Latencies come from the benchmark stage (every artifact timed side by side in one process) when it
+ran, else from the stage that made the artifact; PyTorch rows from the training stages' profiles.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from deploy.benchmark import machine_info
+from deploy.files import write_json, write_text
+from pipeline.config import PipelineConfig
+from pipeline.plots import pareto_front, plot_ap_bars, plot_ap_latency, plot_training
+from pipeline.stage_state import read_state, versions
+
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# Which row each artifact is compared with as "the previous stage".
+PREVIOUS = {"onnxruntime_fp32": "distill", "onnxruntime_int8": "onnxruntime_fp32", "onnxruntime_int8_cpu": "onnxruntime_fp32",
+            "openvino_fp32": "onnxruntime_fp32", "openvino_fp16": "openvino_fp32", "openvino_int8": "openvino_fp32",
+            "tensorrt_fp32": "onnxruntime_fp32", "tensorrt_fp16": "onnxruntime_fp32", "tensorrt_int8": "onnxruntime_int8"}
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _row(stage: str, name: str, metrics: dict[str, Any], latency: dict[str, Any] | None, model: dict[str, Any]) -> dict[str, Any]:
+    infer, e2e = (latency or {}).get("infer"), (latency or {}).get("end_to_end")
+    return {
+        "stage": stage, "name": name, "artifact": metrics.get("artifact"), "runtime": metrics.get("backend", "pytorch"),
+        "precision": metrics.get("precision", "fp32"), **{k: metrics.get(k) for k in METRICS},
+        "latency_ms": {"p50": infer["p50"], "p99": infer["p99"]} if infer else None,
+        "e2e_latency_ms": {"p50": e2e["p50"], "p99": e2e["p99"]} if e2e else None,
+        "throughput_ips": infer["throughput_ips"] if infer else None,
+        "size_mb": metrics.get("size_mb"), "params": model.get("params"), "gflops": model.get("gflops"),
+    }
+
+
+def collect_rows(cfg: PipelineConfig) -> list[dict[str, Any]]:
+    """A row per artifact the run holds, in stage order, with deltas to the previous stage and the teacher."""
+    run = cfg.run_dir
+    rows: list[dict[str, Any]] = []
+    for stage in ("teacher", "student", "distill"):
+        metrics, profile = _read(run / stage / "metrics.json"), _read(run / stage / "profile.json")
+        if "AP" in metrics and stage in cfg.stages:
+            rows.append(_row(stage, stage, {**profile, **metrics, "artifact": profile.get("artifact", str(run / stage / "last.pt"))},
+                             profile.get("latency_ms"), profile))
+    exported = _read(run / "export" / "metrics.json")
+    model = exported.get("model", {})
+    artifacts = {}
+    if "onnxruntime_fp32" in exported:
+        artifacts["onnxruntime_fp32"] = ("export", exported["onnxruntime_fp32"])
+    for name, m in _read(run / "quantize" / "metrics.json").get("artifacts", {}).items():
+        artifacts[name] = ("quantize", m)
+    for precision in ("fp32", "fp16", "int8"):
+        m = _read(run / "engines" / f"metrics_{precision}.json")
+        if m:
+            artifacts[f"tensorrt_{precision}"] = ("engines", m)
+    timed = {Path(e["artifact"]).resolve(): e["latency_ms"] for e in _read(run / "benchmark" / "benchmark.json").get("results", [])}
+    for name, (stage, m) in artifacts.items():
+        latency = timed.get(Path(m["artifact"]).resolve(), m.get("latency_ms"))
+        rows.append(_row(stage, name, m, latency, model))
+    by_name = {r["name"]: r for r in rows}
+    teacher = by_name.get("teacher")
+    for r in rows:
+        previous = {"student": "teacher", "distill": "student" if "student" in by_name else "teacher"}.get(r["name"],
+                                                                                                        PREVIOUS.get(r["name"]))
+        r["previous"] = previous if previous in by_name else None
+        r["delta_AP_previous"] = r["AP"] - by_name[previous]["AP"] if r["previous"] else None
+        r["delta_AP_teacher"] = r["AP"] - teacher["AP"] if teacher and r is not teacher else None
+    timed_rows = [r for r in rows if r["latency_ms"]]
+    front = pareto_front([(r["latency_ms"]["p50"], r["AP"]) for r in timed_rows])
+    for r in rows:
+        r["pareto"] = any(r is timed_rows[i] for i in front)
+    return rows
+
+
+def _fmt(value: Any, spec: str, scale: float = 1.0, sign: bool = False) -> str:
+    if value is None:
+        return "-"
+    return format(scale * value, ("+" if sign else "") + spec)
+
+
+def table_cells(r: dict[str, Any]) -> list[str]:
+    lat, e2e = r["latency_ms"] or {}, r["e2e_latency_ms"] or {}
+    return [r["name"] + (" *" if r["pareto"] else ""), r["runtime"], r["precision"],
+            *(_fmt(r[k], ".1f", 100) for k in ("AP", "AP50", "AP75", "APs")),
+            _fmt(r["delta_AP_previous"], ".2f", 100, True) + (f" ({r['previous']})" if r["previous"] else ""),
+            _fmt(r["delta_AP_teacher"], ".2f", 100, True),
+            _fmt(lat.get("p50"), ".2f"), _fmt(lat.get("p99"), ".2f"), _fmt(e2e.get("p50"), ".2f"), _fmt(e2e.get("p99"), ".2f"),
+            _fmt(r["throughput_ips"], ".1f"), _fmt(r["size_mb"], ".2f"), _fmt(r["params"], ".2f", 1e-6), _fmt(r["gflops"], ".2f")]
+
+
+HEADER = ["artifact", "runtime", "precision", "AP", "AP50", "AP75", "APs", "ΔAP vs previous", "ΔAP vs teacher",
+          "infer p50 ms", "infer p99 ms", "e2e p50 ms", "e2e p99 ms", "images/s", "size MB", "params M", "GFLOPs"]
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|---" * len(HEADER) + "|"]
+    lines += ["| " + " | ".join(table_cells(r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def stage_times(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
+    out = {}
+    for stage in cfg.stages:
+        state = read_state(cfg.run_dir / stage)
+        if state:
+            out[stage] = {k: state.get(k) for k in ("state", "wall_s", "finished", "gate")}
+    return out
+
+
+def notes(cfg: PipelineConfig) -> list[str]:
+    """What the run could not build or time here, and why."""
+    out = []
+    engines = _read(cfg.run_dir / "engines" / "engines.json")
+    if isinstance(engines.get("skipped"), str):
+        out.append(f"TensorRT engines not built on this machine: {engines['skipped']}.")
+    for skipped in _read(cfg.run_dir / "benchmark" / "benchmark.json").get("skipped", []):
+        out.append(f"Not timed here: {skipped['artifact']} ({skipped['reason']}).")
+    return out
+
+
+def write_report(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """Collect the rows, draw the plots, write report.{md,json,html}; return report.json's content."""
+    run = cfg.run_dir
+    rows = collect_rows(cfg)
+    if not rows:
+        raise ValueError(f"{run}: no stage has written metrics yet; nothing to report")
+    logs = {stage: run / stage / "log.jsonl" for stage in ("teacher", "student", "distill") if stage in cfg.stages}
+    plots = {"ap_vs_latency": plot_ap_latency(rows, out_dir / "ap_vs_latency.png"),
+             "ap_by_stage": plot_ap_bars(rows, out_dir / "ap_by_stage.png"),
+             "training": plot_training(logs, out_dir / "training_curves.png")}
+    plots = {k: v for k, v in plots.items() if v is not None}
+    report = {"run": cfg.run, "rows": rows, "stages": stage_times(cfg), "notes": notes(cfg), "machine": machine_info(), "versions": versions(),
+              "plots": {k: str(v) for k, v in plots.items()},
+              "units": {"AP": "COCO mAP@[.5:.95] as a fraction", "latency_ms": "infer-only, ms per batch of 1",
+                        "e2e_latency_ms": "preprocess + infer + NMS, ms", "size_mb": "file (PyTorch: fp32 weights)",
+                        "gflops": "forward FLOPs at batch 1, 1e9 (multiply-add = 2)"}}
+    write_json(run / "report.json", report)
+    write_text(run / "report.md", render_markdown(report, {k: v.relative_to(run) for k, v in plots.items()}))
+    write_text(run / "report.html", render_html(report, plots))
+    return report
+
+
+def _machine_line(report: dict[str, Any]) -> str:
+    m, v = report["machine"], report["versions"]
+    libs = ", ".join(f"{k} {v[k]}" for k in ("torch", "onnxruntime", "openvino", "tensorrt"))
+    return f"{m['cpu']} ({m['cpu_threads']} threads), {m['platform']}; Python {v['python']}, {libs}"
+
+
+def render_markdown(report: dict[str, Any], plots: dict[str, Path]) -> str:
+    stages = " · ".join(f"{s} {t['wall_s']} s" for s, t in report["stages"].items() if t.get("wall_s") is not None)
+    lines = [f"# edgekd report: {report['run']}", "",
+             f"Machine: {_machine_line(report)}.", "",
+             "AP in percent on the whole val split; ΔAP in AP points; latency in ms at batch 1. "
+             "`*` marks the Pareto front (no other artifact is both at least as fast and at least as accurate).", "",
+             markdown_table(report["rows"]), "", f"Stage wall times: {stages}.", ""]
+    lines += [f"- {note}" for note in report["notes"]] + ([""] if report["notes"] else [])
+    lines += [f"![{name}]({path})" for name, path in plots.items()]
+    return "\n".join(lines) + "\n"
+
+
+def render_html(report: dict[str, Any], plots: dict[str, Path]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in table_cells(r)) + "</tr>" for r in report["rows"])
+    images = "".join(f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
+                     f"<figcaption>{name}</figcaption></figure>" for name, path in plots.items())
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>edgekd report: {html.escape(report['run'])}</title>"
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
+            "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}td:first-child{text-align:left}"
+            "img{max-width:100%}</style></head><body>"
+            f"<h1>edgekd report: {html.escape(report['run'])}</h1><p>{html.escape(_machine_line(report))}</p>"
+            "<p>AP in percent on the whole val split; ΔAP in AP points; latency in ms at batch 1; * marks the Pareto front.</p>"
+            f"<table><tr>{head}</tr>{body}</table>"
+            + "".join(f"<p>{html.escape(n)}</p>" for n in report["notes"]) + f"{images}</body></html>\n")

@@ -1,0 +1,130 @@
+"""What the pipeline knows about a stage between runs: <run>/<stage>/stage.json.
+
+A stage is written `running` with the hash of its config sections and of its input files before its
+work starts, and `done` (or `failed`, for a gate) with the files it left when it ends. Comparing
+those hashes with the current ones says whether the stage can be skipped, resumes (interrupted with
+the same hashes) or reruns from scratch (its settings or inputs changed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import platform
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deploy.files import sha256_file, write_json
+
+STATE_FILE = "stage.json"
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and of the libraries that change results (recorded with every stage)."""
+    out = {"python": platform.python_version()}
+    for module in ("numpy", "torch", "torchvision", "onnx", "onnxruntime", "openvino", "nncf", "pycocotools", "tensorrt"):
+        try:
+            out[module] = __import__(module).__version__
+        except Exception:  # not installed, or a broken install: record, don't fail
+            out[module] = "not installed"
+    return out
+
+
+def config_hash(sections: dict[str, Any], exclude: dict[str, set[str]] | None = None) -> str:
+    """Hash of named config sections (dataclasses), leaving out `exclude[section]` keys (gate limits:
+    tightening a gate must not retrain anything)."""
+    exclude = exclude or {}
+    data = {}
+    for name, section in sections.items():
+        values = dataclasses.asdict(section) if dataclasses.is_dataclass(section) else section
+        data[name] = {k: v for k, v in values.items() if k not in exclude.get(name, set())}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def inputs_hash(paths: list[Path]) -> tuple[str, list[str]]:
+    """(hash over the contents of the input files, the inputs that are missing)."""
+    digest, missing = hashlib.sha256(), []
+    for path in paths:
+        if path.is_file():
+            digest.update(f"{path}:{sha256_file(path)}\n".encode())
+        else:
+            missing.append(str(path))
+    return digest.hexdigest()[:16], missing
+
+
+def output_files(stage_dir: Path | None, extra: list[Path] = ()) -> dict[str, int]:
+    """{path: size} of every file a stage left (its folder, unless None, plus files it wrote elsewhere)."""
+    files = [p for p in sorted(stage_dir.rglob("*")) if p.is_file() and p.name != STATE_FILE
+             and not p.name.endswith(".tmp")] if stage_dir is not None and stage_dir.is_dir() else []
+    return {str(p): p.stat().st_size for p in [*files, *extra] if p.is_file()}
+
+
+def read_state(stage_dir: Path) -> dict[str, Any] | None:
+    """The stage's stage.json, or None when missing or unreadable (a stage that never ran)."""
+    try:
+        state = json.loads((stage_dir / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_state(stage_dir: Path, **state: Any) -> None:
+    write_json(stage_dir / STATE_FILE, state)
+
+
+@dataclass
+class Status:
+    """A stage's standing: done (skip), pending (never ran, or interrupted: resumes), failed (its gate or
+    an error stopped it: reruns) or stale (settings, inputs or outputs changed: reruns from scratch)."""
+
+    state: str
+    reason: str = ""
+
+    @property
+    def runs(self) -> bool:
+        return self.state != "done"
+
+
+def stage_status(stage_dir: Path, cfg_hash: str, in_hash: str, missing: list[str], upstream_rerun: list[str]) -> Status:
+    """Compare a stage's recorded state with its current config and input hashes."""
+    state = read_state(stage_dir)
+    if state is None:
+        found = stage_dir.is_dir() and any(stage_dir.iterdir())
+        return Status("pending", "has files from a run outside the pipeline: adopts them" if found else "never ran")
+    if state.get("config_hash") != cfg_hash:
+        return Status("stale", "its settings changed")
+    if upstream_rerun:
+        return Status("stale", f"upstream {', '.join(upstream_rerun)} will rerun")
+    if missing:
+        return Status("pending", f"input missing: {missing[0]}")
+    if state.get("inputs_hash") != in_hash:
+        return Status("stale", "its inputs changed")
+    if state.get("state") == "running":
+        return Status("pending", f"interrupted (started {state.get('started', '?')}): resumes")
+    if state.get("state") == "failed":
+        return Status("failed", state.get("error", ""))
+    gone = [p for p, size in state.get("outputs", {}).items() if not Path(p).is_file() or Path(p).stat().st_size != size]
+    if gone:
+        return Status("stale", f"output changed or missing: {gone[0]}")
+    return Status("done", f"finished {state.get('finished', '?')} in {state.get('wall_s', '?')} s")
+
+
+def set_aside(stage_dir: Path, run_dir: Path) -> Path | None:
+    """Move a stale stage's folder to <run>/.previous/<stage> (replacing an older one there), so a rerun
+    from scratch cannot resume from, or mix in, files made under other settings, and nothing is lost."""
+    if not stage_dir.is_dir():
+        return None
+    target = run_dir / ".previous" / stage_dir.name
+    if target.exists():
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(stage_dir), str(target))
+    return target

@@ -1,0 +1,75 @@
+"""The report's rows, deltas and Pareto front from hand-written stage metrics, and the gates."""
+
+import json
+
+import pytest
+
+from deploy.errors import GateError
+from pipeline.config import PipelineConfig
+from pipeline.gates import check_gate
+from pipeline.plots import pareto_front
+from pipeline.report import collect_rows, markdown_table
+
+
+def test_pareto_front_by_hand():
+    # (latency, AP): b is beaten by a (faster and as accurate); d by c; e ties nobody and is slowest-but-best.
+    points = [(10.0, 0.30), (12.0, 0.30), (5.0, 0.20), (6.0, 0.19), (50.0, 0.35)]
+    assert pareto_front(points) == [2, 0, 4]
+
+
+def latency(p50):
+    stats = {"p50": p50, "p99": 2 * p50, "throughput_ips": 1000 / p50}
+    return {"infer": stats, "end_to_end": {**stats, "p50": p50 + 1}}
+
+
+def write(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+@pytest.fixture
+def run(tmp_path):
+    cfg = PipelineConfig(runs_dir=str(tmp_path), stages=["teacher", "student", "distill", "export", "quantize"])
+    r = cfg.run_dir
+    aps = {"teacher": 0.30, "student": 0.20, "distill": 0.24}
+    for stage, ap in aps.items():
+        write(r / stage / "metrics.json", {"AP": ap, "AP50": ap + 0.1, "AP75": ap, "APs": 0, "APm": 0, "APl": 0})
+        write(r / stage / "profile.json", {"params": 5, "gflops": 1.0, "size_mb": 2.0, "latency_ms": latency(40.0),
+                                           "artifact": str(r / stage / "last.pt")})
+    art = {"AP": 0.235, "AP50": 0.3, "AP75": 0.2, "latency_ms": latency(10.0), "size_mb": 12.0, "backend": "onnxruntime",
+           "precision": "fp32", "artifact": str(r / "export" / "model.onnx")}
+    write(r / "export" / "metrics.json", {"onnxruntime_fp32": art, "model": {"params": 3, "gflops": 0.5},
+                                          "parity": {"scores_max_abs": 2e-4, "boxes_max_abs": 1e-3}})
+    int8 = {**art, "AP": 0.22, "precision": "int8", "latency_ms": latency(5.0), "artifact": str(r / "quantize" / "m.onnx")}
+    write(r / "quantize" / "metrics.json", {"artifacts": {"onnxruntime_int8": int8}, "reference": {"fp32_AP": 0.235}})
+    return cfg
+
+
+def test_rows_carry_deltas_to_previous_stage_and_teacher(run):
+    rows = {r["name"]: r for r in collect_rows(run)}
+    assert list(rows) == ["teacher", "student", "distill", "onnxruntime_fp32", "onnxruntime_int8"]
+    assert rows["distill"]["previous"] == "student" and rows["distill"]["delta_AP_previous"] == pytest.approx(0.04)
+    assert rows["onnxruntime_int8"]["delta_AP_previous"] == pytest.approx(-0.015)
+    assert rows["onnxruntime_int8"]["delta_AP_teacher"] == pytest.approx(-0.08)
+    assert rows["onnxruntime_int8"]["params"] == 3 and rows["teacher"]["params"] == 5
+    assert rows["onnxruntime_int8"]["e2e_latency_ms"]["p50"] == 6.0
+    # Pareto: int8 (5 ms, 22.0) and fp32 (10 ms, 23.5) and the teacher (40 ms, 30.0); the PyTorch students lose.
+    assert [n for n, r in rows.items() if r["pareto"]] == ["teacher", "onnxruntime_fp32", "onnxruntime_int8"]
+    table = markdown_table(list(rows.values()))
+    assert "| onnxruntime_int8 * | onnxruntime | int8 | 22.0 |" in table and "-1.50 (onnxruntime_fp32)" in table
+
+
+def test_gates_stop_with_stage_figure_and_limit(run):
+    run.quantize.max_map_drop = 1.0
+    with pytest.raises(GateError, match=r"stage quantize: onnxruntime_int8 loses 1.50 AP .* max 1.0"):
+        check_gate("quantize", run)
+    run.quantize.max_map_drop = 2.0
+    assert check_gate("quantize", run) == "onnxruntime_int8 -1.50 AP (max 2.0)"
+    with pytest.raises(GateError, match="scores differ by 2.00e-04 > max 1e-04"):
+        check_gate("export", run)
+    assert check_gate("distill", run) == "AP 24.00 >= baseline 20.00 + 0.0"
+    run.distill.min_gain_over_baseline = 5.0
+    with pytest.raises(GateError, match=r"stage distill: AP 24.00 is below .* 20.00 \+ 5.0"):
+        check_gate("distill", run)
+    run.stages.remove("student")  # no baseline in the run: no gate
+    assert check_gate("distill", run) is None

@@ -1,0 +1,54 @@
+"""stage.json bookkeeping: hashes, the done / stale / pending / failed decision, setting a stale stage aside."""
+
+import json
+
+from distill.distiller import DistillConfig
+from pipeline.gates import GATE_KEYS
+from pipeline.stage_state import config_hash, inputs_hash, output_files, set_aside, stage_status, write_state
+
+
+def test_config_hash_follows_settings_but_not_gate_limits():
+    base = config_hash({"distill": DistillConfig()}, GATE_KEYS)
+    assert base == config_hash({"distill": DistillConfig()}, GATE_KEYS)
+    assert base != config_hash({"distill": DistillConfig(cls_weight=2.0)}, GATE_KEYS)
+    assert base == config_hash({"distill": DistillConfig(min_gain_over_baseline=5.0)}, GATE_KEYS)
+
+
+def test_inputs_hash_follows_file_contents(tmp_path):
+    a = tmp_path / "a.bin"
+    a.write_bytes(b"one")
+    first, missing = inputs_hash([a])
+    assert missing == [] and inputs_hash([a])[0] == first
+    a.write_bytes(b"two")
+    assert inputs_hash([a])[0] != first
+    assert inputs_hash([a, tmp_path / "gone"])[1] == [str(tmp_path / "gone")]
+
+
+def test_status_of_a_stage_through_its_life(tmp_path):
+    stage = tmp_path / "export"
+    assert stage_status(stage, "c", "i", [], []).state == "pending"
+    stage.mkdir()
+    (stage / "model.onnx").write_bytes(b"x" * 10)
+    write_state(stage, state="running", config_hash="c", inputs_hash="i")
+    assert stage_status(stage, "c", "i", [], []).reason.startswith("interrupted")
+    write_state(stage, state="done", config_hash="c", inputs_hash="i", outputs=output_files(stage))
+    assert json.loads((stage / "stage.json").read_text())["outputs"] == {str(stage / "model.onnx"): 10}
+    assert stage_status(stage, "c", "i", [], []).state == "done"
+    assert stage_status(stage, "c2", "i", [], []).state == "stale"
+    assert stage_status(stage, "c", "i2", [], []).state == "stale"
+    assert stage_status(stage, "c", "i", [], ["distill"]).reason == "upstream distill will rerun"
+    (stage / "model.onnx").write_bytes(b"y" * 3)  # an output changed behind the pipeline's back
+    assert stage_status(stage, "c", "i", [], []).state == "stale"
+    write_state(stage, state="failed", config_hash="c", inputs_hash="i", error="gate")
+    assert stage_status(stage, "c", "i", [], []).state == "failed"
+
+
+def test_set_aside_keeps_the_earlier_outputs(tmp_path):
+    stage = tmp_path / "distill"
+    stage.mkdir()
+    (stage / "last.pt").write_bytes(b"old")
+    moved = set_aside(stage, tmp_path)
+    assert not stage.exists() and (moved / "last.pt").read_bytes() == b"old"
+    stage.mkdir()
+    (stage / "last.pt").write_bytes(b"newer")
+    assert (set_aside(stage, tmp_path) / "last.pt").read_bytes() == b"newer"
