@@ -17,7 +17,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 TRAIN_RUN = $(if $(filter 1,$(NPROC)),$(PY) -m,$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup fashion-mnist data teacher student distill export quantize ablation pipeline status report bench-train bench-openvino export-trt benchmark test lint clean
+.PHONY: help setup fashion-mnist data teacher student distill export quantize ablation ablation-heads pipeline status report bench-train bench-openvino export-trt benchmark test lint clean
 
 help: ## list the targets
 	@echo "edgekd targets (stage targets take ARGS=\"key.sub=value ...\", CONFIG=path, NPROC=N):"
@@ -71,6 +71,9 @@ benchmark: $(STAMP) ## deploy/benchmark.py over every artifact of the run this m
 
 ablation: $(STAMP) ## benchmark: student with none, kd, ld, bckd, bckd cls/loc only -> runs/ablation/ablation.md
 	$(PY) -m pipeline.ablation --config $(CONFIG) $(if $(TEACHER),--teacher $(TEACHER)) $(ARGS)
+
+ablation-heads: $(STAMP) ## benchmark: RetinaNet, FCOS, ATSS teacher, student alone and BCKD -> runs/ablation-heads/
+	$(PY) -m pipeline.ablation_heads --config $(CONFIG) $(if $(HEADS),--heads $(HEADS)) $(ARGS)
 
 bench-train: $(STAMP) ## seconds per step, images/s and peak memory of teacher and student training
 	$(PY) -m pipeline.bench_train --config $(CONFIG) --json runs/bench-train.json $(ARGS)

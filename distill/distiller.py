@@ -1,8 +1,11 @@
 """The distiller: a frozen teacher held explicitly beside the student, and the loss that adds the
-distillation terms (BCKD, or the KD / LD baselines) to the student's own GFL losses.
+distillation terms (BCKD, or the KD / LD baselines) to the student's own head losses (GFL, RetinaNet,
+FCOS or ATSS).
 
 The teacher runs in eval mode under no_grad on the same augmented batch (in half precision on CUDA
-when asked). Teacher and student must share strides, levels, locations per level, and classes.
+when asked). Teacher and student must share strides, levels, locations per level, anchors per
+location, and classes; their heads may differ in family when those match (boxes are then compared in
+input pixels).
 """
 
 from __future__ import annotations
@@ -15,10 +18,9 @@ from torch import nn
 
 from deploy.errors import InputError
 from distill.losses.bckd import bckd_cls_loss, bckd_loc_loss
-from distill.losses.gfl import assign_targets, gfl_loss
+from distill.losses.detection import head_loss
 from distill.losses.kd import ld_loss, softmax_kd_loss
 from distill.models.detector import ModelConfig
-from distill.models.gfl_head import distance_to_box, distribution_to_distance
 
 METHODS = ("none", "bckd", "kd", "ld")
 
@@ -47,6 +49,10 @@ def check_pair(teacher: nn.Module, student: nn.Module, teacher_classes: list[str
     if list(teacher_classes) != list(student_classes):
         raise InputError(f"{teacher_source}: teacher classes {list(teacher_classes)[:5]}... differ from the "
                          f"dataset's {list(student_classes)[:5]}... (train the teacher on this dataset)")
+    t_k, s_k = teacher.head.anchors_per_location, student.head.anchors_per_location
+    if t_k != s_k:
+        raise InputError(f"{teacher_source}: teacher ({teacher.cfg.name}) has {t_k} anchors per location, student "
+                         f"({student.cfg.name}) {s_k}; BCKD pairs them anchor by anchor, so the anchor layouts must match")
     device = next(student.parameters()).device
     with torch.no_grad():
         t = teacher.float()(torch.zeros(1, 3, *(teacher_input_size or input_size), device=device))
@@ -60,6 +66,9 @@ def check_pair(teacher: nn.Module, student: nn.Module, teacher_classes: list[str
                              f"{list(input_size)}); BCKD pairs them location by location")
     if t["points"].shape != s["points"].shape or not torch.allclose(t["points"], s["points"]):
         raise InputError(f"{teacher_source}: teacher and student place their locations differently")
+    if "anchors" in t and "anchors" in s and not torch.allclose(t["anchors"], s["anchors"]):
+        raise InputError(f"{teacher_source}: teacher and student anchors differ in size or ratio (model.octave_base_scale, "
+                         "model.scales_per_octave, model.anchor_scale); BCKD pairs them anchor by anchor")
     if t["cls_logits"].shape[-1] != s["cls_logits"].shape[-1]:
         raise InputError(f"{teacher_source}: teacher has {t['cls_logits'].shape[-1]} classes, student {s['cls_logits'].shape[-1]}")
 
@@ -70,6 +79,11 @@ class Distiller:
     def __init__(self, teacher: nn.Module, student_cfg: ModelConfig, cfg: DistillConfig, device: torch.device,
                  channels_last: bool = False):
         self.cfg, self.student_cfg = cfg, student_cfg
+        if cfg.method == "ld" and not (teacher.cfg.name == student_cfg.name == "gfl"):
+            raise InputError(f"distill.method: ld distils GFL's box distributions; teacher is {teacher.cfg.name}, "
+                             f"student {student_cfg.name} (use bckd or kd)")
+        self.loss = head_loss(student_cfg)
+        self.same_family = teacher.cfg.name == student_cfg.name
         self.teacher = teacher.to(device).eval()
         if channels_last:  # match the student's batches: a layout mismatch costs ~20% of the teacher forward
             self.teacher.to(memory_format=torch.channels_last)
@@ -80,10 +94,8 @@ class Distiller:
             self.teacher.half()
 
     def __call__(self, student: nn.Module, images: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
-        m = self.student_cfg
         out = student(images)
-        assigned = assign_targets(out, targets, m.anchor_scale, m.atss_topk)
-        losses = gfl_loss(out, assigned, tuple(m.loss_weights))
+        losses, assigned = self.loss(out, targets)
         if self.cfg.method == "none":
             return losses
         with torch.no_grad():
@@ -96,7 +108,7 @@ class Distiller:
             if "cls" in self.cfg.terms:
                 terms["bckd_cls"] = (bckd_cls_loss(s_logits, t_logits, weight, assigned.num_pos, self.cfg.beta), self.cfg.cls_weight)
             if "loc" in self.cfg.terms:
-                s_boxes, t_boxes = self._boxes(out), self._boxes(t_out)  # stride units, as GFL decodes
+                s_boxes, t_boxes = self._boxes(student, out), self._boxes(self.teacher, t_out)
                 terms["bckd_loc"] = (bckd_loc_loss(s_boxes, t_boxes, s_logits, t_logits, weight, assigned.num_pos),
                                      self.cfg.loc_weight)
         elif self.cfg.method == "kd":
@@ -112,11 +124,11 @@ class Distiller:
             losses[f"raw_{name}"] = raw.detach()
         return losses
 
-    @staticmethod
-    def _boxes(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Decoded boxes [N*A, 4] xyxy in stride units (GIoU is scale invariant up to eps)."""
-        points = outputs["points"] / outputs["strides"][:, None]
-        boxes = distance_to_box(points[None], distribution_to_distance(outputs["bbox_dists"]))
+    def _boxes(self, model: nn.Module, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Decoded boxes [N*A, 4] xyxy: in the head's own unit (GFL: stride units, as the official code)
+        for a same-family pair, in input pixels otherwise. GIoU is scale invariant up to eps."""
+        head = getattr(model, "module", model).head  # DDP wraps the student
+        boxes = head.distill_boxes(outputs) if self.same_family else head.decode(outputs)[0]
         return boxes.reshape(-1, 4)
 
     @staticmethod

@@ -13,7 +13,6 @@ from tqdm import tqdm
 from deploy.coco import CocoDataset
 from deploy.evaluate import coco_eval
 from deploy.predict import predict as predict_with
-from distill.models.gfl_head import decode
 
 
 def subset(coco: CocoDataset, max_images: int) -> CocoDataset:
@@ -29,7 +28,7 @@ def predict(model: torch.nn.Module, coco: CocoDataset, input_size: tuple[int, in
 
     @torch.no_grad()
     def infer(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        boxes, scores = decode(model(torch.from_numpy(x).to(device)))
+        boxes, scores = model.decode(model(torch.from_numpy(x).to(device)))
         return boxes.float().cpu().numpy(), scores.float().cpu().numpy()
 
     with tqdm(total=len(coco.images), desc="validate", unit="img", disable=not progress, leave=False) as bar:

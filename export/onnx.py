@@ -22,7 +22,6 @@ from deploy.errors import GateError, InputError
 from deploy.files import atomic_path, check_writable, sha256_file
 from deploy.preprocess import MEAN, STD
 from deploy.runtimes.onnxruntime import OrtRunner
-from distill.models.gfl_head import decode
 
 INPUT, OUTPUTS = "images", ("boxes", "scores")
 
@@ -50,7 +49,7 @@ class ExportModel(nn.Module):
         self.detector = detector
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return decode(self.detector(images))
+        return self.detector.decode(self.detector(images))
 
 
 def metadata(classes: list[str], input_size: tuple[int, int], source: str | None) -> dict[str, str]:

@@ -60,6 +60,37 @@ def table(rows: dict[str, dict[str, Any]], teacher: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def run_ablation(cfg: PipelineConfig, path: Path, names: list[str], out: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Train each variant (finished ones are reused) and write out/ablation.{md,json}; return (rows,
+    teacher metrics)."""
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise InputError(f"--variants: unknown variant '{unknown[0]}'; valid: {', '.join(VARIANTS)}")
+    if not path.is_file():
+        raise InputError(f"teacher checkpoint not found: {path} (run `make teacher` first, or pass --teacher)")
+    rows: dict[str, dict[str, Any]] = {}
+    for name in names:
+        variant = copy.deepcopy(cfg)
+        for key, value in VARIANTS[name].items():
+            setattr(variant.distill, key, value)
+        variant.runs_dir, variant.run = str(out.parent), out.name
+        print(f"[ablation] {name}: {VARIANTS[name]}", flush=True)
+        start = time.perf_counter()
+        metrics = distill_student(variant, str(path), resume=True, progress=sys.stderr.isatty(), out_name=name)
+        rows[name] = {**{c: metrics.get(c) for c in COLUMNS}, "train_min": round((time.perf_counter() - start) / 60, 1)}
+        print(f"[ablation] {name}: AP {100 * metrics['AP']:.1f}", flush=True)
+    teacher = teacher_metrics(cfg, path)
+    text = table(rows, teacher)
+    print(text)
+    header = (f"# Distillation ablation\n\nTeacher {path}; student {cfg.student.model.name} {cfg.student.model.backbone} "
+              f"({cfg.student.model.head_channels}-channel head), {cfg.student.train.epochs} epochs, seed "
+              f"{cfg.student.train.seed}. AP on {teacher['num_images']} val images (percent).\n\n")
+    write_text(out / "ablation.md", header + text + "\n")
+    write_json(out / "ablation.json", {"teacher": {c: teacher.get(c) for c in COLUMNS}, "teacher_checkpoint": str(path),
+                                       "variants": {n: {"distill": VARIANTS[n], **rows[n]} for n in rows}})
+    return rows, teacher
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.ablation", description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="configs/pipelines/default.yaml")
@@ -71,34 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         cfg = load_config(args.config, args.overrides)
-        names = args.variants.split(",")
-        unknown = [n for n in names if n not in VARIANTS]
-        if unknown:
-            raise InputError(f"--variants: unknown variant '{unknown[0]}'; valid: {', '.join(VARIANTS)}")
-        path = teacher_path(cfg, args.teacher)
-        if not path.is_file():
-            raise InputError(f"teacher checkpoint not found: {path} (run `make teacher` first, or pass --teacher)")
-        out = Path(args.out)
-        rows: dict[str, dict[str, Any]] = {}
-        for name in names:
-            variant = copy.deepcopy(cfg)
-            for key, value in VARIANTS[name].items():
-                setattr(variant.distill, key, value)
-            variant.runs_dir, variant.run = str(out.parent), out.name
-            print(f"[ablation] {name}: {VARIANTS[name]}", flush=True)
-            start = time.perf_counter()
-            metrics = distill_student(variant, str(path), resume=True, progress=sys.stderr.isatty(), out_name=name)
-            rows[name] = {**{c: metrics.get(c) for c in COLUMNS}, "train_min": round((time.perf_counter() - start) / 60, 1)}
-            print(f"[ablation] {name}: AP {100 * metrics['AP']:.1f}", flush=True)
-        teacher = teacher_metrics(cfg, path)
-        text = table(rows, teacher)
-        print(text)
-        header = (f"# Distillation ablation\n\nTeacher {path}; student {cfg.student.model.backbone} "
-                  f"({cfg.student.model.head_channels}-channel head), {cfg.student.train.epochs} epochs, seed "
-                  f"{cfg.student.train.seed}. AP on {teacher['num_images']} val images (percent).\n\n")
-        write_text(out / "ablation.md", header + text + "\n")
-        write_json(out / "ablation.json", {"teacher": {c: teacher.get(c) for c in COLUMNS}, "teacher_checkpoint": str(path),
-                                           "variants": {n: {"distill": VARIANTS[n], **rows[n]} for n in rows}})
+        run_ablation(cfg, teacher_path(cfg, args.teacher), args.variants.split(","), Path(args.out))
 
     return guarded(body)
 

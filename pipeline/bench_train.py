@@ -21,7 +21,7 @@ import torch
 
 from deploy.files import write_json
 from distill.distiller import Distiller
-from distill.losses.gfl import make_gfl_loss
+from distill.losses.detection import make_detection_loss
 from distill.models.detector import build_detector
 from pipeline.config import load_config
 
@@ -30,7 +30,7 @@ def bench(role_cfg, num_classes: int, steps: int, warmup: int, distill_from=None
     """Median step time of one configuration; distill_from (a teacher role config) adds the teacher."""
     torch.manual_seed(0)
     model = build_detector(role_cfg.model, num_classes).train()
-    loss_fn = make_gfl_loss(role_cfg.model.anchor_scale, role_cfg.model.atss_topk, tuple(role_cfg.model.loss_weights))
+    loss_fn = make_detection_loss(role_cfg.model)
     if distill_from is not None:
         teacher = build_detector(distill_from.model, num_classes)
         loss_fn = Distiller(teacher, role_cfg.model, distill_cfg, torch.device("cpu"), role_cfg.train.channels_last)

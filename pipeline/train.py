@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from deploy.evaluate import format_metrics, write_evaluation
 from distill.checkpoint import load_checkpoint, load_model_state
-from distill.losses.gfl import make_gfl_loss
+from distill.losses.detection import make_detection_loss
 from distill.models.detector import build_detector
 from distill.trainer import setup_distributed, train
 from distill.validate import evaluate_model
@@ -49,7 +49,7 @@ def train_role(cfg: PipelineConfig, role: str, resume: bool = True, progress: bo
             write_evaluation(str(out_dir), metrics, results)
             print(f"{role} (from {role_cfg.checkpoint}): val {format_metrics(metrics)}")
         return metrics
-    loss_fn = make_gfl_loss(role_cfg.model.anchor_scale, role_cfg.model.atss_topk, tuple(role_cfg.model.loss_weights))
+    loss_fn = make_detection_loss(role_cfg.model)
     extra = {"config": asdict(role_cfg.model), "classes": train_set.class_names}
     return train(model, loss_fn, role_cfg.train, train_set, val_set, out_dir, input_size, extra,
                  resume=resume, progress=progress, dist_info=info)

@@ -9,15 +9,14 @@ and divided by the sum of those weights (DFL also by its 4 sides).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torchvision.ops import box_iou, generalized_box_iou_loss
 
-from distill.models.atss import atss_assign, point_anchors
-from distill.models.gfl_head import box_to_distance, distance_to_box, distribution_to_distance
+from distill.losses.targets import Targets, gather_targets, mean_over_ranks
+from distill.models.assign import atss_assign, point_anchors
+from distill.models.heads.gfl import box_to_distance, distance_to_box, distribution_to_distance
 
 
 def quality_focal_loss(logits: torch.Tensor, labels: torch.Tensor, quality: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
@@ -44,44 +43,16 @@ def distribution_focal_loss(dist_logits: torch.Tensor, target: torch.Tensor) -> 
             + F.cross_entropy(logits, right, reduction="none") * weight_right)
 
 
-@dataclass
-class GFLTargets:
-    """Per-location targets for a batch, flattened to [N*A]."""
-
-    labels: torch.Tensor  # class index, or -1 for background
-    boxes: torch.Tensor  # [N*A, 4] xyxy input pixels (valid where labels >= 0)
-    num_pos: float  # positives in the batch, averaged over ranks, at least 1
-
-
-def _mean_over_ranks(value: float, device: torch.device) -> float:
-    if dist.is_available() and dist.is_initialized():
-        t = torch.tensor(float(value), device=device)
-        dist.all_reduce(t)
-        return t.item() / dist.get_world_size()
-    return float(value)
-
-
 def assign_targets(outputs: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]],
-                   anchor_scale: float = 8.0, topk: int = 9) -> GFLTargets:
+                   anchor_scale: float = 8.0, topk: int = 9) -> Targets:
     """ATSS-assign each image's boxes (targets[i]["boxes"] xyxy input pixels, ["labels"]) to locations."""
     anchors = point_anchors(outputs["points"], outputs["strides"], anchor_scale)
     level_sizes = torch.unique_consecutive(outputs["strides"], return_counts=True)[1].tolist()
-    labels, boxes = [], []
-    for t in targets:
-        gt_index = atss_assign(anchors, level_sizes, t["boxes"], topk)
-        pos = gt_index >= 0
-        image_labels = torch.full_like(gt_index, -1)
-        image_labels[pos] = t["labels"][gt_index[pos]]
-        image_boxes = torch.zeros_like(anchors)
-        image_boxes[pos] = t["boxes"][gt_index[pos]].to(anchors.dtype)
-        labels.append(image_labels)
-        boxes.append(image_boxes)
-    labels_all = torch.cat(labels)
-    num_pos = _mean_over_ranks(float((labels_all >= 0).sum()), anchors.device)
-    return GFLTargets(labels_all, torch.cat(boxes), max(num_pos, 1.0))
+    return gather_targets(targets, anchors.shape[0], anchors.device,
+                          lambda gt: atss_assign(anchors, level_sizes, gt, topk))
 
 
-def gfl_loss(outputs: dict[str, torch.Tensor], assigned: GFLTargets,
+def gfl_loss(outputs: dict[str, torch.Tensor], assigned: Targets,
              weights: tuple[float, float, float] = (1.0, 0.25, 2.0)) -> dict[str, torch.Tensor]:
     """The GFL terms, weighted: {'loss_qfl', 'loss_dfl', 'loss_giou'}; raw values under 'raw_*'."""
     n, a, c = outputs["cls_logits"].shape
@@ -98,7 +69,7 @@ def gfl_loss(outputs: dict[str, torch.Tensor], assigned: GFLTargets,
         gt_boxes = assigned.boxes[pos] / strides[pos, None]
         quality[pos] = box_iou(pred_boxes.detach(), gt_boxes).diagonal().clamp(min=0)
         weight = cls_logits[pos].detach().float().sigmoid().max(dim=1).values  # [P]
-        weight_sum = max(_mean_over_ranks(float(weight.sum()), weight.device), 1.0)  # as mmdet: clamp(min=1)
+        weight_sum = max(mean_over_ranks(float(weight.sum()), weight.device), 1.0)  # as mmdet: clamp(min=1)
         giou = (generalized_box_iou_loss(pred_boxes, gt_boxes, reduction="none") * weight).sum() / weight_sum
         target_dist = box_to_distance(points[pos], gt_boxes).clamp(min=0, max=reg_max - 0.01)  # [P, 4]
         dfl = distribution_focal_loss(bbox_dists[pos].reshape(-1, reg_max + 1), target_dist.reshape(-1))

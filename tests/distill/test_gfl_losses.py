@@ -5,8 +5,9 @@ import torch
 from torchvision.ops import generalized_box_iou_loss
 
 from distill.losses.gfl import distribution_focal_loss, quality_focal_loss
-from distill.models.atss import atss_assign, point_anchors
-from distill.models.gfl_head import anchor_points, decode
+from distill.models.assign import atss_assign, point_anchors
+from distill.models.heads.common import anchor_points
+from distill.models.heads.gfl import decode
 
 
 def test_quality_focal_loss_by_hand():

@@ -1,6 +1,7 @@
 import pytest
 
-from pipeline.config import ConfigError, PipelineConfig, load_config, to_yaml
+from distill.models.heads import HEAD_NAMES
+from pipeline.config import STAGES, ConfigError, PipelineConfig, load_config, to_yaml
 from tests.conftest import REPO
 
 DEFAULT = REPO / "configs" / "pipelines" / "default.yaml"
@@ -75,3 +76,23 @@ def test_printed_config_round_trips(tmp_path):
     saved = tmp_path / "saved.yaml"
     saved.write_text(to_yaml(cfg))
     assert load_config(saved) == cfg
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "pipelines").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_pipeline_config_loads(path):
+    cfg = load_config(path)
+    assert cfg.teacher.model.name == cfg.student.model.name
+    assert set(cfg.stages) <= set(STAGES)
+
+
+@pytest.mark.parametrize("head", HEAD_NAMES)
+def test_each_embedded_default_head_pair_is_distillable(head):
+    from distill.distiller import check_pair
+    from distill.models.detector import build_detector
+    from pipeline.ablation_heads import head_overrides
+
+    cfg = load_config(DEFAULT, [*head_overrides(head), "teacher.model.pretrained=none", "student.model.pretrained=none"])
+    assert cfg.teacher.model.name == cfg.student.model.name == head and cfg.run == f"head-{head}"
+    teacher, student = (build_detector(getattr(cfg, r).model, 10, seed=0) for r in ("teacher", "student"))
+    size = tuple(cfg.student.model.input_size)
+    check_pair(teacher, student, list("abcdefghij"), list("abcdefghij"), size, "teacher", size)

@@ -1,0 +1,62 @@
+"""What every dense head shares: the conv + GroupNorm + ReLU towers, per-level learnable scales, the
+location grid, initialisation, and flattening per-level maps into one [N, A, K] tensor."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def tower(in_channels: int, channels: int, convs: int, norm_groups: int) -> nn.Sequential:
+    """`convs` x (3x3 conv, GroupNorm, ReLU), as every RetinaNet-family head stacks before its outputs."""
+    layers: list[nn.Module] = []
+    for i in range(convs):
+        layers += [
+            nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1, bias=False),
+            nn.GroupNorm(norm_groups, channels),
+            nn.ReLU(inplace=True),
+        ]
+    return nn.Sequential(*layers)
+
+
+class Scale(nn.Module):
+    """A learnable scalar per level (box logits of different strides live on different scales)."""
+
+    def __init__(self, value: float = 1.0):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(value))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+def init_head(head: nn.Module, cls_out: nn.Conv2d, prior_prob: float = 0.01) -> None:
+    """Convs N(0, 0.01) with zero bias; the class output starts every class at prior_prob so the sigmoid
+    loss is not swamped by background at step 0 (RetinaNet's initialisation)."""
+    for m in head.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, std=0.01)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    nn.init.constant_(cls_out.bias, -math.log((1 - prior_prob) / prior_prob))
+
+
+def flatten_level(x: torch.Tensor, per_location: int) -> torch.Tensor:
+    """[N, K * per_location, H, W] -> [N, H * W * per_location, K]: location-major, then anchor."""
+    n, channels, h, w = x.shape
+    return x.permute(0, 2, 3, 1).reshape(n, h * w * per_location, channels // per_location)
+
+
+def anchor_points(sizes: list[tuple[int, int]], strides: tuple[int, ...], device: torch.device,
+                  dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centres ((x + 0.5) * stride, (y + 0.5) * stride) of every location, level by level: [A, 2], [A]."""
+    points, all_strides = [], []
+    for (h, w), stride in zip(sizes, strides):
+        ys = (torch.arange(h, device=device, dtype=dtype) + 0.5) * stride
+        xs = (torch.arange(w, device=device, dtype=dtype) + 0.5) * stride
+        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+        points.append(torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1))
+        all_strides.append(torch.full((h * w,), float(stride), device=device, dtype=dtype))
+    return torch.cat(points), torch.cat(all_strides)
