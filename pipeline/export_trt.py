@@ -32,6 +32,22 @@ def engine_source(cfg: PipelineConfig, precision: str) -> Path:
     return cfg.run_dir / "export" / "model.onnx"
 
 
+def symmetric_qdq(path: Path) -> bool:
+    """Whether every QuantizeLinear of a QDQ model is int8 with zero point 0 (TensorRT's requirement)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    zero_points = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear" and len(node.input) > 2:
+            zp = zero_points.get(node.input[2])
+            if zp is None or zp.dtype != np.int8 or np.any(zp != 0):
+                return False
+    return True
+
+
 def run_export_trt(cfg: PipelineConfig, precision: str, dla_core: int | None = None,
                    workspace_mb: int = 2048) -> dict[str, Any]:
     """Build, then measure on val; return the engine's metrics."""
@@ -41,6 +57,9 @@ def run_export_trt(cfg: PipelineConfig, precision: str, dla_core: int | None = N
     source = engine_source(cfg, precision)
     if not source.is_file():
         raise InputError(f"{source} not found: run `make {'quantize' if precision == 'int8' else 'export'}` first")
+    if precision == "int8" and not symmetric_qdq(source):
+        raise InputError(f"{source}: its activations are uint8 with zero points; TensorRT's explicit quantization "
+                         "needs int8 with zero point 0: rerun the quantize stage with quantize.symmetric_activations=true")
     out_dir = cfg.run_dir / "engines"
     engine = build_engine(source, out_dir / f"model_{precision}.engine",
                           EngineConfig(precision=precision, workspace_mb=workspace_mb, dla_core=dla_core,

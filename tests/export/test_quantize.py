@@ -152,3 +152,12 @@ def test_keep_float_until_finds_the_fewest_layers_that_hold_the_gate():
 def test_keep_float_until_gives_up_beyond_the_limit():
     kept, trials = keep_float_until(["a", "b", "c"], lambda kept: 10.0, 30.0, 1.0, max_layers=3)
     assert kept == [] and [t["kept"] for t in trials] == [1, 2, 3]
+
+
+def test_tensorrt_int8_source_must_have_symmetric_activations(ort_int8, tiny_splits, tmp_path):
+    from pipeline.export_trt import symmetric_qdq
+
+    assert symmetric_qdq(ort_int8[0])
+    u8 = quantize_onnxruntime(ort_int8[1], tmp_path / "u8.onnx", calibration_paths(tiny_splits[0], 16), (128, 128),
+                              symmetric=False)
+    assert not symmetric_qdq(u8)
