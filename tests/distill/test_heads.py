@@ -33,7 +33,6 @@ from export.quantize import (
 )
 
 HEADS = ("retinanet", "fcos", "atss")
-ALL_HEADS = ("gfl",) + HEADS
 SMALL = dict(backbone="efficientnet_lite0", pretrained="none", input_size=[64, 64], fpn_channels=16,
              head_channels=16, head_convs=1)
 LOG2 = math.log(2.0)
@@ -135,7 +134,7 @@ def test_each_head_trains_a_few_steps(name, tiny_splits, tmp_path):
     assert any(not torch.equal(before[k], v) for k, v in model.head.state_dict().items())
 
 
-@pytest.mark.parametrize("name", ALL_HEADS)
+@pytest.mark.parametrize("name", HEADS)  # GFL: tests/export/
 def test_each_head_runs_through_every_runtime_and_the_evaluator(name, tiny_splits, tmp_path):
     train_set, val = tiny_splits
     cfg = ModelConfig(name=name, **{**SMALL, "pretrained": "imagenet", "input_size": [128, 128]})
