@@ -60,3 +60,37 @@ def anchor_points(sizes: list[tuple[int, int]], strides: tuple[int, ...], device
         points.append(torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1))
         all_strides.append(torch.full((h * w,), float(stride), device=device, dtype=dtype))
     return torch.cat(points), torch.cat(all_strides)
+
+
+class CenternessHead(nn.Module):
+    """The layers FCOS and ATSS share: class and regression towers, C class logits, 4 box values with a
+    per-level scale, and a centerness logit on the regression tower (mmdet's centerness_on_reg)."""
+
+    anchors_per_location = 1
+
+    def __init__(self, num_classes: int, in_channels: int, channels: int = 96, convs: int = 2, norm_groups: int = 16,
+                 strides: tuple[int, ...] = (8, 16, 32), prior_prob: float = 0.01):
+        super().__init__()
+        self.num_classes, self.strides = num_classes, tuple(strides)
+        self.cls_tower = tower(in_channels, channels, convs, norm_groups)
+        self.reg_tower = tower(in_channels, channels, convs, norm_groups)
+        width = channels if convs else in_channels
+        self.cls_out = nn.Conv2d(width, num_classes, 3, padding=1)
+        self.reg_out = nn.Conv2d(width, 4, 3, padding=1)
+        self.centerness_out = nn.Conv2d(width, 1, 3, padding=1)
+        self.scales = nn.ModuleList(Scale(1.0) for _ in strides)
+        init_head(self, self.cls_out, prior_prob)
+
+    def levels(self, features: list[torch.Tensor], relu: bool) -> dict[str, torch.Tensor]:
+        """cls_logits [N, A, C], box [N, A, 4] (ReLU'd when `relu`), centerness [N, A], points [A, 2], strides [A]."""
+        cls_all, reg_all, ctr_all, sizes = [], [], [], []
+        for feat, scale in zip(features, self.scales):
+            reg_feat = self.reg_tower(feat)
+            box = scale(self.reg_out(reg_feat))
+            cls_all.append(flatten_level(self.cls_out(self.cls_tower(feat)), 1))
+            reg_all.append(flatten_level(torch.relu(box) if relu else box, 1))
+            ctr_all.append(flatten_level(self.centerness_out(reg_feat), 1))
+            sizes.append(tuple(feat.shape[-2:]))
+        points, strides = anchor_points(sizes, self.strides, features[0].device, features[0].dtype)
+        return {"cls_logits": torch.cat(cls_all, 1), "box": torch.cat(reg_all, 1),
+                "centerness": torch.cat(ctr_all, 1)[..., 0], "points": points, "strides": strides}
