@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.benchmark import machine_info
+from deploy.errors import InputError
 from deploy.files import write_json, write_text
 from pipeline.config import PipelineConfig
 from pipeline.plots import pareto_front, plot_ap_bars, plot_ap_latency, plot_training
@@ -137,7 +138,7 @@ def write_report(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> d
     run = cfg.run_dir
     rows = collect_rows(cfg)
     if not rows:
-        raise ValueError(f"{run}: no stage has written metrics yet; nothing to report")
+        raise InputError(f"{run}: no stage has written metrics yet; nothing to report (run the pipeline first)")
     logs = {stage: run / stage / "log.jsonl" for stage in ("teacher", "student", "distill") if stage in cfg.stages}
     plots = {"ap_vs_latency": plot_ap_latency(rows, out_dir / "ap_vs_latency.png"),
              "ap_by_stage": plot_ap_bars(rows, out_dir / "ap_by_stage.png"),

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import torch
 
+from deploy.errors import InputError
 from distill.losses import atss, fcos, gfl, retinanet
 from distill.losses.targets import Targets
 
@@ -19,7 +20,7 @@ def head_loss(cfg) -> HeadLoss:
     """The loss of the head a ModelConfig names, with its weights (cfg.loss_weights or the head's)."""
     weights = tuple(cfg.loss_weights) if cfg.loss_weights else DEFAULT_WEIGHTS[cfg.name]
     if len(weights) != len(DEFAULT_WEIGHTS[cfg.name]):
-        raise ValueError(f"model.loss_weights: {cfg.name} takes {len(DEFAULT_WEIGHTS[cfg.name])} weights, got {list(weights)}")
+        raise InputError(f"model.loss_weights: {cfg.name} takes {len(DEFAULT_WEIGHTS[cfg.name])} weights, got {list(weights)}")
 
     def loss(outputs: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]]) -> tuple[dict[str, torch.Tensor], Targets]:
         if cfg.name == "gfl":

@@ -212,3 +212,10 @@ def test_a_gfl_teacher_distils_an_atss_student_in_pixels():
     check_pair(teacher, student, ["a", "b", "c"], ["a", "b", "c"], (64, 64), "t.pt")
     losses = Distiller(teacher, student_cfg, DistillConfig(method="bckd"), torch.device("cpu"))(student, *batch())
     assert torch.isfinite(losses["raw_bckd_loc"]) and losses["raw_bckd_loc"] > 0
+
+
+def test_loss_weights_of_the_wrong_length_name_the_setting():
+    from distill.losses.detection import head_loss
+
+    with pytest.raises(InputError, match=r"model.loss_weights: fcos takes 3 weights, got \[1.0\]"):
+        head_loss(ModelConfig(name="fcos", loss_weights=[1.0]))
