@@ -17,7 +17,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 TRAIN_RUN = $(if $(filter 1,$(NPROC)),$(PY) -m,$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup fashion-mnist data teacher student distill export quantize ablation ablation-heads pipeline status report bench-train bench-openvino export-trt benchmark test lint clean
+.PHONY: help setup fashion-mnist data teacher student distill export quantize ablation ablation-heads pipeline status report bench-train bench-openvino bench-openvino-layers export-trt benchmark test lint clean
 
 help: ## list the targets
 	@echo "edgekd targets (stage targets take ARGS=\"key.sub=value ...\", CONFIG=path, NPROC=N):"
@@ -80,6 +80,10 @@ bench-train: $(STAMP) ## seconds per step, images/s and peak memory of teacher a
 
 bench-openvino: $(STAMP) ## our OpenVINO latency vs benchmark_app on the quantize stage's IRs (RUN=default)
 	$(PY) -m pipeline.bench_openvino $(wildcard runs/$(or $(RUN),default)/quantize/openvino/model_*.xml) $(ARGS)
+
+bench-openvino-layers: $(STAMP) ## where the OpenVINO FP32/FP16/INT8 IRs spend their time, per layer kind (RUN=default)
+	$(PY) -m pipeline.bench_openvino --layers --json runs/bench-openvino-layers.json \
+		$(addprefix runs/$(or $(RUN),default)/quantize/openvino/model_,fp32.xml fp16.xml int8.xml) $(ARGS)
 
 pipeline: $(STAMP) ## every stage, skipping those done, resuming the interrupted (FROM=stage reruns from it)
 	$(PY) -m pipeline run --config $(CONFIG) $(if $(FROM),--from $(FROM)) $(ARGS)

@@ -4,16 +4,22 @@ default threads and the LATENCY hint. The two alternate for --rounds rounds and 
 median round, so drift of a shared machine hits both alike.
 
     python -m pipeline.bench_openvino MODEL.xml [MODEL.xml ...] [--seconds 10] [--rounds 3] [--json runs/bench-openvino.json]
+
+--layers instead answers where the time goes: OpenVINO's own per-layer counters (PERF_COUNT),
+averaged over --iters calls and grouped by layer kind, one column per IR, each column's speed-up
+against the first IR's. On a CPU without VNNI that shows how far int8 kernels can go at all.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,15 +50,79 @@ def ours(xml: str, seconds: int) -> dict[str, float]:
     return latency_stats(time_calls(lambda: runner.infer(x), iters, 10))
 
 
+def layer_group(node_type: str, exec_type: str) -> str:
+    """A layer kind comparable across precisions: the node type, with 1x1, kxk and grouped (depthwise)
+    convolutions apart, whatever kernel ran them."""
+    if node_type == "GroupConvolution":
+        return "group/depthwise conv"
+    if node_type == "Convolution":
+        return "1x1 conv" if "1x1" in exec_type else "kxk conv"
+    return node_type
+
+
+def layer_times(xml: str, iters: int) -> dict[str, dict[str, Any]]:
+    """Mean ms per call of each layer kind (OpenVINO counts only the last call, so sum over calls) and
+    the precisions its kernels ran in."""
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(xml), "CPU", {"PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": True})
+    request = compiled.create_infer_request()
+    x = np.zeros([d.get_length() for d in compiled.inputs[0].get_partial_shape()], np.float32)
+    for _ in range(10):
+        request.infer({0: x})
+    ms: collections.Counter[str] = collections.Counter()
+    kernels: dict[str, set[str]] = collections.defaultdict(set)
+    for _ in range(iters):
+        request.infer({0: x})
+        for info in request.profiling_info:
+            if info.status == ov.ProfilingInfo.Status.EXECUTED:
+                group = layer_group(info.node_type, info.exec_type)
+                ms[group] += info.real_time.total_seconds() * 1e3 / iters
+                kernels[group].add(info.exec_type.rsplit("_", 1)[-1].lower())
+    return {g: {"ms": ms[g], "precisions": sorted(kernels[g])} for g in ms}
+
+
+def layers_table(models: list[str], iters: int) -> tuple[str, list[dict[str, Any]]]:
+    """Markdown table: per layer kind, ms per call for each IR and its speed-up against the first."""
+    times = [layer_times(xml, iters) for xml in models]
+    ref = times[0]
+    groups = sorted(set().union(*times), key=lambda g: -max(t.get(g, {"ms": 0})["ms"] for t in times))
+    names = [Path(m).stem for m in models]
+    head = "| layer kind | " + " | ".join(f"{n} ms (kernels)" for n in names) + " | " + \
+        " | ".join(f"{n} speed-up" for n in names[1:]) + " |"
+    lines = [head, "|---" * (1 + len(names) + len(names) - 1) + "|"]
+    for g in [*groups, "total"]:
+        cells, ups = [], []
+        for t in times:
+            v = sum(r["ms"] for r in t.values()) if g == "total" else t.get(g, {}).get("ms")
+            kern = "" if g == "total" or g not in t else f" ({'/'.join(t[g]['precisions'])})"
+            cells.append(f"{v:.2f}{kern}" if v is not None else "")
+        r0 = sum(r["ms"] for r in ref.values()) if g == "total" else ref.get(g, {}).get("ms")
+        for t in times[1:]:
+            v = sum(r["ms"] for r in t.values()) if g == "total" else t.get(g, {}).get("ms")
+            ups.append(f"{r0 / v:.2f}x" if r0 and v else "")
+        label = f"**{g}**" if g == "total" else g
+        lines.append(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(ups) + " |")
+    return "\n".join(lines), [{"model": m, "layers": t} for m, t in zip(models, times)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.bench_openvino", description=__doc__.split("\n")[0])
     parser.add_argument("models", nargs="+")
     parser.add_argument("--seconds", type=int, default=10, help="per round and tool")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", default="runs/bench-openvino.json")
+    parser.add_argument("--layers", action="store_true", help="per-layer-kind time instead (PERF_COUNT)")
+    parser.add_argument("--iters", type=int, default=200, help="calls averaged with --layers")
     args = parser.parse_args(argv)
 
     def body() -> None:
+        if args.layers:
+            text, rows = layers_table(args.models, args.iters)
+            print(text)
+            write_json(args.json, {"layers": rows, "iters": args.iters})
+            return
         rows = []
         print("| IR | ours p50 ms | benchmark_app median ms | ratio | ours mean ms | benchmark_app mean ms |")
         print("|---|---:|---:|---:|---:|---:|")

@@ -161,3 +161,25 @@ def test_tensorrt_int8_source_must_have_symmetric_activations(ort_int8, tiny_spl
     u8 = quantize_onnxruntime(ort_int8[1], tmp_path / "u8.onnx", calibration_paths(tiny_splits[0], 16), (128, 128),
                               symmetric=False)
     assert not symmetric_qdq(u8)
+
+
+def test_layer_kinds_by_hand():
+    from pipeline.bench_openvino import layer_group
+
+    assert layer_group("Convolution", "brgconv_avx2_1x1_f32") == "1x1 conv"
+    assert layer_group("Convolution", "jit_avx2_I8") == "kxk conv"
+    assert layer_group("GroupConvolution", "brgconv_avx2_dw_f32") == "group/depthwise conv"
+    assert layer_group("Softmax", "jit_avx2_f32") == "Softmax"
+
+
+def test_openvino_layer_profile_shows_int8_convolutions(ov_irs):
+    from pipeline.bench_openvino import layers_table
+
+    text, rows = layers_table([str(ov_irs["fp32"]), str(ov_irs["int8"])], iters=3)
+    fp32, int8 = (r["layers"] for r in rows)
+    convs = [g for g in int8 if g.endswith("conv")]
+    assert convs and all(int8[g]["precisions"] == ["i8"] for g in convs), int8  # OpenVINO ran them in int8
+    assert all(fp32[g]["precisions"] == ["f32"] for g in fp32 if g.endswith("conv"))
+    assert int8["Softmax"]["precisions"] == ["f32"]  # the decode stayed float
+    assert all(v["ms"] > 0 for v in int8.values())
+    assert "| **total** |" in text and text.count("\n") == len(set(fp32) | set(int8)) + 2
