@@ -86,24 +86,20 @@ def layer_times(xml: str, iters: int) -> dict[str, dict[str, Any]]:
 def layers_table(models: list[str], iters: int) -> tuple[str, list[dict[str, Any]]]:
     """Markdown table: per layer kind, ms per call for each IR and its speed-up against the first."""
     times = [layer_times(xml, iters) for xml in models]
-    ref = times[0]
-    groups = sorted(set().union(*times), key=lambda g: -max(t.get(g, {"ms": 0})["ms"] for t in times))
+
+    def ms(t: dict[str, dict[str, Any]], group: str) -> float | None:
+        return sum(r["ms"] for r in t.values()) if group == "total" else t.get(group, {}).get("ms")
+
+    groups = sorted(set().union(*times), key=lambda g: -max(ms(t, g) or 0 for t in times))
     names = [Path(m).stem for m in models]
-    head = "| layer kind | " + " | ".join(f"{n} ms (kernels)" for n in names) + " | " + \
-        " | ".join(f"{n} speed-up" for n in names[1:]) + " |"
-    lines = [head, "|---" * (1 + len(names) + len(names) - 1) + "|"]
+    lines = ["| layer kind | " + " | ".join([*(f"{n} ms (kernels)" for n in names), *(f"{n} speed-up" for n in names[1:])])
+             + " |", "|---" * (2 * len(names)) + "|"]
     for g in [*groups, "total"]:
-        cells, ups = [], []
-        for t in times:
-            v = sum(r["ms"] for r in t.values()) if g == "total" else t.get(g, {}).get("ms")
-            kern = "" if g == "total" or g not in t else f" ({'/'.join(t[g]['precisions'])})"
-            cells.append(f"{v:.2f}{kern}" if v is not None else "")
-        r0 = sum(r["ms"] for r in ref.values()) if g == "total" else ref.get(g, {}).get("ms")
-        for t in times[1:]:
-            v = sum(r["ms"] for r in t.values()) if g == "total" else t.get(g, {}).get("ms")
-            ups.append(f"{r0 / v:.2f}x" if r0 and v else "")
-        label = f"**{g}**" if g == "total" else g
-        lines.append(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(ups) + " |")
+        cells = [f"{ms(t, g):.2f}" + (f" ({'/'.join(t[g]['precisions'])})" if g in t else "") if g in t or g == "total"
+                 else "" for t in times]
+        ref = ms(times[0], g)
+        cells += [f"{ref / v:.2f}x" if ref and (v := ms(t, g)) else "" for t in times[1:]]
+        lines.append(f"| {f'**{g}**' if g == 'total' else g} | " + " | ".join(cells) + " |")
     return "\n".join(lines), [{"model": m, "layers": t} for m, t in zip(models, times)]
 
 
