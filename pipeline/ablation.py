@@ -35,7 +35,11 @@ VARIANTS = {  # name -> distill overrides
     "bckd": {"method": "bckd", "terms": ["cls", "loc"]},
     "bckd_cls": {"method": "bckd", "terms": ["cls"]},
     "bckd_loc": {"method": "bckd", "terms": ["loc"]},
+    # diagnostics, not in the default list: BCKD with its IoU term only at positive locations
+    "bckd_locpos": {"method": "bckd", "terms": ["cls", "loc"], "loc_positives_only": True},
+    "bckd_loc_locpos": {"method": "bckd", "terms": ["loc"], "loc_positives_only": True},
 }
+DEFAULT_VARIANTS = ("none", "kd", "ld", "bckd", "bckd_cls", "bckd_loc")
 COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
@@ -95,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.ablation", description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="configs/pipelines/default.yaml")
     parser.add_argument("--teacher", help="teacher checkpoint (default: runs/<run>/teacher/last.pt)")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
     parser.add_argument("--out", default="runs/ablation")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = parser.parse_args(argv)

@@ -8,6 +8,7 @@ import torch
 
 from deploy.errors import InputError
 from distill.distiller import DistillConfig, Distiller, check_pair
+from distill.losses.bckd import bckd_loc_loss
 from distill.models.detector import ModelConfig, build_detector
 from tests.conftest import REPO
 
@@ -73,6 +74,25 @@ def test_positive_levels_only_masks_levels_without_positives():
     images, targets = batch()
     a, b = base(student, images, targets), masked(student, images, targets)
     assert 0 < b["raw_bckd_cls"].item() < a["raw_bckd_cls"].item()  # small boxes: some levels hold no positive
+
+
+def test_loc_positives_only_keeps_the_positive_locations_share():
+    teacher, student = pair()
+    base = Distiller(teacher, ModelConfig(**STUDENT), DistillConfig(), torch.device("cpu"))
+    masked = Distiller(teacher, ModelConfig(**STUDENT), DistillConfig(loc_positives_only=True), torch.device("cpu"))
+    images, targets = batch()
+    a, b = base(student, images, targets), masked(student, images, targets)
+    out = student(images)
+    assigned = base.loss(out, targets)[1]
+    pos = assigned.labels >= 0
+    n, _, c = out["cls_logits"].shape
+    s_logits = out["cls_logits"].reshape(-1, c)
+    t_logits = teacher(images)["cls_logits"].reshape(-1, c)
+    s_boxes, t_boxes = base._boxes(student, out), base._boxes(teacher, teacher(images))
+    by_hand = bckd_loc_loss(s_boxes[pos], t_boxes[pos], s_logits[pos], t_logits[pos], avg_factor=assigned.num_pos)
+    torch.testing.assert_close(b["raw_bckd_loc"], by_hand.detach())
+    assert 0 < b["raw_bckd_loc"].item() < a["raw_bckd_loc"].item()
+    torch.testing.assert_close(b["raw_bckd_cls"], a["raw_bckd_cls"])  # the cls term is untouched
 
 
 def test_distill_cli_runs_a_few_steps(tiny_scenes, tmp_path):
@@ -148,3 +168,23 @@ def test_two_process_gloo_distillation(tiny_scenes, tmp_path):
     out = tmp_path / "default" / "distill"
     assert sorted(p.name for p in out.glob("*.pt")) == ["best.pt", "last.pt"]
     assert torch.load(out / "last.pt", weights_only=True)["step"] == 2
+
+
+def test_diagnose_bckd_term_mass_against_the_loss_functions():
+    from distill.losses.bckd import bckd_cls_loss
+    from pipeline.diagnose_bckd import summary, term_mass
+
+    teacher, student = pair()
+    images, targets = batch()
+    sums = term_mass(teacher, student, ModelConfig(**STUDENT), images, targets)
+    s_out, t_out = student(images), teacher(images)
+    c = s_out["cls_logits"].shape[-1]
+    s_logits, t_logits = s_out["cls_logits"].reshape(-1, c), t_out["cls_logits"].reshape(-1, c)
+    s_boxes, t_boxes = student.head.decode(s_out)[0].reshape(-1, 4), teacher.head.decode(t_out)[0].reshape(-1, 4)
+    assert sums["cls_all"] == pytest.approx(bckd_cls_loss(s_logits, t_logits, avg_factor=1).item(), rel=1e-5)
+    assert sums["loc_all"] == pytest.approx(bckd_loc_loss(s_boxes, t_boxes, s_logits, t_logits, avg_factor=1).item(), rel=1e-5)
+    shares = summary(sums)
+    assert 0 < shares["positive_share"] < 1 and 0 < shares["loc_mass_on_positives"] < 1
+    same = summary(term_mass(teacher, teacher, ModelConfig(**TEACHER), images, targets))
+    assert same["cls_mass_on_positives"] == 0.0 and same["teacher_better_share"] == 0.0
+    assert same["iou_teacher_gt"] == same["iou_student_gt"]
