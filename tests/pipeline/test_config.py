@@ -96,3 +96,16 @@ def test_each_embedded_default_head_pair_is_distillable(head):
     teacher, student = (build_detector(getattr(cfg, r).model, 10, seed=0) for r in ("teacher", "student"))
     size = tuple(cfg.student.model.input_size)
     check_pair(teacher, student, list("abcdefghij"), list("abcdefghij"), size, "teacher", size)
+
+
+def test_every_ablation_variant_sets_real_distill_settings():
+    import dataclasses
+
+    from distill.distiller import DistillConfig
+    from pipeline.ablation import DEFAULT_VARIANTS, VARIANTS
+
+    fields = {f.name for f in dataclasses.fields(DistillConfig)}
+    assert set(DEFAULT_VARIANTS) <= set(VARIANTS) and "bckd_loc_locpos" not in DEFAULT_VARIANTS
+    for name, overrides in VARIANTS.items():
+        assert set(overrides) <= fields, name
+        DistillConfig(**overrides)
