@@ -65,10 +65,13 @@ def layer_times(xml: str, iters: int) -> dict[str, dict[str, Any]]:
     the precisions its kernels ran in."""
     import openvino as ov
 
+    if not Path(xml).is_file():
+        raise InputError(f"{xml}: no such IR (run the quantize stage first, or pick RUN=)")
     core = ov.Core()
     compiled = core.compile_model(core.read_model(xml), "CPU", {"PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": True})
     request = compiled.create_infer_request()
-    x = np.zeros([d.get_length() for d in compiled.inputs[0].get_partial_shape()], np.float32)
+    # a dynamic batch runs at 1, as ours() does
+    x = np.zeros([d.get_length() if d.is_static else 1 for d in compiled.inputs[0].get_partial_shape()], np.float32)
     for _ in range(10):
         request.infer({0: x})
     ms: collections.Counter[str] = collections.Counter()

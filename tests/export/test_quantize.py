@@ -183,3 +183,12 @@ def test_openvino_layer_profile_shows_int8_convolutions(ov_irs):
     assert int8["Softmax"]["precisions"] == ["f32"]  # the decode stayed float
     assert all(v["ms"] > 0 for v in int8.values())
     assert "| **total** |" in text and text.count("\n") == len(set(fp32) | set(int8)) + 2
+
+
+def test_layer_profile_of_a_missing_ir_is_a_one_line_error(tmp_path, capsys):
+    from pipeline.bench_openvino import main
+
+    missing = tmp_path / "model_fp16.xml"
+    assert main(["--layers", "--json", str(tmp_path / "l.json"), str(missing)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {missing}: no such IR (run the quantize stage first, or pick RUN=)"
+    assert not (tmp_path / "l.json").exists()
