@@ -17,14 +17,14 @@ import sys
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torchvision.ops import box_iou, generalized_box_iou_loss
+from torchvision.ops import box_iou
 
 from deploy.errors import InputError
 from deploy.files import write_json
 from distill.checkpoint import load_detector
 from distill.data.dataset import DetectionDataset, collate
 from distill.distiller import check_pair
+from distill.losses.bckd import bckd_cls_loss, bckd_loc_loss
 from distill.losses.detection import head_loss
 from distill.models.detector import ModelConfig, build_detector
 from pipeline.cli import guarded
@@ -42,18 +42,20 @@ def term_mass(teacher: torch.nn.Module, student: torch.nn.Module, student_cfg: M
     assigned = head_loss(student_cfg)(s_out, targets)[1]
     c = s_out["cls_logits"].shape[-1]
     s_logits, t_logits = s_out["cls_logits"].reshape(-1, c).float(), t_out["cls_logits"].reshape(-1, c).float()
-    p_s, p_t = s_logits.sigmoid(), t_logits.sigmoid()
-    cls = (F.binary_cross_entropy_with_logits(s_logits, p_t, reduction="none") * (p_t - p_s).abs()).sum(1)
-    v = (p_t - p_s).abs().max(1).values
+    v = (t_logits.sigmoid() - s_logits.sigmoid()).abs().max(1).values
     s_boxes = student.head.decode(s_out)[0].reshape(-1, 4)  # input pixels: comparable with the ground truth
     t_boxes = teacher.head.decode(t_out)[0].reshape(-1, 4)
-    loc = v * generalized_box_iou_loss(s_boxes, t_boxes, reduction="none", eps=1e-6)
     pos = assigned.labels >= 0
+
+    def masses(rows: torch.Tensor | slice) -> tuple[float, float]:  # the losses' sums (avg_factor 1) over rows
+        return (float(bckd_cls_loss(s_logits[rows], t_logits[rows], avg_factor=1)),
+                float(bckd_loc_loss(s_boxes[rows], t_boxes[rows], s_logits[rows], t_logits[rows], avg_factor=1)))
+
+    (cls_pos, loc_pos), (cls_all, loc_all) = masses(pos), masses(slice(None))
     iou_t = box_iou(t_boxes[pos], assigned.boxes[pos]).diagonal()
     iou_s = box_iou(s_boxes[pos], assigned.boxes[pos]).diagonal()
     return {"locations": float(pos.numel()), "positives": float(pos.sum()),
-            "cls_pos": float(cls[pos].sum()), "cls_all": float(cls.sum()),
-            "loc_pos": float(loc[pos].sum()), "loc_all": float(loc.sum()),
+            "cls_pos": cls_pos, "cls_all": cls_all, "loc_pos": loc_pos, "loc_all": loc_all,
             "v_pos": float(v[pos].sum()), "v_all": float(v.sum()),
             "iou_teacher": float(iou_t.sum()), "iou_student": float(iou_s.sum()),
             "teacher_better": float((iou_t > iou_s).sum())}
