@@ -69,8 +69,8 @@ export-trt: $(STAMP) ## TensorRT engine (PRECISION=fp32|fp16|int8) on a GPU box 
 benchmark: $(STAMP) ## deploy/benchmark.py over every artifact of the run this machine can run -> runs/<run>/benchmark/
 	$(PY) -m pipeline.benchmark --config $(CONFIG) $(ARGS)
 
-ablation: $(STAMP) ## benchmark: student with none, kd, ld, bckd, bckd cls/loc only -> runs/ablation/ablation.md
-	$(PY) -m pipeline.ablation --config $(CONFIG) $(if $(TEACHER),--teacher $(TEACHER)) $(ARGS)
+ablation: $(STAMP) ## benchmark: student with none, kd, ld, bckd, bckd cls/loc only -> runs/ablation/ablation.md (SEEDS=0,1,2: mean and paired gain over seeds)
+	$(PY) -m pipeline.ablation --config $(CONFIG) $(if $(TEACHER),--teacher $(TEACHER)) $(if $(SEEDS),--seeds $(SEEDS)) $(ARGS)
 
 ablation-heads: $(STAMP) ## benchmark: RetinaNet, FCOS, ATSS teacher, student alone and BCKD -> runs/ablation-heads/
 	$(PY) -m pipeline.ablation_heads --config $(CONFIG) $(if $(HEADS),--heads $(HEADS)) $(ARGS)

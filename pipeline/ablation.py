@@ -2,11 +2,17 @@
 KD, LD, BCKD, and BCKD's classification or localization term alone, with the same seed, data and
 schedule, against one teacher.
 
-    python -m pipeline.ablation --config configs/pipelines/default.yaml [--variants none,bckd] [key=value ...]
+    python -m pipeline.ablation --config configs/pipelines/default.yaml [--variants none,bckd] [--seeds 0,1,2] [key=value ...]
 
 Writes runs/ablation/<variant>/ (each a distill stage folder), and runs/ablation/ablation.md and
 ablation.json: AP, AP50, AP75, APs/m/l per variant and the share of the teacher-student gap closed,
 (AP_variant - AP_none) / (AP_teacher - AP_none). Finished variants are reused on a rerun.
+
+With several seeds (student.train.seed: the head's initialisation, the data order, the augmentation),
+the first seed's runs stay in runs/ablation/ and every other seed's go to runs/ablation/seed<k>/, each
+with its own table; runs/ablation/ablation-seeds.{md,json} give per variant the mean and standard
+deviation of AP over seeds, and the gain over `none` paired seed by seed (same initialisation and
+data order), which is what a one-seed difference cannot tell from noise.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -64,6 +71,75 @@ def table(rows: dict[str, dict[str, Any]], teacher: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def seed_dir(out: Path, seed: int, first: int) -> Path:
+    """Where one seed's variants go: out/ for the first seed (as a one-seed ablation writes them), else out/seed<k>/."""
+    return out if seed == first else out / f"seed{seed}"
+
+
+def summarise(per_seed: dict[int, dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per variant, over the seeds that ran it: mean and sample standard deviation of AP (None below two
+    seeds), mean AP50 / AP75, AP per seed, and the gain over `none` paired seed by seed (mean, min, max)."""
+    names = list(dict.fromkeys(n for rows in per_seed.values() for n in rows))
+    summary: dict[str, dict[str, Any]] = {}
+    for name in names:
+        runs = {seed: rows[name] for seed, rows in per_seed.items() if name in rows}
+        ap = [m["AP"] for m in runs.values()]
+        row: dict[str, Any] = {"seeds": list(runs), "AP_per_seed": ap, "AP": statistics.fmean(ap),
+                               "AP_sd": statistics.stdev(ap) if len(ap) > 1 else None,
+                               **{c: statistics.fmean(m[c] for m in runs.values()) for c in ("AP50", "AP75")}}
+        gains = [m["AP"] - per_seed[seed]["none"]["AP"] for seed, m in runs.items() if "none" in per_seed[seed]]
+        if name != "none" and gains:
+            row.update(gain=statistics.fmean(gains), gain_min=min(gains), gain_max=max(gains), gain_seeds=len(gains))
+        summary[name] = row
+    return summary
+
+
+def seeds_table(summary: dict[str, dict[str, Any]], teacher: dict[str, Any]) -> str:
+    """The multi-seed table in AP percent; gap closed from the mean gain."""
+    top, base = teacher["AP"], summary.get("none", {}).get("AP")
+    lines = ["| model | seeds | AP mean | AP sd | AP per seed | AP50 | AP75 | gain over none, paired: mean [min, max] | gap closed |",
+             "|---" * 9 + "|",
+             f"| teacher | | {100 * top:.1f} | | | {100 * (teacher.get('AP50') or 0):.1f} | {100 * (teacher.get('AP75') or 0):.1f} | | |"]
+    for name, r in summary.items():
+        sd = "" if r["AP_sd"] is None else f"{100 * r['AP_sd']:.2f}"
+        gain = gap = ""
+        if "gain" in r:
+            gain = f"{100 * r['gain']:+.2f} [{100 * r['gain_min']:+.1f}, {100 * r['gain_max']:+.1f}]"
+            if base is not None and top != base:
+                gap = f"{100 * r['gain'] / (top - base):.0f}%"
+        lines.append(f"| student {name} | {len(r['seeds'])} | {100 * r['AP']:.2f} | {sd} | "
+                     + ", ".join(f"{100 * a:.1f}" for a in r["AP_per_seed"])
+                     + f" | {100 * r['AP50']:.1f} | {100 * r['AP75']:.1f} | {gain} | {gap} |")
+    return "\n".join(lines)
+
+
+def run_seeds(cfg: PipelineConfig, path: Path, names: list[str], out: Path,
+              seeds: list[int]) -> tuple[dict[int, dict[str, dict[str, Any]]], dict[str, Any]]:
+    """run_ablation once per seed (finished runs are reused); with more than one seed, also write
+    out/ablation-seeds.{md,json}. Returns ({seed: rows}, teacher metrics)."""
+    if len(set(seeds)) != len(seeds):
+        raise InputError(f"--seeds: repeated seed in {seeds}")
+    per_seed: dict[int, dict[str, dict[str, Any]]] = {}
+    teacher: dict[str, Any] = {}
+    for seed in seeds:
+        seeded = copy.deepcopy(cfg)
+        seeded.student.train.seed = seed
+        per_seed[seed], teacher = run_ablation(seeded, path, names, seed_dir(out, seed, seeds[0]))
+    if len(seeds) > 1:
+        summary = summarise(per_seed)
+        text = seeds_table(summary, teacher)
+        print(text)
+        header = (f"# Distillation ablation over seeds {', '.join(map(str, seeds))}\n\nTeacher {path}; student "
+                  f"{cfg.student.model.name} {cfg.student.model.backbone}, {cfg.student.train.epochs} epochs. AP on "
+                  f"{teacher['num_images']} val images (percent). Seed {seeds[0]}'s runs are in {out}/, seed k's in "
+                  f"{out}/seed<k>/. The gain is paired: each seed's variant against that seed's `none`.\n\n")
+        write_text(out / "ablation-seeds.md", header + text + "\n")
+        write_json(out / "ablation-seeds.json", {"teacher": {c: teacher.get(c) for c in COLUMNS}, "teacher_checkpoint": str(path),
+                                                 "seeds": seeds, "variants": summary,
+                                                 "per_seed": {str(s): rows for s, rows in per_seed.items()}})
+    return per_seed, teacher
+
+
 def run_ablation(cfg: PipelineConfig, path: Path, names: list[str], out: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Train each variant (finished ones are reused) and write out/ablation.{md,json}; return (rows,
     teacher metrics)."""
@@ -100,13 +176,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="configs/pipelines/default.yaml")
     parser.add_argument("--teacher", help="teacher checkpoint (default: runs/<run>/teacher/last.pt)")
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument("--seeds", help="comma-separated student seeds (default: student.train.seed); the first seed's "
+                        "runs go to OUT/, the others' to OUT/seed<k>/, and the summary to OUT/ablation-seeds.md")
     parser.add_argument("--out", default="runs/ablation")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = parser.parse_args(argv)
 
     def body() -> None:
         cfg = load_config(args.config, args.overrides)
-        run_ablation(cfg, teacher_path(cfg, args.teacher), args.variants.split(","), Path(args.out))
+        try:
+            seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [cfg.student.train.seed]
+        except ValueError:
+            raise InputError(f"--seeds: expected comma-separated integers, got '{args.seeds}'") from None
+        run_seeds(cfg, teacher_path(cfg, args.teacher), args.variants.split(","), Path(args.out), seeds)
 
     return guarded(body)
 

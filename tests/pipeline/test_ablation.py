@@ -1,0 +1,79 @@
+"""The ablation over several seeds: the summary by hand, and a tiny two-seed run's layout and figures."""
+
+import json
+
+import pytest
+import torch
+
+from deploy.errors import InputError
+from pipeline.ablation import run_seeds, seeds_table, summarise
+from pipeline.config import load_config
+from tests.conftest import REPO
+
+DEFAULT = REPO / "configs" / "pipelines" / "default.yaml"
+
+
+def metrics(ap, ap50=0.5, ap75=0.3):
+    return {"AP": ap, "AP50": ap50, "AP75": ap75}
+
+
+def test_summarise_pairs_each_seed_with_its_own_baseline():
+    per_seed = {
+        0: {"none": metrics(0.20, 0.30), "bckd": metrics(0.23, 0.34)},
+        1: {"none": metrics(0.22, 0.32), "bckd": metrics(0.22, 0.36)},
+        2: {"none": metrics(0.21, 0.40), "bckd": metrics(0.25, 0.38), "kd": metrics(0.24)},
+        3: {"kd": metrics(0.30)},  # no `none` at this seed: its AP counts in the mean, not in the gain
+    }
+    s = summarise(per_seed)
+    assert list(s) == ["none", "bckd", "kd"]
+    assert s["none"]["AP"] == pytest.approx(0.21) and s["none"]["AP_sd"] == pytest.approx(0.01)
+    assert s["none"]["AP50"] == pytest.approx(0.34) and "gain" not in s["none"]
+    b = s["bckd"]
+    assert b["seeds"] == [0, 1, 2] and b["AP_per_seed"] == [0.23, 0.22, 0.25]
+    assert b["AP"] == pytest.approx(0.70 / 3) and b["AP_sd"] == pytest.approx((42 / 9 * 1e-4 / 2) ** 0.5)
+    # paired gains: +0.03, 0.00, +0.04
+    assert b["gain"] == pytest.approx(0.07 / 3) and b["gain_min"] == pytest.approx(0.0) and b["gain_max"] == pytest.approx(0.04)
+    k = s["kd"]
+    assert k["seeds"] == [2, 3] and k["AP"] == pytest.approx(0.27) and k["gain_seeds"] == 1 and k["gain"] == pytest.approx(0.03)
+
+    single = summarise({0: {"none": metrics(0.2), "bckd": metrics(0.25)}})
+    assert single["bckd"]["AP_sd"] is None and single["bckd"]["gain"] == pytest.approx(0.05)
+
+    table = seeds_table(s, {"AP": 0.31, "AP50": 0.45, "AP75": 0.33}).splitlines()
+    assert table[2] == "| teacher | | 31.0 | | | 45.0 | 33.0 | | |"
+    assert table[3].startswith("| student none | 3 | 21.00 | 1.00 | 20.0, 22.0, 21.0 | 34.0 |")
+    # gap closed = mean paired gain / (teacher - mean none) = 2.33 / 10.0
+    assert table[4] == "| student bckd | 3 | 23.33 | 1.53 | 23.0, 22.0, 25.0 | 36.0 | 30.0 | +2.33 [+0.0, +4.0] | 23% |"
+
+
+def test_two_seed_ablation_writes_each_seed_apart_and_a_paired_summary(tiny_scenes, tiny_model, tmp_path):
+    _, _, teacher = tiny_model
+    small = {"input_size": "[128,128]", "fpn_channels": 16, "head_channels": 16, "head_convs": 1,
+             "backbone": "efficientnet_lite0"}
+    cfg = load_config(DEFAULT, [f"data.root={tiny_scenes}", "data.generator.size=tiny",
+                                *(f"student.model.{k}={v}" for k, v in small.items()),
+                                "student.train.max_steps=2", "student.train.batch_size=4", "student.train.workers=0",
+                                "student.train.max_train_images=0", "student.train.max_val_images=0"])
+    out = tmp_path / "ablation"
+    per_seed, _ = run_seeds(cfg, teacher, ["none", "bckd"], out, [0, 5])
+
+    for d in (out, out / "seed5"):
+        for name in ("none", "bckd"):
+            assert (d / name / "metrics.json").is_file() and (d / name / "last.pt").is_file()
+        assert (d / "ablation.md").is_file()
+    weights = {(seed, name): torch.load(d / name / "last.pt", weights_only=True)["model"]["head.cls_out.weight"]
+               for seed, d in ((0, out), (5, out / "seed5")) for name in ("none", "bckd")}
+    assert not torch.equal(weights[0, "none"], weights[5, "none"])  # the seed reached the student's initialisation
+    assert not torch.equal(weights[5, "none"], weights[5, "bckd"])
+
+    summary = json.loads((out / "ablation-seeds.json").read_text())
+    assert summary["seeds"] == [0, 5]
+    for seed, d in ((0, out), (5, out / "seed5")):
+        for name in ("none", "bckd"):
+            assert summary["per_seed"][str(seed)][name]["AP"] == json.loads((d / name / "metrics.json").read_text())["AP"]
+    gains = [per_seed[s]["bckd"]["AP"] - per_seed[s]["none"]["AP"] for s in (0, 5)]
+    assert summary["variants"]["bckd"]["gain"] == pytest.approx(sum(gains) / 2)
+    assert "| student bckd | 2 |" in (out / "ablation-seeds.md").read_text()
+
+    with pytest.raises(InputError, match="repeated seed"):
+        run_seeds(cfg, teacher, ["none"], out, [0, 0])
