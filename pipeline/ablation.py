@@ -8,8 +8,11 @@ Writes runs/ablation/<variant>/ (each a distill stage folder), and runs/ablation
 ablation.json: AP, AP50, AP75, APs/m/l per variant and the share of the teacher-student gap closed,
 (AP_variant - AP_none) / (AP_teacher - AP_none). Finished variants are reused on a rerun.
 
+A finished variant is reused only if its checkpoint was trained with the same teacher and settings;
+otherwise the ablation stops and names the setting, rather than report a run of another configuration.
+
 With several seeds (student.train.seed: the head's initialisation, the data order, the augmentation),
-the first seed's runs stay in runs/ablation/ and every other seed's go to runs/ablation/seed<k>/, each
+the config's own seed's runs stay in runs/ablation/ and every other seed's go to runs/ablation/seed<k>/, each
 with its own table; runs/ablation/ablation-seeds.{md,json} give per variant the mean and standard
 deviation of AP over seeds, and the gain over `none` paired seed by seed (same initialisation and
 data order), which is what a one-seed difference cannot tell from noise.
@@ -23,12 +26,18 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from deploy.errors import InputError
 from deploy.evaluate import coco_eval
 from deploy.files import write_json, write_text
+from distill.checkpoint import load_checkpoint
+from distill.distiller import DistillConfig
+from distill.losses.detection import DEFAULT_WEIGHTS
+from distill.models.detector import ModelConfig
+from distill.trainer import TrainConfig
 from distill.validate import predict
 from pipeline.cli import guarded
 from pipeline.config import PipelineConfig, load_config
@@ -48,6 +57,8 @@ VARIANTS = {  # name -> distill overrides
 }
 DEFAULT_VARIANTS = ("none", "kd", "ld", "bckd", "bckd_cls", "bckd_loc")
 COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# Settings that do not change what a finished variant learned, so a rerun may differ in them.
+RUN_ONLY = {"eval_every", "max_val_images", "log_every", "save_every_steps", "workers", "device", "min_gain_over_baseline"}
 
 
 def teacher_metrics(cfg: PipelineConfig, path: Path) -> dict[str, Any]:
@@ -71,9 +82,36 @@ def table(rows: dict[str, dict[str, Any]], teacher: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def seed_dir(out: Path, seed: int, first: int) -> Path:
-    """Where one seed's variants go: out/ for the first seed (as a one-seed ablation writes them), else out/seed<k>/."""
-    return out if seed == first else out / f"seed{seed}"
+def seed_dir(out: Path, seed: int, home: int) -> Path:
+    """Where one seed's variants go: out/ for the config's own seed (as a one-seed ablation writes them),
+    out/seed<k>/ for any other, so that a seed always finds its own runs whatever --seeds lists."""
+    return out if seed == home else out / f"seed{seed}"
+
+
+def changed_setting(checkpoint: Path, cfg: PipelineConfig, teacher: Path) -> str | None:
+    """How a variant's existing checkpoint was trained differently from what cfg would train now
+    ('section.key: X there, Y now'), or None. Keys a checkpoint predates count as their defaults."""
+    state = load_checkpoint(checkpoint)
+    if state.get("teacher", str(teacher)) != str(teacher):
+        return f"teacher: {state['teacher']} there, {teacher} now"
+    distilled = state.get("distill", {"method": "none"})  # the student stage's checkpoints hold no distill section
+    sections = [("student.train", state.get("train", {}), cfg.student.train, TrainConfig()),
+                ("student.model", state.get("config", {}), cfg.student.model, ModelConfig())]
+    if not distilled.get("method") == cfg.distill.method == "none":  # without distillation its settings are moot
+        sections.append(("distill", distilled, cfg.distill, DistillConfig()))
+    for section, stored, now, default in sections:
+        was_all, now_all = _resolved({**asdict(default), **stored}), _resolved(asdict(now))
+        for key, value in now_all.items():
+            if key not in RUN_ONLY and was_all[key] != value:
+                return f"{section}.{key}: {was_all[key]!r} there, {value!r} now"
+    return None
+
+
+def _resolved(settings: dict[str, Any]) -> dict[str, Any]:
+    """Model settings with loss_weights null (the head's defaults) written out, as older checkpoints stored them."""
+    if "loss_weights" in settings and not settings["loss_weights"]:
+        settings = {**settings, "loss_weights": list(DEFAULT_WEIGHTS[settings["name"]])}
+    return settings
 
 
 def summarise(per_seed: dict[int, dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
@@ -124,14 +162,14 @@ def run_seeds(cfg: PipelineConfig, path: Path, names: list[str], out: Path,
     for seed in seeds:
         seeded = copy.deepcopy(cfg)
         seeded.student.train.seed = seed
-        per_seed[seed], teacher = run_ablation(seeded, path, names, seed_dir(out, seed, seeds[0]))
+        per_seed[seed], teacher = run_ablation(seeded, path, names, seed_dir(out, seed, cfg.student.train.seed))
     if len(seeds) > 1:
         summary = summarise(per_seed)
         text = seeds_table(summary, teacher)
         print(text)
         header = (f"# Distillation ablation over seeds {', '.join(map(str, seeds))}\n\nTeacher {path}; student "
                   f"{cfg.student.model.name} {cfg.student.model.backbone}, {cfg.student.train.epochs} epochs. AP on "
-                  f"{teacher['num_images']} val images (percent). Seed {seeds[0]}'s runs are in {out}/, seed k's in "
+                  f"{teacher['num_images']} val images (percent). Seed {cfg.student.train.seed}'s runs are in {out}/, seed k's in "
                   f"{out}/seed<k>/. The gain is paired: each seed's variant against that seed's `none`.\n\n")
         write_text(out / "ablation-seeds.md", header + text + "\n")
         write_json(out / "ablation-seeds.json", {"teacher": {c: teacher.get(c) for c in COLUMNS}, "teacher_checkpoint": str(path),
@@ -154,6 +192,10 @@ def run_ablation(cfg: PipelineConfig, path: Path, names: list[str], out: Path) -
         for key, value in VARIANTS[name].items():
             setattr(variant.distill, key, value)
         variant.runs_dir, variant.run = str(out.parent), out.name
+        existing = out / name / "last.pt"
+        if existing.is_file() and (change := changed_setting(existing, variant, path)):
+            raise InputError(f"{existing}: trained with other settings ({change}); pass another --out, "
+                             f"or remove {out / name} to train it again")
         print(f"[ablation] {name}: {VARIANTS[name]}", flush=True)
         start = time.perf_counter()
         metrics = distill_student(variant, str(path), resume=True, progress=sys.stderr.isatty(), out_name=name)
@@ -176,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="configs/pipelines/default.yaml")
     parser.add_argument("--teacher", help="teacher checkpoint (default: runs/<run>/teacher/last.pt)")
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
-    parser.add_argument("--seeds", help="comma-separated student seeds (default: student.train.seed); the first seed's "
+    parser.add_argument("--seeds", help="comma-separated student seeds (default: student.train.seed); that seed's "
                         "runs go to OUT/, the others' to OUT/seed<k>/, and the summary to OUT/ablation-seeds.md")
     parser.add_argument("--out", default="runs/ablation")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")

@@ -13,6 +13,17 @@ from tests.conftest import REPO
 DEFAULT = REPO / "configs" / "pipelines" / "default.yaml"
 
 
+SMALL = {"input_size": "[128,128]", "fpn_channels": 16, "head_channels": 16, "head_convs": 1, "backbone": "efficientnet_lite0"}
+
+
+def tiny_config(tiny_scenes, *extra):
+    """The default pipeline shrunk to conftest's tiny teacher: same small model, 2 steps."""
+    return load_config(DEFAULT, [f"data.root={tiny_scenes}", "data.generator.size=tiny",
+                                 *(f"student.model.{k}={v}" for k, v in SMALL.items()),
+                                 "student.train.max_steps=2", "student.train.batch_size=4", "student.train.workers=0",
+                                 "student.train.max_train_images=0", "student.train.max_val_images=0", *extra])
+
+
 def metrics(ap, ap50=0.5, ap75=0.3):
     return {"AP": ap, "AP50": ap50, "AP75": ap75}
 
@@ -48,12 +59,7 @@ def test_summarise_pairs_each_seed_with_its_own_baseline():
 
 def test_two_seed_ablation_writes_each_seed_apart_and_a_paired_summary(tiny_scenes, tiny_model, tmp_path):
     _, _, teacher = tiny_model
-    small = {"input_size": "[128,128]", "fpn_channels": 16, "head_channels": 16, "head_convs": 1,
-             "backbone": "efficientnet_lite0"}
-    cfg = load_config(DEFAULT, [f"data.root={tiny_scenes}", "data.generator.size=tiny",
-                                *(f"student.model.{k}={v}" for k, v in small.items()),
-                                "student.train.max_steps=2", "student.train.batch_size=4", "student.train.workers=0",
-                                "student.train.max_train_images=0", "student.train.max_val_images=0"])
+    cfg = tiny_config(tiny_scenes)
     out = tmp_path / "ablation"
     per_seed, _ = run_seeds(cfg, teacher, ["none", "bckd"], out, [0, 5])
 
@@ -75,5 +81,15 @@ def test_two_seed_ablation_writes_each_seed_apart_and_a_paired_summary(tiny_scen
     assert summary["variants"]["bckd"]["gain"] == pytest.approx(sum(gains) / 2)
     assert "| student bckd | 2 |" in (out / "ablation-seeds.md").read_text()
 
+    # A seed finds its own folder whatever --seeds lists; finished runs are reused, not trained again.
+    stamp = (out / "seed5" / "bckd" / "last.pt").stat().st_mtime_ns
+    again, _ = run_seeds(cfg, teacher, ["bckd"], out, [5])
+    assert again[5]["bckd"]["AP"] == per_seed[5]["bckd"]["AP"]
+    assert (out / "seed5" / "bckd" / "last.pt").stat().st_mtime_ns == stamp
+
+    # A finished run of other settings is refused, not reported as this configuration's.
+    changed = tiny_config(tiny_scenes, "distill.loc_weight=2.0")
+    with pytest.raises(InputError, match=r"seed5/bckd/last.pt: trained with other settings \(distill.loc_weight: 4.0 there, 2.0 now\)"):
+        run_seeds(changed, teacher, ["none", "bckd"], out, [5])
     with pytest.raises(InputError, match="repeated seed"):
         run_seeds(cfg, teacher, ["none"], out, [0, 0])
