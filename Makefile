@@ -17,7 +17,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 TRAIN_RUN = $(if $(filter 1,$(NPROC)),$(PY) -m,$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup fashion-mnist data teacher student distill export quantize ablation ablation-heads pipeline status report bench-train bench-openvino bench-openvino-layers export-trt benchmark test lint clean
+.PHONY: help setup fashion-mnist data teacher student distill export quantize ablation detection-errors ablation-heads pipeline status report bench-train bench-openvino bench-openvino-layers export-trt benchmark test lint clean
 
 help: ## list the targets
 	@echo "edgekd targets (stage targets take ARGS=\"key.sub=value ...\", CONFIG=path, NPROC=N):"
@@ -71,6 +71,9 @@ benchmark: $(STAMP) ## deploy/benchmark.py over every artifact of the run this m
 
 ablation: $(STAMP) ## benchmark: student with none, kd, ld, bckd, bckd cls/loc only -> runs/ablation/ablation.md (SEEDS=0,1,2: mean and paired gain over seeds)
 	$(PY) -m pipeline.ablation --config $(CONFIG) $(if $(TEACHER),--teacher $(TEACHER)) $(if $(SEEDS),--seeds $(SEEDS)) $(ARGS)
+
+detection-errors: $(STAMP) ## diagnostic: AP50 each error type costs (TIDE) for PRED='runs/ablation/*/predictions.json'
+	$(PY) -m pipeline.detection_errors $(or $(PRED),$(wildcard runs/ablation/*/predictions.json)) $(ARGS)
 
 ablation-heads: $(STAMP) ## benchmark: RetinaNet, FCOS, ATSS teacher, student alone and BCKD -> runs/ablation-heads/
 	$(PY) -m pipeline.ablation_heads --config $(CONFIG) $(if $(HEADS),--heads $(HEADS)) $(ARGS)
