@@ -8,6 +8,10 @@ that type alone. Cls: right box (IoU >= 0.5), wrong class. Loc: right class, IoU
 wrong class and IoU 0.1 to 0.5. Dupe: a second detection of an object already found. Bkg: IoU < 0.1
 with every object. Miss: objects no detection explains. FalsePos / FalseNeg: every false positive or
 every miss fixed at once. A distillation method can only recover what the error it targets costs.
+
+Beside TIDE, two figures that AP mixes: `found`, the share of objects some detection (of any class)
+covers at IoU >= 0.5, and `class right`, the share of those whose highest-scoring covering detection
+has the object's class: where the boxes are, and which class the model says they are.
 """
 
 from __future__ import annotations
@@ -18,12 +22,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+from torchvision.ops import box_iou
+
 from deploy.errors import InputError
 from deploy.files import write_json
 from pipeline.cli import guarded
 from pipeline.config import load_config
 
 ERRORS = ("Cls", "Loc", "Both", "Dupe", "Bkg", "Miss")
+COLUMNS = ("AP50", "found", "class right")
 SPECIAL = ("FalsePos", "FalseNeg")
 
 
@@ -72,19 +80,54 @@ def predictions(path: Path):
     return preds
 
 
+def xyxy(boxes: list[list[float]]) -> torch.Tensor:
+    b = torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4)
+    return torch.cat([b[:, :2], b[:, :2] + b[:, 2:]], dim=1)
+
+
+def class_accuracy(coco: dict[str, Any], detections: list[dict[str, Any]]) -> dict[str, float]:
+    """In percent: `found`, objects (crowds aside) covered at IoU >= 0.5 by a detection of any class;
+    `class right`, the found ones whose highest-scoring covering detection has their class."""
+    by_image: dict[int, list[dict[str, Any]]] = {}
+    for d in detections:
+        by_image.setdefault(d["image_id"], []).append(d)
+    objects = found = right = 0
+    for image_id, objs in _group(a for a in coco["annotations"] if not a.get("iscrowd")).items():
+        objects += len(objs)
+        dets = by_image.get(image_id, [])
+        if not dets:
+            continue
+        covers = box_iou(xyxy([a["bbox"] for a in objs]), xyxy([d["bbox"] for d in dets])) >= 0.5
+        for obj, row in zip(objs, covers):
+            candidates = [dets[j] for j in row.nonzero().flatten().tolist()]
+            if candidates:
+                found += 1
+                right += max(candidates, key=lambda d: d["score"])["category_id"] == obj["category_id"]
+    return {"found": 100.0 * found / max(objects, 1), "class right": 100.0 * right / max(found, 1)}
+
+
+def _group(annotations) -> dict[int, list[dict[str, Any]]]:
+    groups: dict[int, list[dict[str, Any]]] = {}
+    for a in annotations:
+        groups.setdefault(a["image_id"], []).append(a)
+    return groups
+
+
 def breakdown(annotations: Path, paths: list[Path]) -> dict[str, dict[str, float]]:
-    """{path: {'AP50', 'Cls', 'Loc', 'Both', 'Dupe', 'Bkg', 'Miss', 'FalsePos', 'FalseNeg'}} in AP points."""
+    """{path: {'AP50', 'found', 'class right', 'Cls', 'Loc', 'Both', 'Dupe', 'Bkg', 'Miss', 'FalsePos',
+    'FalseNeg'}}: AP50 and the errors' costs in AP points, found and class right in percent."""
     tidecv = _tidecv()
     missing = [p for p in paths if not p.is_file()]
     if missing:  # before minutes of work on the others
         raise InputError(f"predictions file not found: {missing[0]}")
-    gt = ground_truth(annotations)
+    gt, coco = ground_truth(annotations), _read(annotations, "annotation file")
     results: dict[str, dict[str, float]] = {}
     for path in paths:
         tide = tidecv.TIDE()
         run = tide.evaluate(gt, predictions(path), mode=tidecv.TIDE.BOX, name=str(path))
         errors = tide.get_all_errors()
-        results[str(path)] = {"AP50": float(run.ap), **{k: float(errors["main"][str(path)][k]) for k in ERRORS},
+        results[str(path)] = {"AP50": float(run.ap), **class_accuracy(coco, _read(path, "predictions file")),
+                              **{k: float(errors["main"][str(path)][k]) for k in ERRORS},
                               **{k: float(errors["special"][str(path)][k]) for k in SPECIAL}}
     return results
 
@@ -96,7 +139,7 @@ def label(path: str) -> str:
 
 
 def table(results: dict[str, dict[str, float]]) -> str:
-    columns = ("AP50", *ERRORS, *SPECIAL)
+    columns = (*COLUMNS, *ERRORS, *SPECIAL)
     lines = ["| predictions | " + " | ".join(columns) + " |", "|---" + "|---:" * len(columns) + "|"]
     for path, r in results.items():
         lines.append(f"| {label(path)} | " + " | ".join(f"{r[c]:.1f}" for c in columns) + " |")
@@ -114,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         annotations = args.annotations or load_config(args.config).data.split_paths("val")[0]
         results = breakdown(annotations, args.predictions)
-        print(f"AP50 and the AP50 points each error type costs (TIDE), against {annotations}:\n")
+        print(f"AP50, found and class right (percent), and the AP50 points each error type costs (TIDE), "
+              f"against {annotations}:\n")
         print(table(results))
         if args.json:
             write_json(args.json, {"annotations": str(annotations), "results": results})

@@ -42,9 +42,12 @@ def test_a_wrong_class_on_a_found_box_costs_what_hand_computed_ap_says(tmp_path,
     # Bag is found, costs nothing more alone.
     assert b["AP50"] == pytest.approx(50.0, abs=0.1) and b["Loc"] == pytest.approx(50.0, abs=0.1)
     assert b["Cls"] == 0 and b["Bkg"] == 0
+    # Both objects are covered in the first file, but the Bag's best-scoring cover says Coat; in the
+    # second, only the Coat is covered (the Bag box has IoU 0.25), and with its own class.
+    assert (a["found"], a["class right"]) == (100.0, 50.0) and (b["found"], b["class right"]) == (50.0, 100.0)
 
     assert main([str(wrong_class), "--annotations", str(gt), "--json", str(tmp_path / "e.json")]) == 0
-    assert table(r).splitlines()[2].startswith(f"| {wrong_class} | 75.0 | 25.0 | 0.0 |")
+    assert table(r).splitlines()[2].startswith(f"| {wrong_class} | 75.0 | 100.0 | 50.0 | 25.0 | 0.0 |")
     assert json.loads((tmp_path / "e.json").read_text())["results"][str(wrong_class)]["Cls"] == pytest.approx(25.0, abs=0.1)
     assert main([str(tmp_path / "nope.json"), "--annotations", str(gt)]) == 2
     assert "predictions file not found: " in capsys.readouterr().err
