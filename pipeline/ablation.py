@@ -157,12 +157,14 @@ def run_seeds(cfg: PipelineConfig, path: Path, names: list[str], out: Path,
     out/ablation-seeds.{md,json}. Returns ({seed: rows}, teacher metrics)."""
     if len(set(seeds)) != len(seeds):
         raise InputError(f"--seeds: repeated seed in {seeds}")
+    seeded = {seed: copy.deepcopy(cfg) for seed in seeds}
+    for seed, c in seeded.items():
+        c.student.train.seed = seed
+        check_variants(c, path, names, seed_dir(out, seed, cfg.student.train.seed))  # every seed before any trains
     per_seed: dict[int, dict[str, dict[str, Any]]] = {}
     teacher: dict[str, Any] = {}
-    for seed in seeds:
-        seeded = copy.deepcopy(cfg)
-        seeded.student.train.seed = seed
-        per_seed[seed], teacher = run_ablation(seeded, path, names, seed_dir(out, seed, cfg.student.train.seed))
+    for seed, c in seeded.items():
+        per_seed[seed], teacher = run_ablation(c, path, names, seed_dir(out, seed, cfg.student.train.seed))
     if len(seeds) > 1:
         summary = summarise(per_seed)
         text = seeds_table(summary, teacher)
@@ -178,24 +180,37 @@ def run_seeds(cfg: PipelineConfig, path: Path, names: list[str], out: Path,
     return per_seed, teacher
 
 
-def run_ablation(cfg: PipelineConfig, path: Path, names: list[str], out: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """Train each variant (finished ones are reused) and write out/ablation.{md,json}; return (rows,
-    teacher metrics)."""
+def variant_config(cfg: PipelineConfig, name: str, out: Path) -> PipelineConfig:
+    """cfg with the variant's distill settings, writing under out/<name>/."""
+    variant = copy.deepcopy(cfg)
+    for key, value in VARIANTS[name].items():
+        setattr(variant.distill, key, value)
+    variant.runs_dir, variant.run = str(out.parent), out.name
+    return variant
+
+
+def check_variants(cfg: PipelineConfig, path: Path, names: list[str], out: Path) -> None:
+    """Refuse, before any training, unknown variants, a missing teacher, and finished or cut runs under
+    out/ that were trained with another teacher or other settings (they would be reused as this run's)."""
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise InputError(f"--variants: unknown variant '{unknown[0]}'; valid: {', '.join(VARIANTS)}")
     if not path.is_file():
         raise InputError(f"teacher checkpoint not found: {path} (run `make teacher` first, or pass --teacher)")
-    rows: dict[str, dict[str, Any]] = {}
     for name in names:
-        variant = copy.deepcopy(cfg)
-        for key, value in VARIANTS[name].items():
-            setattr(variant.distill, key, value)
-        variant.runs_dir, variant.run = str(out.parent), out.name
         existing = out / name / "last.pt"
-        if existing.is_file() and (change := changed_setting(existing, variant, path)):
+        if existing.is_file() and (change := changed_setting(existing, variant_config(cfg, name, out), path)):
             raise InputError(f"{existing}: trained with other settings ({change}); pass another --out, "
                              f"or remove {out / name} to train it again")
+
+
+def run_ablation(cfg: PipelineConfig, path: Path, names: list[str], out: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Train each variant (finished ones are reused) and write out/ablation.{md,json}; return (rows,
+    teacher metrics)."""
+    check_variants(cfg, path, names, out)
+    rows: dict[str, dict[str, Any]] = {}
+    for name in names:
+        variant = variant_config(cfg, name, out)
         print(f"[ablation] {name}: {VARIANTS[name]}", flush=True)
         start = time.perf_counter()
         metrics = distill_student(variant, str(path), resume=True, progress=sys.stderr.isatty(), out_name=name)

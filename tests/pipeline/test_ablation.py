@@ -87,9 +87,11 @@ def test_two_seed_ablation_writes_each_seed_apart_and_a_paired_summary(tiny_scen
     assert again[5]["bckd"]["AP"] == per_seed[5]["bckd"]["AP"]
     assert (out / "seed5" / "bckd" / "last.pt").stat().st_mtime_ns == stamp
 
-    # A finished run of other settings is refused, not reported as this configuration's.
+    # A finished run of other settings is refused, not reported as this configuration's, and before
+    # anything trains: seed 7 has no runs yet, and none is written for it.
     changed = tiny_config(tiny_scenes, "distill.loc_weight=2.0")
     with pytest.raises(InputError, match=r"seed5/bckd/last.pt: trained with other settings \(distill.loc_weight: 4.0 there, 2.0 now\)"):
-        run_seeds(changed, teacher, ["none", "bckd"], out, [5])
+        run_seeds(changed, teacher, ["none", "bckd"], out, [7, 5])
+    assert not (out / "seed7").exists()
     with pytest.raises(InputError, match="repeated seed"):
         run_seeds(cfg, teacher, ["none"], out, [0, 0])
