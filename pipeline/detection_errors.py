@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torchvision.ops import box_iou
+from torchvision.ops import box_convert, box_iou
 
+from deploy.coco import CocoDataset, load_coco
 from deploy.errors import InputError
+from deploy.evaluate import check_results
 from deploy.files import write_json
 from pipeline.cli import guarded
 from pipeline.config import load_config
@@ -44,60 +46,64 @@ def _tidecv():
     return tidecv
 
 
-def _read(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise InputError(f"{what} not found: {path}")
+def read_results(ds: CocoDataset, path: Path) -> list[dict[str, Any]]:
+    """A COCO results file, checked against the dataset as the evaluator checks it."""
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not JSON ({e})") from None
+        results = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: cannot be read as JSON: {e}") from None
+    if not isinstance(results, list):
+        raise InputError(f"{path}: expected a list of detections (COCO results format)")
+    check_results(ds, results, str(path))
+    return results
 
 
-def ground_truth(annotations: Path):
-    """A tidecv Data of the COCO annotation file's boxes (xywh); crowd boxes are ignore regions, as COCO
-    treats them. Built from the boxes alone: tidecv's own COCO reader needs segmentations."""
-    tidecv = _tidecv()
-    coco = _read(annotations, "annotation file")
-    gt = tidecv.Data(str(annotations))
+def tide_ground_truth(name: str, coco: dict[str, Any]):
+    """A tidecv Data of a COCO dict's boxes (xywh); crowd boxes are ignore regions, as COCO treats them.
+    Built from boxes: tidecv's own COCO reader needs segmentations."""
+    gt = _tidecv().Data(name)
     for image in coco["images"]:
-        gt.add_image(image["id"], image.get("file_name", str(image["id"])))
+        gt.add_image(image["id"], image["file_name"])
     for category in coco["categories"]:
         gt.add_class(category["id"], category["name"])
     for a in coco["annotations"]:
-        if a.get("iscrowd"):
+        if a["iscrowd"]:
             gt.add_ignore_region(a["image_id"], a["category_id"], box=a["bbox"])
         else:
             gt.add_ground_truth(a["image_id"], a["category_id"], box=a["bbox"])
     return gt
 
 
-def predictions(path: Path):
-    """A tidecv Data of a COCO results file (image_id, category_id, bbox xywh, score)."""
-    tidecv = _tidecv()
-    preds = tidecv.Data(str(path))
-    for d in _read(path, "predictions file"):
+def tide_detections(name: str, results: list[dict[str, Any]]):
+    """A tidecv Data of COCO results (image_id, category_id, bbox xywh, score)."""
+    preds = _tidecv().Data(name)
+    for d in results:
         preds.add_detection(d["image_id"], d["category_id"], d["score"], box=d["bbox"])
     return preds
 
 
-def xyxy(boxes: list[list[float]]) -> torch.Tensor:
-    b = torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4)
-    return torch.cat([b[:, :2], b[:, :2] + b[:, 2:]], dim=1)
+def _by_image(items) -> dict[int, list[dict[str, Any]]]:
+    groups: dict[int, list[dict[str, Any]]] = {}
+    for item in items:
+        groups.setdefault(item["image_id"], []).append(item)
+    return groups
+
+
+def _xyxy(boxes: list[list[float]]) -> torch.Tensor:
+    return box_convert(torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4), "xywh", "xyxy")
 
 
 def class_accuracy(coco: dict[str, Any], detections: list[dict[str, Any]]) -> dict[str, float]:
     """In percent: `found`, objects (crowds aside) covered at IoU >= 0.5 by a detection of any class;
     `class right`, the found ones whose highest-scoring covering detection has their class."""
-    by_image: dict[int, list[dict[str, Any]]] = {}
-    for d in detections:
-        by_image.setdefault(d["image_id"], []).append(d)
+    by_image = _by_image(detections)
     objects = found = right = 0
-    for image_id, objs in _group(a for a in coco["annotations"] if not a.get("iscrowd")).items():
+    for image_id, objs in _by_image(a for a in coco["annotations"] if not a["iscrowd"]).items():
         objects += len(objs)
         dets = by_image.get(image_id, [])
         if not dets:
             continue
-        covers = box_iou(xyxy([a["bbox"] for a in objs]), xyxy([d["bbox"] for d in dets])) >= 0.5
+        covers = box_iou(_xyxy([a["bbox"] for a in objs]), _xyxy([d["bbox"] for d in dets])) >= 0.5
         for obj, row in zip(objs, covers):
             candidates = [dets[j] for j in row.nonzero().flatten().tolist()]
             if candidates:
@@ -106,27 +112,24 @@ def class_accuracy(coco: dict[str, Any], detections: list[dict[str, Any]]) -> di
     return {"found": 100.0 * found / max(objects, 1), "class right": 100.0 * right / max(found, 1)}
 
 
-def _group(annotations) -> dict[int, list[dict[str, Any]]]:
-    groups: dict[int, list[dict[str, Any]]] = {}
-    for a in annotations:
-        groups.setdefault(a["image_id"], []).append(a)
-    return groups
-
-
 def breakdown(annotations: Path, paths: list[Path]) -> dict[str, dict[str, float]]:
     """{path: {'AP50', 'found', 'class right', 'Cls', 'Loc', 'Both', 'Dupe', 'Bkg', 'Miss', 'FalsePos',
-    'FalseNeg'}}: AP50 and the errors' costs in AP points, found and class right in percent."""
+    'FalseNeg'}}: AP50 and the errors' costs in AP points, found and class right in percent. The ground
+    truth is the evaluator's (deploy.coco.load_coco: validated, boxes clipped to their image)."""
     tidecv = _tidecv()
     missing = [p for p in paths if not p.is_file()]
     if missing:  # before minutes of work on the others
         raise InputError(f"predictions file not found: {missing[0]}")
-    gt, coco = ground_truth(annotations), _read(annotations, "annotation file")
+    ds = load_coco(str(annotations), str(annotations.parent), check_files=False)
+    coco = ds.to_coco_dict()
+    gt = tide_ground_truth(str(annotations), coco)
     results: dict[str, dict[str, float]] = {}
     for path in paths:
+        detections = read_results(ds, path)
         tide = tidecv.TIDE()
-        run = tide.evaluate(gt, predictions(path), mode=tidecv.TIDE.BOX, name=str(path))
+        run = tide.evaluate(gt, tide_detections(str(path), detections), mode=tidecv.TIDE.BOX, name=str(path))
         errors = tide.get_all_errors()
-        results[str(path)] = {"AP50": float(run.ap), **class_accuracy(coco, _read(path, "predictions file")),
+        results[str(path)] = {"AP50": float(run.ap), **class_accuracy(coco, detections),
                               **{k: float(errors["main"][str(path)][k]) for k in ERRORS},
                               **{k: float(errors["special"][str(path)][k]) for k in SPECIAL}}
     return results

@@ -51,3 +51,9 @@ def test_a_wrong_class_on_a_found_box_costs_what_hand_computed_ap_says(tmp_path,
     assert json.loads((tmp_path / "e.json").read_text())["results"][str(wrong_class)]["Cls"] == pytest.approx(25.0, abs=0.1)
     assert main([str(tmp_path / "nope.json"), "--annotations", str(gt)]) == 2
     assert "predictions file not found: " in capsys.readouterr().err
+    # A detection of a class the dataset lacks: one line naming the file and the entry, no JSON written.
+    foreign = write(tmp_path / "foreign.json", [{"image_id": 1, "category_id": 9, "bbox": [0, 0, 9, 9], "score": 0.5}])
+    assert main([str(foreign), "--annotations", str(gt), "--json", str(tmp_path / "f.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {foreign}: [0].category_id: 9 is not a category of {gt}") and err.count("\n") == 1
+    assert not (tmp_path / "f.json").exists()
