@@ -153,8 +153,8 @@ def seeds_table(summary: dict[str, dict[str, Any]], teacher: dict[str, Any]) -> 
 
 def run_seeds(cfg: PipelineConfig, path: Path, names: list[str], out: Path,
               seeds: list[int]) -> tuple[dict[int, dict[str, dict[str, Any]]], dict[str, Any]]:
-    """run_ablation once per seed (finished runs are reused); with more than one seed, also write
-    out/ablation-seeds.{md,json}. Returns ({seed: rows}, teacher metrics)."""
+    """run_ablation once per seed, every seed checked before any trains (finished runs are reused); with
+    more than one seed, also write out/ablation-seeds.{md,json}. Returns ({seed: rows}, teacher metrics)."""
     if len(set(seeds)) != len(seeds):
         raise InputError(f"--seeds: repeated seed in {seeds}")
     seeded = {seed: copy.deepcopy(cfg) for seed in seeds}
@@ -164,7 +164,7 @@ def run_seeds(cfg: PipelineConfig, path: Path, names: list[str], out: Path,
     per_seed: dict[int, dict[str, dict[str, Any]]] = {}
     teacher: dict[str, Any] = {}
     for seed, c in seeded.items():
-        per_seed[seed], teacher = run_ablation(c, path, names, seed_dir(out, seed, cfg.student.train.seed))
+        per_seed[seed], teacher = _train_variants(c, path, names, seed_dir(out, seed, cfg.student.train.seed))
     if len(seeds) > 1:
         summary = summarise(per_seed)
         text = seeds_table(summary, teacher)
@@ -205,9 +205,13 @@ def check_variants(cfg: PipelineConfig, path: Path, names: list[str], out: Path)
 
 
 def run_ablation(cfg: PipelineConfig, path: Path, names: list[str], out: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """Train each variant (finished ones are reused) and write out/ablation.{md,json}; return (rows,
-    teacher metrics)."""
+    """Check, then train each variant (finished ones are reused) and write out/ablation.{md,json}; return
+    (rows, teacher metrics)."""
     check_variants(cfg, path, names, out)
+    return _train_variants(cfg, path, names, out)
+
+
+def _train_variants(cfg: PipelineConfig, path: Path, names: list[str], out: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
     for name in names:
         variant = variant_config(cfg, name, out)
