@@ -120,6 +120,8 @@ def breakdown(annotations: Path, paths: list[Path]) -> dict[str, dict[str, float
     missing = [p for p in paths if not p.is_file()]
     if missing:  # before minutes of work on the others
         raise InputError(f"predictions file not found: {missing[0]}")
+    if not annotations.is_file():  # load_coco would first miss the image folder, which is not needed here
+        raise InputError(f"annotations file not found: {annotations}")
     ds = load_coco(str(annotations), str(annotations.parent), check_files=False)
     coco = ds.to_coco_dict()
     gt = tide_ground_truth(str(annotations), coco)
