@@ -43,7 +43,7 @@ def test_unknown_stage():
 
 
 def test_missing_dataset_folder(tmp_path):
-    proc = cli("run", "--config", DEFAULT, f"data.root={tmp_path / 'nowhere'}", "data.generator=null")
+    proc = cli("run", "--config", DEFAULT, f"data.root={tmp_path / 'nowhere'}", "data.generator=null", f"runs_dir={tmp_path / 'runs'}")
     assert_one_line_error(proc, "data.root: dataset folder not found", "nowhere")
 
 
@@ -67,7 +67,7 @@ def test_missing_image_is_caught_before_anything_else(tmp_path):
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    proc = cli("run", "--config", DEFAULT, "--debug", f"data.root={tmp_path / 'nowhere'}", "data.generator=null")
+    proc = cli("run", "--config", DEFAULT, "--debug", f"data.root={tmp_path / 'nowhere'}", "data.generator=null", f"runs_dir={tmp_path / 'runs'}")
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
