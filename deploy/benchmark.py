@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -30,59 +29,10 @@ from deploy.coco import image_dir_beside, load_coco  # noqa: E402
 from deploy.errors import InputError  # noqa: E402
 from deploy.files import write_json, write_text  # noqa: E402
 from deploy.latency import time_calls  # noqa: E402
+from deploy.machine import RUNTIME_PACKAGES, machine_info, machine_line  # noqa: E402
 from deploy.measure import measure_artifact, sample_images  # noqa: E402
 from deploy.runtimes import backend_for, open_runner  # noqa: E402
 from deploy.tegrastats import parse_line, summarize  # noqa: E402
-
-RUNTIME_PACKAGES = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu"), "openvino": ("openvino",),
-                    "tensorrt": ("tensorrt", "pycuda")}
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path, "rb") as f:
-            return f.read().replace(b"\x00", b"").decode(errors="replace").strip()
-    except OSError:
-        return None
-
-
-def _run(cmd: list[str]) -> str | None:
-    if not shutil.which(cmd[0]):
-        return None
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _version(package: str) -> str | None:
-    try:
-        from importlib.metadata import PackageNotFoundError, version
-    except ImportError:  # pragma: no cover  (3.8 has it; kept for odd builds)
-        return None
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
-
-
-def machine_info() -> dict:
-    """What the figures were measured on: CPU, threads, Python and runtime versions; on a Jetson its
-    model, L4T release, nvpmodel mode and whether jetson_clocks pinned the clocks."""
-    cpu = platform.processor() or platform.machine()
-    for line in (_read("/proc/cpuinfo") or "").splitlines():
-        if line.lower().startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    info = {"platform": platform.platform(), "cpu": cpu, "cpu_threads": os.cpu_count(),
-            "python": platform.python_version(), "numpy": np.__version__,
-            "runtimes": {p: _version(p) for ps in RUNTIME_PACKAGES.values() for p in ps if _version(p)}}
-    model = _read("/proc/device-tree/model")
-    if model and ("jetson" in model.lower() or os.path.exists("/etc/nv_tegra_release")):
-        clocks = _run(["jetson_clocks", "--show"])
-        info["jetson"] = {"model": model, "l4t": (_read("/etc/nv_tegra_release") or "").splitlines()[0:1],
-                          "nvpmodel": _run(["nvpmodel", "-q"]), "jetson_clocks_show": clocks}
-    return info
 
 
 class TegrastatsSampler:
@@ -126,23 +76,37 @@ def measure_power(runner, batch: int, iters: int) -> dict:
     return summarize(sampler.samples, runs * batch, seconds)
 
 
-def runner_options(backend: str, args: argparse.Namespace) -> dict:
+def split_artifact(spec: str) -> tuple[str, str | None]:
+    """'model_fp32.xml@bf16' -> ('model_fp32.xml', 'bf16'): one IR compiled with another inference
+    precision (OpenVINO); a plain path has none."""
+    path, sep, precision = spec.rpartition("@")
+    return (path, precision) if sep and path and not os.path.exists(spec) else (spec, None)
+
+
+def runner_options(backend: str, args: argparse.Namespace, threads: int | None, precision: str | None) -> dict:
+    if precision and backend != "openvino":
+        raise InputError(f"@{precision}: an inference precision applies to OpenVINO IRs only, not to {backend}")
     if backend == "onnxruntime":
-        return {"device": args.device or "cpu", "threads": args.threads}
+        return {"device": args.device or "cpu", "threads": threads}
     if backend == "openvino":
-        return {"device": args.device or "CPU", "threads": args.threads, "hint": args.hint}
+        return {"device": args.device or "CPU", "threads": threads, "hint": args.hint, "inference_precision": precision}
     return {"cuda_graph": args.cuda_graph}
 
 
-def benchmark(path: str, args: argparse.Namespace, coco, images) -> dict:
-    """One artifact's entry of the JSON."""
+def benchmark(spec: str, args: argparse.Namespace, coco, images, threads: int | None = None) -> dict:
+    """One artifact's entry of the JSON, at one thread setting."""
+    path, precision = split_artifact(spec)
     backend = backend_for(path, args.backend)
-    runner = open_runner(path, backend, **runner_options(backend, args))
+    runner = open_runner(path, backend, **runner_options(backend, args, threads, precision))
     if runner.batch and args.batch and args.batch != runner.batch:
         raise InputError(f"{path}: its batch is fixed at {runner.batch}; --batch {args.batch} needs a dynamic-batch export")
     _, _, height, width = runner.inputs[runner.input_name]
     metrics, _ = measure_artifact(runner, coco, (height, width), args.warmup, args.iters, images, args.batch)
     entry = {k: metrics[k] for k in ("artifact", "backend", "precision", "batch", "latency_ms", "throughput_ips", "size_mb")}
+    entry.update(inference_precision=precision, executed_precision=runner.executed_precision,
+                 execution=runner.execution, threads=runner.threads, threads_setting=threads or "default")
+    if runner.precision_warning:
+        entry["precision_warning"] = runner.precision_warning
     if coco is not None:
         entry.update(AP=metrics["AP"], AP50=metrics["AP50"], AP75=metrics["AP75"])
     if TegrastatsSampler.available():
@@ -152,26 +116,44 @@ def benchmark(path: str, args: argparse.Namespace, coco, images) -> dict:
 
 def table(entries: list) -> str:
     """Markdown table of the entries."""
-    lines = ["| artifact | backend | precision | batch | AP | AP50 | infer p50 ms | infer p99 ms | e2e p50 ms "
-             "| e2e p99 ms | images/s | W | mJ/image |", "|---" * 13 + "|"]
+    lines = ["| artifact | backend | precision | executed | threads | batch | AP | AP50 | infer p50 ms | infer p99 ms "
+             "| e2e p50 ms | e2e p99 ms | images/s | W | mJ/image |", "|---" * 15 + "|"]
     for e in entries:
         inf, e2e, power = e["latency_ms"]["infer"], e["latency_ms"]["end_to_end"], e.get("power", {})
         ap = f"{100 * e['AP']:.1f} | {100 * e['AP50']:.1f}" if "AP" in e else "- | -"
-        lines.append(f"| {os.path.basename(e['artifact'])} | {e['backend']} | {e['precision']} | {e['batch']} | {ap} "
-                     f"| {inf['p50']:.2f} | {inf['p99']:.2f} | {e2e['p50']:.2f} | {e2e['p99']:.2f} "
+        name = os.path.basename(e["artifact"]) + (f"@{e['inference_precision']}" if e.get("inference_precision") else "")
+        executed = e.get("executed_precision", "-") + (" (!)" if e.get("precision_warning") else "")
+        lines.append(f"| {name} | {e['backend']} | {e['precision']} | {executed} | {e.get('threads') or '-'} | {e['batch']} "
+                     f"| {ap} | {inf['p50']:.2f} | {inf['p99']:.2f} | {e2e['p50']:.2f} | {e2e['p99']:.2f} "
                      f"| {e['throughput_ips']:.1f} | {power.get('mean_w', '-')} | {power.get('energy_per_image_mj', '-')} |")
     return "\n".join(lines)
 
 
+def thread_settings(text: str | None) -> list[int | None]:
+    """--threads '1,2' -> [1, 2]; None -> [None] (the runtime's default)."""
+    if not text:
+        return [None]
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise InputError(f"--threads {text}: expected a number or a comma-separated list (1,2)") from None
+    if any(v < 1 for v in values):
+        raise InputError(f"--threads {text}: thread counts must be at least 1")
+    return values
+
+
 def parse_args(argv: list | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="deploy/benchmark.py", description=__doc__.split("\n")[0])
-    parser.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help=".onnx, OpenVINO .xml or TensorRT .engine")
+    parser.add_argument("artifacts", nargs="+", metavar="ARTIFACT",
+                        help=".onnx, OpenVINO .xml or TensorRT .engine; model_fp32.xml@bf16 compiles an IR with another "
+                             "inference precision (f32, bf16, f16)")
     parser.add_argument("--backend", choices=sorted(set(RUNTIME_PACKAGES)), help="override the runtime the suffix implies")
     parser.add_argument("--device", help="onnxruntime: cpu|cuda; openvino: CPU|GPU|NPU|AUTO")
     parser.add_argument("--batch", type=int, help="batch size for dynamic-batch artifacts (static ones keep theirs)")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--iters", type=int, default=100)
-    parser.add_argument("--threads", type=int, help="runtime threads (default: the runtime's)")
+    parser.add_argument("--threads", help="runtime threads, or a list (1,2) to time each artifact at each (default: the runtime's)")
+    parser.add_argument("--rounds", type=int, default=1, help="time the whole list this many times, alternating (noisy machines)")
     parser.add_argument("--hint", default="LATENCY", help="OpenVINO performance hint")
     parser.add_argument("--cuda-graph", action="store_true", help="TensorRT: capture inference in a CUDA graph")
     parser.add_argument("--data", help="COCO annotations json; images in the folder the COCO layout puts them")
@@ -183,24 +165,33 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
 def main(argv: list | None = None) -> int:
     args = parse_args(argv)
     try:
+        threads = thread_settings(args.threads)
         coco = load_coco(args.data, image_dir_beside(args.data)) if args.data else None
         images = sample_images(coco, 8) if coco is not None else None
         entries = []
-        for path in args.artifacts:
-            entries.append(benchmark(path, args, coco, images))
-            print(f"{path}: done", file=sys.stderr, flush=True)
+        for round_index in range(max(args.rounds, 1)):
+            for spec in args.artifacts:
+                for t in threads:
+                    entry = benchmark(spec, args, coco if round_index == 0 else None, images, t)
+                    entry["round"] = round_index
+                    entries.append(entry)
+                    print(f"{spec}{f' ({t} threads)' if t else ''}: done", file=sys.stderr, flush=True)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     text = table(entries)
     print(text)
-    result = {"machine": machine_info(), "results": entries,
-              "settings": {"warmup": args.warmup, "iters": args.iters, "threads": args.threads, "data": args.data}}
+    machine = machine_info()
+    result = {"machine": machine, "results": entries,
+              "settings": {"warmup": args.warmup, "iters": args.iters, "threads": args.threads, "rounds": args.rounds,
+                           "data": args.data}}
     if args.json:
         write_json(args.json, result)
     if args.markdown:
-        write_text(args.markdown, f"# Benchmark\n\nMachine: {result['machine']['cpu']}, {result['machine']['cpu_threads']} "
-                   f"threads. Latency in ms per batch, {args.iters} timed iterations after {args.warmup} warm-up.\n\n{text}\n")
+        warnings = [f"- {e['precision_warning']}" for e in entries if e.get("precision_warning")]
+        write_text(args.markdown, f"# Benchmark\n\nMachine: {machine_line(machine)}. Latency in ms per batch, {args.iters} "
+                   f"timed iterations after {args.warmup} warm-up. `executed`: what the runtime reports it runs "
+                   f"(read back after loading).\n\n{text}\n" + ("\n" + "\n".join(warnings) + "\n" if warnings else ""))
     return 0
 
 

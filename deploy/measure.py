@@ -51,6 +51,8 @@ def measure_artifact(runner: Any, coco: CocoDataset | None, input_size: tuple[in
     applies to a dynamic-batch artifact; a static one runs at its own."""
     batch = runner.batch or batch or 1
     metrics: dict[str, Any] = {"artifact": runner.path, "backend": runner.backend, "precision": runner.precision,
+                               "executed_precision": runner.executed_precision, "execution": runner.execution,
+                               "precision_warning": runner.precision_warning,
                                "batch": batch, "size_mb": artifact_size_mb(runner.path)}
     results: list = []
     if coco is not None:

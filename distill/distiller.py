@@ -21,6 +21,7 @@ from distill.losses.bckd import bckd_cls_loss, bckd_loc_loss
 from distill.losses.detection import head_loss
 from distill.losses.kd import ld_loss, softmax_kd_loss
 from distill.models.detector import ModelConfig
+from distill.models.probe import probe
 
 METHODS = ("none", "bckd", "kd", "ld")
 
@@ -57,9 +58,8 @@ def check_pair(teacher: nn.Module, student: nn.Module, teacher_classes: list[str
         raise InputError(f"{teacher_source}: teacher ({teacher.cfg.name}) has {t_k} anchors per location, student "
                          f"({student.cfg.name}) {s_k}; BCKD pairs them anchor by anchor, so the anchor layouts must match")
     device = next(student.parameters()).device
-    with torch.no_grad():
-        t = teacher.float()(torch.zeros(1, 3, *(teacher_input_size or input_size), device=device))
-        s = student(torch.zeros(1, 3, *input_size, device=device))
+    t = probe(teacher.float(), torch.zeros(1, 3, *(teacher_input_size or input_size), device=device))
+    s = probe(student, torch.zeros(1, 3, *input_size, device=device))
     t_levels = torch.unique_consecutive(t["strides"], return_counts=True)
     s_levels = torch.unique_consecutive(s["strides"], return_counts=True)
     for what, a, b in (("strides", t_levels[0], s_levels[0]), ("locations per level", t_levels[1], s_levels[1])):
@@ -105,7 +105,10 @@ class Distiller:
             t_out = self.teacher(images.half() if self.half else images)
         n, a, c = out["cls_logits"].shape
         s_logits, t_logits = out["cls_logits"].reshape(n * a, c), t_out["cls_logits"].reshape(n * a, c)
-        weight = self._level_mask(out, assigned.labels, n) if self.cfg.positive_levels_only else None
+        weight = assigned.valid.float() if assigned.valid is not None else None  # padding: weight 0 (w_i)
+        if self.cfg.positive_levels_only:
+            level = self._level_mask(out, assigned.labels, n)
+            weight = level if weight is None else weight * level
         terms: dict[str, tuple[torch.Tensor, float]] = {}
         if self.cfg.method == "bckd":
             if "cls" in self.cfg.terms:
@@ -119,13 +122,13 @@ class Distiller:
                 terms["bckd_loc"] = (bckd_loc_loss(s_boxes, t_boxes, s_logits, t_logits, loc_weight, assigned.num_pos),
                                      self.cfg.loc_weight)
         elif self.cfg.method == "kd":
-            terms["kd"] = (softmax_kd_loss(s_logits, t_logits, self.cfg.kd_temperature, assigned.num_pos), self.cfg.kd_weight)
+            terms["kd"] = (softmax_kd_loss(s_logits, t_logits, self.cfg.kd_temperature, assigned.num_pos, weight), self.cfg.kd_weight)
         elif self.cfg.method == "ld":
             pos = assigned.labels >= 0
             r = out["bbox_dists"].shape[-1]
             s_d, t_d = out["bbox_dists"].reshape(n * a, 4, r)[pos], t_out["bbox_dists"].reshape(n * a, 4, r)[pos]
             q = s_logits[pos].detach().float().sigmoid().max(dim=1).values
-            terms["ld"] = (ld_loss(s_d, t_d, q, max(float(q.sum()), 1.0), self.cfg.ld_temperature), self.cfg.ld_weight)
+            terms["ld"] = (ld_loss(s_d, t_d, q, self.cfg.ld_temperature), self.cfg.ld_weight)
         for name, (raw, w) in terms.items():
             losses[f"loss_{name}"] = raw * w
             losses[f"raw_{name}"] = raw.detach()

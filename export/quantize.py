@@ -29,15 +29,23 @@ from deploy.preprocess import load_image, preprocess
 
 MIN_CALIBRATION_IMAGES = 8
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-ARTIFACTS = ("onnxruntime_int8", "openvino_fp32", "openvino_fp16", "openvino_int8")
+ARTIFACTS = ("onnxruntime_int8", "openvino_fp32", "openvino_bf16", "openvino_fp16", "openvino_int8")
+# The inference precision (OpenVINO INFERENCE_PRECISION_HINT) each OpenVINO artifact compiles with unless
+# quantize.inference_precision says otherwise; openvino_bf16 is the FP32 IR run in bf16, no file of its own.
+OPENVINO_INFERENCE = {"openvino_fp32": "f32", "openvino_bf16": "bf16", "openvino_fp16": "f32", "openvino_int8": "f32"}
 
 
 @dataclass
 class QuantizeConfig:
     # which to build and measure; onnxruntime_int8_cpu (uint8 activations, ONNX Runtime's fast x86 path,
     # not for TensorRT) is extra
-    artifacts: list[Literal["onnxruntime_int8", "onnxruntime_int8_cpu", "openvino_fp32", "openvino_fp16",
+    # openvino_bf16 (the FP32 IR compiled for bf16 arithmetic) is built where the CPU reports BF16, and
+    # listed as skipped, with the reason, elsewhere.
+    artifacts: list[Literal["onnxruntime_int8", "onnxruntime_int8_cpu", "openvino_fp32", "openvino_bf16", "openvino_fp16",
                             "openvino_int8"]] = field(default_factory=lambda: list(ARTIFACTS))
+    # Per OpenVINO artifact, the inference precision to compile with (f32 | bf16 | f16), overriding
+    # OPENVINO_INFERENCE: e.g. {openvino_fp16: f16} for f16 arithmetic on a CPU that has it.
+    inference_precision: dict[str, str] = field(default_factory=dict)
     calib_images: int = 300  # drawn from the train split, never val
     calibration: Literal["minmax", "entropy", "percentile"] = "minmax"  # ONNX Runtime's calibrator
     seed: int = 0  # which training images calibrate

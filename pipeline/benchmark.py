@@ -25,15 +25,30 @@ from pipeline.config import PipelineConfig, load_config
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "benchmark.py"
 
 
-def artifacts(cfg: PipelineConfig) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """(runnable artifacts, [(artifact, why skipped)]) of the run."""
+def spec_of(path: Path, inference_precision: str | None) -> str:
+    """deploy/benchmark.py's artifact argument: the path, with @precision for an IR compiled otherwise than f32."""
+    return f"{path}@{inference_precision}" if inference_precision not in (None, "f32") else str(path)
+
+
+def artifacts(cfg: PipelineConfig) -> tuple[list[str], list[tuple[str, str]]]:
+    """(runnable artifacts as deploy/benchmark.py arguments, [(artifact, why skipped)]) of the run. OpenVINO
+    IRs run with the inference precision the quantize stage measured them with (openvino_bf16 is the FP32 IR @bf16)."""
     run = cfg.run_dir
     found = [run / "export" / "model.onnx", run / "quantize" / "model.int8.onnx", run / "quantize" / "model.int8.cpu.onnx",
              *sorted((run / "quantize" / "openvino").glob("model_*.xml")), *sorted((run / "engines").glob("*.engine"))]
     found = [p for p in found if p.is_file()]
+    quantize_json = run / "quantize" / "metrics.json"
+    quantized = json.loads(quantize_json.read_text()) if quantize_json.is_file() else {}
+    specs: list[str] = []
+    for p in found:
+        asked = [m.get("inference_precision") for m in quantized.get("artifacts", {}).values()
+                 if Path(m["artifact"]).resolve() == p.resolve()]
+        specs += [spec_of(p, ip) for ip in dict.fromkeys(asked or [None])]
+    skipped = [(f"{run / 'quantize' / 'openvino' / 'model_fp32.xml'}@bf16 ({name})", why)
+               for name, why in quantized.get("skipped", {}).items()]
     trt_reason = available()
-    runnable = [p for p in found if p.suffix != ".engine" or not trt_reason]
-    skipped = [(p, trt_reason) for p in found if p.suffix == ".engine" and trt_reason]
+    runnable = [s for s in specs if not s.endswith(".engine") or not trt_reason]
+    skipped += [(s, trt_reason) for s in specs if s.endswith(".engine") and trt_reason]
     return runnable, skipped
 
 
@@ -46,7 +61,7 @@ def run_benchmark(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> 
     if not runnable:
         raise InputError(f"nothing to benchmark in {cfg.run_dir}: run the export and quantize stages first")
     bc = cfg.benchmark
-    cmd = [sys.executable, str(DEPLOY), *map(str, runnable), "--warmup", str(bc.warmup), "--iters", str(bc.iters),
+    cmd = [sys.executable, str(DEPLOY), *runnable, "--warmup", str(bc.warmup), "--iters", str(bc.iters),
            "--json", str(out_dir / "benchmark.json"), "--markdown", str(out_dir / "benchmark.md")]
     if bc.evaluate:
         cmd += ["--data", str(Path(cfg.data.root) / cfg.data.val_annotations)]

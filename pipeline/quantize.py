@@ -4,7 +4,8 @@
     python -m pipeline.quantize --config configs/pipelines/default.yaml [key=value ...]
 
 Writes runs/<run>/quantize/: model.int8.onnx (and model.int8.cpu.onnx on request),
-openvino/model_{fp32,fp16,int8}.xml (+ .bin),
+openvino/model_{fp32,fp16,int8}.xml (+ .bin; openvino_bf16 is model_fp32.xml compiled for bf16 arithmetic,
+where the CPU has it),
 predictions_<artifact>.json, metrics.json ({"artifacts": {name: metrics}, ...}) and table.md, the
 table across every artifact (PyTorch and ONNX Runtime FP32 from the export stage included).
 """
@@ -27,7 +28,9 @@ from deploy.files import check_writable, write_json, write_text
 from deploy.measure import measure_artifact, sample_images
 from deploy.predict import predict, runner_infer
 from deploy.runtimes import open_runner
+from deploy.runtimes.openvino import INFERENCE_PRECISIONS, check_inference_precision, device_capabilities
 from export.quantize import (
+    OPENVINO_INFERENCE,
     AccuracyControl,
     calibration_paths,
     keep_float_until,
@@ -48,14 +51,35 @@ SENSITIVITY_IMAGES = 32  # calibration images the per-layer sensitivity is measu
 
 def format_table(rows: dict[str, dict[str, Any]], reference_ap: float) -> str:
     """Markdown table, one row per artifact: accuracy, its change against PyTorch FP32, latency, size."""
-    lines = ["| artifact | runtime | precision | AP | AP50 | AP75 | ΔAP vs PyTorch | infer p50 ms | infer p99 ms "
-             "| e2e p50 ms | images/s | size MB |", "|---" * 12 + "|"]
+    lines = ["| artifact | runtime | precision | executed | AP | AP50 | AP75 | ΔAP vs PyTorch | infer p50 ms | infer p99 ms "
+             "| e2e p50 ms | images/s | size MB |", "|---" * 13 + "|"]
     for name, m in rows.items():
         lat, e2e = m["latency_ms"]["infer"], m["latency_ms"]["end_to_end"]
-        lines.append(f"| {name} | {m['backend']} | {m['precision']} | {100 * m['AP']:.1f} | {100 * m['AP50']:.1f} "
+        executed = m.get("executed_precision", m["precision"]) + (" (!)" if m.get("precision_warning") else "")
+        lines.append(f"| {name} | {m['backend']} | {m['precision']} | {executed} | {100 * m['AP']:.1f} | {100 * m['AP50']:.1f} "
                      f"| {100 * m['AP75']:.1f} | {100 * (m['AP'] - reference_ap):+.2f} | {lat['p50']:.2f} | {lat['p99']:.2f} "
                      f"| {e2e['p50']:.2f} | {lat['throughput_ips']:.1f} | {m['size_mb']:.2f} |")
     return "\n".join(lines)
+
+
+def openvino_inference(qc) -> dict[str, str]:
+    """The inference precision of every OpenVINO artifact: the defaults, then quantize.inference_precision."""
+    for name, value in qc.inference_precision.items():
+        if name not in OPENVINO_INFERENCE:
+            raise InputError(f"quantize.inference_precision: '{name}' is no OpenVINO artifact; valid: {', '.join(OPENVINO_INFERENCE)}")
+        check_inference_precision(value, f"quantize.inference_precision.{name}")
+    return {**OPENVINO_INFERENCE, **qc.inference_precision}
+
+
+def missing_capability(inference: str, device: str = "CPU") -> str | None:
+    """Why this device cannot run `inference` arithmetic (None: it can), from its OPTIMIZATION_CAPABILITIES."""
+    import openvino as ov
+
+    capability = INFERENCE_PRECISIONS[inference][1]
+    capabilities = device_capabilities(ov.Core(), device)
+    if capability in capabilities:
+        return None
+    return f"{device} reports no {capability} in OPTIMIZATION_CAPABILITIES ({', '.join(capabilities)})"
 
 
 def _ap_of(infer, coco, input_size: tuple[int, int], batch: int | None) -> float:
@@ -83,11 +107,18 @@ def run_quantize(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> d
                "onnxruntime": {"threads": threads}}
     rows: dict[str, dict[str, Any]] = {}
 
+    inference = openvino_inference(qc)
+    skipped: dict[str, str] = {}
+
     def measure(name: str, path: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        runner = open_runner(str(path), **options["openvino" if path.suffix == ".xml" else "onnxruntime"])
+        if path.suffix == ".xml":
+            runner = open_runner(str(path), **options["openvino"], inference_precision=inference[name])
+        else:
+            runner = open_runner(str(path), **options["onnxruntime"])
         metrics, results = measure_artifact(runner, val, input_size, ec.warmup, ec.iters, decoded)
         metrics.update(extra or {}, delta_AP_vs_pytorch=metrics["AP"] - exported["pytorch"]["AP"],
-                       delta_AP_vs_fp32=metrics["AP"] - exported["onnxruntime_fp32"]["AP"])
+                       delta_AP_vs_fp32=metrics["AP"] - exported["onnxruntime_fp32"]["AP"],
+                       inference_precision=inference.get(name))
         write_json(out_dir / f"predictions_{name}.json", results)
         rows[name] = metrics
         print(f"[quantize] {name}: AP {100 * metrics['AP']:.2f} ({100 * metrics['delta_AP_vs_fp32']:+.2f} vs FP32), "
@@ -106,8 +137,19 @@ def run_quantize(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> d
             if "onnxruntime_int8_cpu" in qc.artifacts:
                 measure("onnxruntime_int8_cpu", quantize_onnxruntime(prepared, out_dir / "model.int8.cpu.onnx", paths,
                                                                      input_size, method=qc.calibration, symmetric=False))
-    if "openvino_fp32" in qc.artifacts or "openvino_int8" in qc.artifacts:
-        measure("openvino_fp32", openvino_ir(fp32, out_dir / "openvino" / "model_fp32.xml"))
+    if {"openvino_fp32", "openvino_bf16", "openvino_int8"} & set(qc.artifacts):
+        fp32_xml = openvino_ir(fp32, out_dir / "openvino" / "model_fp32.xml")
+        measure("openvino_fp32", fp32_xml)
+        if "openvino_bf16" in qc.artifacts:
+            why = missing_capability(inference["openvino_bf16"])
+            if not why:
+                try:
+                    measure("openvino_bf16", fp32_xml)
+                except InputError as e:  # reported, yet no kernels (a capped ISA, ONEDNN_MAX_CPU_ISA)
+                    why = str(e)
+            if why:
+                skipped["openvino_bf16"] = why
+                print(f"[quantize] openvino_bf16 skipped: {why}", flush=True)
     if "openvino_fp16" in qc.artifacts:
         measure("openvino_fp16", openvino_ir(fp32, out_dir / "openvino" / "model_fp16.xml", fp16=True))
     if "openvino_int8" in qc.artifacts:
@@ -118,7 +160,8 @@ def run_quantize(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> d
 
     everything = {"pytorch": exported["pytorch"], "onnxruntime_fp32": exported["onnxruntime_fp32"], **rows}
     table = format_table(everything, exported["pytorch"]["AP"])
-    result = {"artifacts": rows, "reference": {"pytorch_AP": exported["pytorch"]["AP"], "fp32_AP": float_ap / 100},
+    result = {"artifacts": rows, "skipped": skipped,
+              "reference": {"pytorch_AP": exported["pytorch"]["AP"], "fp32_AP": float_ap / 100},
               "calibration": {"images": len(paths), "method": qc.calibration, "seed": qc.seed},
               "gate": {"max_map_drop": qc.max_map_drop}}
     write_json(out_dir / "metrics.json", result)

@@ -15,9 +15,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from deploy.benchmark import machine_info
 from deploy.errors import InputError
 from deploy.files import write_json, write_text
+from deploy.machine import machine_info, machine_line
 from pipeline.config import PipelineConfig
 from pipeline.plots import pareto_front, plot_ap_bars, plot_ap_latency, plot_training
 from pipeline.stage_state import read_state, versions
@@ -25,7 +25,7 @@ from pipeline.stage_state import read_state, versions
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # Which row each artifact is compared with as "the previous stage".
 PREVIOUS = {"onnxruntime_fp32": "distill", "onnxruntime_int8": "onnxruntime_fp32", "onnxruntime_int8_cpu": "onnxruntime_fp32",
-            "openvino_fp32": "onnxruntime_fp32", "openvino_fp16": "openvino_fp32", "openvino_int8": "openvino_fp32",
+            "openvino_fp32": "onnxruntime_fp32", "openvino_bf16": "openvino_fp32", "openvino_fp16": "openvino_fp32", "openvino_int8": "openvino_fp32",
             "tensorrt_fp32": "onnxruntime_fp32", "tensorrt_fp16": "onnxruntime_fp32", "tensorrt_int8": "onnxruntime_int8"}
 
 
@@ -40,12 +40,17 @@ def _row(stage: str, name: str, metrics: dict[str, Any], latency: dict[str, Any]
     infer, e2e = (latency or {}).get("infer"), (latency or {}).get("end_to_end")
     return {
         "stage": stage, "name": name, "artifact": metrics.get("artifact"), "runtime": metrics.get("backend", "pytorch"),
-        "precision": metrics.get("precision", "fp32"), **{k: metrics.get(k) for k in METRICS},
+        "precision": metrics.get("precision", "fp32"), "executed_precision": metrics.get("executed_precision"),
+        "precision_warning": metrics.get("precision_warning"), **{k: metrics.get(k) for k in METRICS},
         "latency_ms": {"p50": infer["p50"], "p99": infer["p99"]} if infer else None,
         "e2e_latency_ms": {"p50": e2e["p50"], "p99": e2e["p99"]} if e2e else None,
         "throughput_ips": infer["throughput_ips"] if infer else None,
         "size_mb": metrics.get("size_mb"), "params": model.get("params"), "gflops": model.get("gflops"),
     }
+
+
+def timing_key(artifact: str, inference_precision: str | None) -> tuple[Path, str | None]:
+    return Path(artifact).resolve(), None if inference_precision in (None, "f32") else inference_precision
 
 
 def collect_rows(cfg: PipelineConfig) -> list[dict[str, Any]]:
@@ -68,9 +73,11 @@ def collect_rows(cfg: PipelineConfig) -> list[dict[str, Any]]:
         m = _read(run / "engines" / f"metrics_{precision}.json")
         if m:
             artifacts[f"tensorrt_{precision}"] = ("engines", m)
-    timed = {Path(e["artifact"]).resolve(): e["latency_ms"] for e in _read(run / "benchmark" / "benchmark.json").get("results", [])}
+    # One file may be several artifacts (the FP32 IR compiled for f32 and for bf16): key by both.
+    timed = {timing_key(e["artifact"], e.get("inference_precision")): e["latency_ms"]
+             for e in _read(run / "benchmark" / "benchmark.json").get("results", []) if not e.get("round")}
     for name, (stage, m) in artifacts.items():
-        latency = timed.get(Path(m["artifact"]).resolve(), m.get("latency_ms"))
+        latency = timed.get(timing_key(m["artifact"], m.get("inference_precision")), m.get("latency_ms"))
         rows.append(_row(stage, name, m, latency, model))
     by_name = {r["name"]: r for r in rows}
     teacher = by_name.get("teacher")
@@ -95,7 +102,8 @@ def _fmt(value: Any, spec: str, scale: float = 1.0, sign: bool = False) -> str:
 
 def table_cells(r: dict[str, Any]) -> list[str]:
     lat, e2e = r["latency_ms"] or {}, r["e2e_latency_ms"] or {}
-    return [r["name"] + (" *" if r["pareto"] else ""), r["runtime"], r["precision"],
+    executed = (r.get("executed_precision") or "-") + (" (!)" if r.get("precision_warning") else "")
+    return [r["name"] + (" *" if r["pareto"] else ""), r["runtime"], r["precision"], executed,
             *(_fmt(r[k], ".1f", 100) for k in ("AP", "AP50", "AP75", "APs")),
             _fmt(r["delta_AP_previous"], ".2f", 100, True) + (f" ({r['previous']})" if r["previous"] else ""),
             _fmt(r["delta_AP_teacher"], ".2f", 100, True),
@@ -103,7 +111,7 @@ def table_cells(r: dict[str, Any]) -> list[str]:
             _fmt(r["throughput_ips"], ".1f"), _fmt(r["size_mb"], ".2f"), _fmt(r["params"], ".2f", 1e-6), _fmt(r["gflops"], ".2f")]
 
 
-HEADER = ["artifact", "runtime", "precision", "AP", "AP50", "AP75", "APs", "ΔAP vs previous", "ΔAP vs teacher",
+HEADER = ["artifact", "runtime", "precision", "executed", "AP", "AP50", "AP75", "APs", "ΔAP vs previous", "ΔAP vs teacher",
           "infer p50 ms", "infer p99 ms", "e2e p50 ms", "e2e p99 ms", "images/s", "size MB", "params M", "GFLOPs"]
 
 
@@ -130,6 +138,11 @@ def notes(cfg: PipelineConfig) -> list[str]:
         out.append(f"TensorRT engines not built on this machine: {engines['skipped']}.")
     for skipped in _read(cfg.run_dir / "benchmark" / "benchmark.json").get("skipped", []):
         out.append(f"Not timed here: {skipped['artifact']} ({skipped['reason']}).")
+    for name, why in _read(cfg.run_dir / "quantize" / "metrics.json").get("skipped", {}).items():
+        out.append(f"Not built here: {name} ({why}).")
+    for name, m in _read(cfg.run_dir / "quantize" / "metrics.json").get("artifacts", {}).items():
+        if m.get("precision_warning"):
+            out.append(f"{name}: {m['precision_warning'].removeprefix('warning: ')}.")
     return out
 
 
@@ -158,7 +171,7 @@ def write_report(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> d
 def _machine_line(report: dict[str, Any]) -> str:
     m, v = report["machine"], report["versions"]
     libs = ", ".join(f"{k} {v[k]}" for k in ("torch", "onnxruntime", "openvino", "tensorrt"))
-    return f"{m['cpu']} ({m['cpu_threads']} threads), {m['platform']}; Python {v['python']}, {libs}"
+    return f"{machine_line(m)}, {m['platform']}; Python {v['python']}, {libs}"
 
 
 def render_markdown(report: dict[str, Any], plots: dict[str, Path]) -> str:
@@ -166,6 +179,7 @@ def render_markdown(report: dict[str, Any], plots: dict[str, Path]) -> str:
     lines = [f"# edgekd report: {report['run']}", "",
              f"Machine: {_machine_line(report)}.", "",
              "AP in percent on the whole val split; ΔAP in AP points; latency in ms at batch 1. "
+             "`executed`: the precision the runtime reports its convolutions run in (`(!)`: not what was asked). "
              "`*` marks the Pareto front (no other artifact is both at least as fast and at least as accurate).", "",
              markdown_table(report["rows"]), "", f"Stage wall times: {stages}.", ""]
     lines += [f"- {note}" for note in report["notes"]] + ([""] if report["notes"] else [])

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deploy.benchmark import split_artifact
 from deploy.errors import GateError
 from deploy.files import write_json, write_text
 from pipeline.benchmark import artifacts as benchmark_artifacts
@@ -114,7 +115,8 @@ STAGE_TABLE: dict[str, Stage] = {
                          [cfg.run_dir / "quantize" / "model.int8.onnx"] if "int8" in cfg.engines.precisions else []),
                      ("export", "quantize")),
     "benchmark": Stage(run_benchmark, lambda cfg: {"benchmark": cfg.benchmark},
-                       lambda cfg: benchmark_artifacts(cfg)[0], ("export", "quantize", "engines")),
+                       lambda cfg: sorted({Path(split_artifact(s)[0]) for s in benchmark_artifacts(cfg)[0]}),
+                       ("export", "quantize", "engines")),
     "report": Stage(_report, lambda cfg: {}, _report_inputs,
                     ("data", "teacher", "student", "distill", "export", "quantize", "engines", "benchmark"),
                     lambda cfg: [cfg.run_dir / f"report.{ext}" for ext in ("md", "json", "html")]),

@@ -1,8 +1,10 @@
 """Runtime runners with one interface: `open_runner(path)` picks the runtime by file suffix.
 
 A runner has `inputs` and `outputs` ({name: shape}, -1 for a dynamic axis), `batch` (the fixed batch
-size, or None when dynamic), `precision`, `backend`, `warmup(n)` and `infer(images) -> {name: array}`
-on a preprocessed float32 [N, 3, H, W] batch. The runtime library is imported when a runner is opened,
+size, or None when dynamic), `precision` (what the artifact is), `executed_precision` (what the
+runtime reports it runs: read back after loading), `execution` (the details behind it: kernels,
+threads), `precision_warning` (a line when the two disagree, else None), `backend`, and
+`infer(images) -> {name: array}` on a preprocessed float32 [N, 3, H, W] batch. The runtime library is imported when a runner is opened,
 so a device needs only the runtime it uses.
 """
 

@@ -60,6 +60,12 @@ class TensorRTRunner:
         self.context = self.engine.create_execution_context()
         self.stream = cuda.Stream()
         self.path, self.precision = str(path), self.meta.get("precision", "unknown")
+        # TensorRT chooses each layer's precision among those the build allowed; without an engine built
+        # at DETAILED profiling verbosity that choice is not readable here, so what ran is what was allowed.
+        self.executed_precision = self.precision
+        self.execution = {"gpu": self.meta.get("gpu"), "dla_core": self.meta.get("dla_core"), "allowed": self.precision}
+        self.threads = None
+        self.precision_warning = None
         self.named = parse_version(trt.__version__) >= (8, 5)
         self.inputs, self.outputs = {}, {}
         self.dtypes: dict[str, Any] = {}
@@ -158,12 +164,6 @@ class TensorRTRunner:
         self.stream.synchronize()
         self.gpu_ms = start.time_till(end)
         return {name: np.array(self.buffers[name][0]) for name in self.outputs}
-
-    def warmup(self, n: int = 5) -> None:
-        shape = [d if d > 0 else 1 for d in self.inputs[self.input_name]]
-        dummy = np.zeros(shape, dtype=np.float32)
-        for _ in range(n):
-            self.infer(dummy)
 
 
 def available() -> str | None:

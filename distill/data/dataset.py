@@ -15,7 +15,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from deploy.coco import CocoDataset
-from deploy.preprocess import preprocess
+from deploy.preprocess import Letterbox, preprocess
 
 AUGMENTATIONS = ("hflip", "photometric", "zoom_out", "iou_crop")
 
@@ -38,8 +38,16 @@ def build_augmentation(names: list[str]) -> v2.Compose:
     return v2.Compose(steps)
 
 
+def image_region(lb: Letterbox) -> tuple[float, float, float, float]:
+    """The resized image's own part of the letterboxed input, xyxy input pixels (the rest is padding)."""
+    new_w = max(1, int(round(lb.orig_width * lb.scale)))
+    new_h = max(1, int(round(lb.orig_height * lb.scale)))
+    return (float(lb.pad_x), float(lb.pad_y), float(lb.pad_x + new_w), float(lb.pad_y + new_h))
+
+
 class DetectionDataset(Dataset):
-    """Items: (image [3, H, W] float32, {'boxes': [K, 4] xyxy input pixels, 'labels': [K], 'image_id'})."""
+    """Items: (image [3, H, W] float32, {'boxes': [K, 4] xyxy input pixels, 'labels': [K], 'image_id',
+    'valid': [4] the image's own region, xyxy input pixels, outside which the letterbox pads})."""
 
     def __init__(self, coco: CocoDataset, input_size: tuple[int, int], augment: list[str] | None = None, seed: int = 0):
         self.coco, self.input_size, self.seed, self.epoch = coco, tuple(input_size), seed, 0
@@ -70,7 +78,8 @@ class DetectionDataset(Dataset):
         x, lb = preprocess(np.ascontiguousarray(image), self.input_size)
         boxes = boxes * lb.scale + np.array([lb.pad_x, lb.pad_y, lb.pad_x, lb.pad_y], np.float32)
         target = {"boxes": torch.from_numpy(boxes.astype(np.float32)).reshape(-1, 4),
-                  "labels": torch.from_numpy(labels.astype(np.int64)), "image_id": iid}
+                  "labels": torch.from_numpy(labels.astype(np.int64)), "image_id": iid,
+                  "valid": torch.tensor(image_region(lb), dtype=torch.float32)}
         return torch.from_numpy(x), target
 
 

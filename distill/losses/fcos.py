@@ -58,7 +58,7 @@ def assign_targets(outputs: dict[str, torch.Tensor], targets: list[dict[str, tor
     points, strides = outputs["points"], outputs["strides"]
     ranges = level_ranges(strides)
     return gather_targets(targets, points.shape[0], points.device,
-                          lambda gt: fcos_assign(points, strides, ranges, gt, radius))
+                          lambda gt: fcos_assign(points, strides, ranges, gt, radius), points)
 
 
 def centerness_terms(outputs: dict[str, torch.Tensor], boxes: torch.Tensor, assigned: Targets,
@@ -67,7 +67,7 @@ def centerness_terms(outputs: dict[str, torch.Tensor], boxes: torch.Tensor, assi
     head's decoded boxes in input pixels."""
     n, a, c = outputs["cls_logits"].shape
     pos = assigned.labels >= 0
-    focal = focal_loss(outputs["cls_logits"].reshape(n * a, c), assigned.labels) / assigned.num_pos
+    focal = focal_loss(outputs["cls_logits"].reshape(n * a, c), assigned.labels, valid=assigned.valid) / assigned.num_pos
     centerness = outputs["centerness"].reshape(n * a).float()
     if pos.any():
         points = outputs["points"].repeat(n, 1)[pos]

@@ -49,7 +49,7 @@ def assign_targets(outputs: dict[str, torch.Tensor], targets: list[dict[str, tor
     anchors = point_anchors(outputs["points"], outputs["strides"], anchor_scale)
     level_sizes = torch.unique_consecutive(outputs["strides"], return_counts=True)[1].tolist()
     return gather_targets(targets, anchors.shape[0], anchors.device,
-                          lambda gt: atss_assign(anchors, level_sizes, gt, topk))
+                          lambda gt: atss_assign(anchors, level_sizes, gt, topk), outputs["points"])
 
 
 def gfl_loss(outputs: dict[str, torch.Tensor], assigned: Targets,
@@ -77,7 +77,10 @@ def gfl_loss(outputs: dict[str, torch.Tensor], assigned: Targets,
     else:
         zero = bbox_dists.sum() * 0.0  # keeps the graph connected for DDP
         giou, dfl = zero, zero
-    qfl = quality_focal_loss(cls_logits, assigned.labels, quality).sum() / assigned.num_pos
+    qfl = quality_focal_loss(cls_logits, assigned.labels, quality)
+    if assigned.valid is not None:  # letterbox padding is no background to learn
+        qfl = qfl * assigned.valid
+    qfl = qfl.sum() / assigned.num_pos
     raw = {"qfl": qfl, "dfl": dfl, "giou": giou}
     out = {f"loss_{k}": v * w for (k, v), w in zip(raw.items(), weights)}
     out.update({f"raw_{k}": v.detach() for k, v in raw.items()})

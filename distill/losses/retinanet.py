@@ -25,7 +25,8 @@ def max_iou_assign(anchors: torch.Tensor, gt_boxes: torch.Tensor, matcher: Match
 
 def assign_targets(outputs: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]]) -> Targets:
     anchors = outputs["anchors"]
-    return gather_targets(targets, anchors.shape[0], anchors.device, lambda gt: max_iou_assign(anchors, gt))
+    return gather_targets(targets, anchors.shape[0], anchors.device, lambda gt: max_iou_assign(anchors, gt),
+                          (anchors[:, :2] + anchors[:, 2:]) / 2)
 
 
 def retinanet_loss(outputs: dict[str, torch.Tensor], assigned: Targets, weights: tuple[float, float] = (1.0, 1.0),
@@ -33,7 +34,7 @@ def retinanet_loss(outputs: dict[str, torch.Tensor], assigned: Targets, weights:
     """{'loss_focal', 'loss_box'} weighted; raw values under 'raw_*'."""
     n, a, c = outputs["cls_logits"].shape
     pos = assigned.labels >= 0
-    focal = focal_loss(outputs["cls_logits"].reshape(n * a, c), assigned.labels) / assigned.num_pos
+    focal = focal_loss(outputs["cls_logits"].reshape(n * a, c), assigned.labels, valid=assigned.valid) / assigned.num_pos
     deltas = outputs["deltas"].reshape(n * a, 4).float()
     if pos.any():
         anchors = outputs["anchors"].repeat(n, 1)[pos]

@@ -22,6 +22,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from deploy.errors import InputError
 from distill.checkpoint import load_model_state
+from distill.models.probe import probe
 
 # torchvision: builder, ImageNet weights enum name, nodes at strides 8/16/32
 _TORCHVISION = {
@@ -118,8 +119,7 @@ def _torchvision(name: str, pretrained: str) -> Backbone:
     body = create_feature_extractor(model, return_nodes={n: str(i) for i, n in enumerate(nodes)})
     if pretrained not in ("none", "imagenet"):  # a full classifier's file or a backbone-only one
         load_model_state(body, read_state_dict(pretrained), pretrained, extra_ok=True)
-    with torch.no_grad():
-        channels = [f.shape[1] for f in body(torch.zeros(1, 3, 64, 64)).values()]
+    channels = [f.shape[1] for f in probe(body, torch.zeros(1, 3, 64, 64)).values()]
     return Backbone(body, channels)
 
 

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 
@@ -66,8 +67,38 @@ def test_benchmark_reports_every_field_and_the_export_stage_map(exported, tiny_s
     assert onnx_entry["AP"] == pytest.approx(expected, abs=1e-9)
     assert ov_entry["AP"] == pytest.approx(expected, abs=2e-3)  # OpenVINO differs from ORT by ~1e-6 in scores
     assert onnx_entry["AP50"] == pytest.approx(export_metrics["onnxruntime_fp32"]["AP50"], abs=1e-9)
-    assert result["machine"]["cpu_threads"] >= 1 and "onnxruntime" in result["machine"]["runtimes"]
-    assert "| model.onnx | onnxruntime | fp32 | 1 |" in out_md.read_text()
+    machine = result["machine"]
+    assert machine["cpu_threads"] >= 1 and "onnxruntime" in machine["runtimes"] and "openvino" in machine["runtimes"]
+    assert machine["cpu"] and isinstance(machine["isa"], list)
+    assert machine["openvino_cpu"]["optimization_capabilities"]  # the plugin's own view, beside /proc/cpuinfo's
+    for entry in (onnx_entry, ov_entry):  # what ran, read back from each runtime, at which thread count
+        assert entry["executed_precision"] == "fp32" and entry["threads"] >= 1 and entry["threads_setting"] == "default"
+    assert ov_entry["execution"]["inference_precision_hint"] == "f32"
+    text = out_md.read_text()
+    assert f"| model.onnx | onnxruntime | fp32 | fp32 | {onnx_entry['threads']} | 1 |" in text
+    assert f"({', '.join(machine['isa']) or 'no AVX2'}; {machine['cpu_threads']} threads)" in text
+
+
+def test_threads_and_inference_precision_are_per_entry(exported, tmp_path):
+    import openvino as ov
+
+    onnx_path, xml, _ = exported
+    bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    specs = [onnx_path, xml] + ([f"{xml}@bf16"] if bf16 else [])
+    out_json = tmp_path / "t.json"
+    proc = run_benchmark(*specs, "--threads", "1,2", "--warmup", "1", "--iters", "3", "--json", out_json)
+    if proc.returncode == 2 and "cannot compile it for CPU with bf16" in proc.stderr:
+        pytest.skip("bf16 reported but capped away (ONEDNN_MAX_CPU_ISA)")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    entries = json.loads(out_json.read_text())["results"]
+    assert [(e["backend"], e["threads"]) for e in entries][:4] == [("onnxruntime", 1), ("onnxruntime", 2),
+                                                                   ("openvino", 1), ("openvino", 2)]
+    if bf16:
+        assert [(e["inference_precision"], e["precision"], e["executed_precision"]) for e in entries[4:]] == \
+            [("bf16", "bf16", "bf16")] * 2
+    assert run_benchmark(onnx_path, "--threads", "0").stderr.strip().endswith("thread counts must be at least 1")
+    proc = run_benchmark(f"{onnx_path}@bf16", "--iters", "1")
+    assert proc.returncode == 2 and "applies to OpenVINO IRs only" in proc.stderr
 
 
 def test_a_batch_the_static_file_cannot_take_is_one_error(exported):
@@ -88,5 +119,5 @@ def test_make_benchmark_runs_what_it_can_and_lists_engines_it_cannot(exported, t
     (run_dir / "engines" / "model_fp16.engine").write_bytes(b"")
     cfg = PipelineConfig(run=run_dir.name, runs_dir=str(run_dir.parent))
     runnable, skipped = artifacts(cfg)
-    assert runnable == [onnx_path]
-    assert [p.name for p, _ in skipped] == ["model_fp16.engine"] and "tensorrt is not installed" in skipped[0][1]
+    assert runnable == [str(onnx_path)]
+    assert [Path(p).name for p, _ in skipped] == ["model_fp16.engine"] and "tensorrt is not installed" in skipped[0][1]

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+from pipeline.quantize import missing_capability
 from tests.conftest import REPO
 
 SMALL = {"input_size": "[128,128]", "fpn_channels": 32, "head_convs": 1, "backbone": "efficientnet_lite0"}
@@ -52,12 +53,23 @@ def test_tiny_pipeline_caches_reruns_what_changed_and_gates(tiny_scenes, tmp_pat
         assert (run / name).is_file(), name
     report = json.loads((run / "report.json").read_text())
     rows = {r["name"]: r for r in report["rows"]}
+    quantize_json = json.loads((run / "quantize" / "metrics.json").read_text())
+    bf16 = "openvino_bf16" not in quantize_json["skipped"]  # built where the CPU has bf16, else skipped, with why
+    assert bf16 == (missing_capability("bf16") is None) or "cannot compile" in quantize_json["skipped"]["openvino_bf16"]
     assert list(rows) == ["teacher", "student", "distill", "onnxruntime_fp32", "onnxruntime_int8", "openvino_fp32",
-                          "openvino_fp16", "openvino_int8"]
-    quantized = json.loads((run / "quantize" / "metrics.json").read_text())["artifacts"]
+                          *(["openvino_bf16"] if bf16 else []), "openvino_fp16", "openvino_int8"]
+    for name in ("openvino_fp32", "openvino_fp16"):  # what ran is what the artifact says, on every CPU
+        assert rows[name]["executed_precision"] == "fp32" and not rows[name]["precision_warning"]
+    if bf16:
+        assert rows["openvino_bf16"]["executed_precision"] == "bf16" and rows["openvino_bf16"]["previous"] == "openvino_fp32"
+        assert quantize_json["artifacts"]["openvino_bf16"]["artifact"] == quantize_json["artifacts"]["openvino_fp32"]["artifact"]
+    else:
+        assert "Not built here: openvino_bf16" in (run / "report.md").read_text()
+    quantized = quantize_json["artifacts"]
     for name, m in quantized.items():  # the report carries each stage's own figures
         assert rows[name]["AP"] == m["AP"] and rows[name]["size_mb"] == m["size_mb"]
-    timed = {e["artifact"]: e for e in json.loads((run / "benchmark" / "benchmark.json").read_text())["results"]}
+    timed = {e["artifact"]: e for e in json.loads((run / "benchmark" / "benchmark.json").read_text())["results"]
+             if not e["inference_precision"]}
     assert rows["openvino_int8"]["latency_ms"]["p50"] == timed[quantized["openvino_int8"]["artifact"]]["latency_ms"]["infer"]["p50"]
     for row in report["rows"]:
         assert {"stage", "artifact", "runtime", "precision", "AP", "AP50", "AP75", "latency_ms", "e2e_latency_ms",

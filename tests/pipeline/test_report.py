@@ -40,7 +40,8 @@ def run(tmp_path):
            "precision": "fp32", "artifact": str(r / "export" / "model.onnx")}
     write(r / "export" / "metrics.json", {"onnxruntime_fp32": art, "model": {"params": 3, "gflops": 0.5},
                                           "parity": {"scores_max_abs": 2e-4, "boxes_max_abs": 1e-3}})
-    int8 = {**art, "AP": 0.22, "precision": "int8", "latency_ms": latency(5.0), "artifact": str(r / "quantize" / "m.onnx")}
+    int8 = {**art, "AP": 0.22, "precision": "int8", "latency_ms": latency(5.0), "artifact": str(r / "quantize" / "m.onnx"),
+            "executed_precision": "int8+fp32", "precision_warning": "warning: m.onnx: runs fp32"}
     write(r / "quantize" / "metrics.json", {"artifacts": {"onnxruntime_int8": int8}, "reference": {"fp32_AP": 0.235}})
     return cfg
 
@@ -56,7 +57,7 @@ def test_rows_carry_deltas_to_previous_stage_and_teacher(run):
     # Pareto: int8 (5 ms, 22.0) and fp32 (10 ms, 23.5) and the teacher (40 ms, 30.0); the PyTorch students lose.
     assert [n for n, r in rows.items() if r["pareto"]] == ["teacher", "onnxruntime_fp32", "onnxruntime_int8"]
     table = markdown_table(list(rows.values()))
-    assert "| onnxruntime_int8 * | onnxruntime | int8 | 22.0 |" in table and "-1.50 (onnxruntime_fp32)" in table
+    assert "| onnxruntime_int8 * | onnxruntime | int8 | int8+fp32 (!) | 22.0 |" in table and "-1.50 (onnxruntime_fp32)" in table
 
 
 def test_gates_stop_with_stage_figure_and_limit(run):
