@@ -48,8 +48,8 @@ fashion-mnist: ## install Debian's dataset-fashion-mnist when running as root an
 data: $(STAMP) ## write the dataset the config names (fashion-scenes by default) and validate it
 	$(PY) -m pipeline run --config $(CONFIG) --stages data $(ARGS)
 
-teacher: $(STAMP) ## train (or resume) the config's teacher and evaluate it: runs/<run>/teacher/
-	$(TRAIN_RUN) pipeline.train --config $(CONFIG) --role teacher --resume $(ARGS)
+teacher: $(STAMP) ## train (or resume) the config's teacher from scratch, whatever teacher.checkpoint says: runs/<run>/teacher/
+	$(TRAIN_RUN) pipeline.train --config $(CONFIG) --role teacher --resume teacher.checkpoint=null $(ARGS)
 
 student: $(STAMP) ## train the student alone (the no-distillation baseline): runs/<run>/student/
 	$(TRAIN_RUN) pipeline.train --config $(CONFIG) --role student --resume $(ARGS)

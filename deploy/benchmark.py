@@ -32,6 +32,7 @@ from deploy.latency import time_calls  # noqa: E402
 from deploy.machine import RUNTIME_PACKAGES, machine_info, machine_line  # noqa: E402
 from deploy.measure import measure_artifact, sample_images  # noqa: E402
 from deploy.runtimes import backend_for, open_runner  # noqa: E402
+from deploy.tables import markdown_table  # noqa: E402
 from deploy.tegrastats import parse_line, summarize  # noqa: E402
 
 
@@ -129,6 +130,35 @@ def table(entries: list) -> str:
     return "\n".join(lines)
 
 
+def rounds_summary(entries: list) -> tuple[str, list]:
+    """With several rounds: per (artifact, threads), the median over rounds of the infer and end-to-end p50,
+    and the infer speed-up against the first artifact at the same thread count (each round side by side)."""
+    groups: dict = {}
+    for e in entries:
+        groups.setdefault((e["artifact"], e.get("inference_precision"), e.get("threads")), []).append(e)
+    rows = []
+    for (artifact, precision, threads), group in groups.items():
+        infer = sorted(g["latency_ms"]["infer"]["p50"] for g in group)
+        e2e = sorted(g["latency_ms"]["end_to_end"]["p50"] for g in group)
+        first = next(g for g in group if "AP" in g) if any("AP" in g for g in group) else group[0]
+        rows.append({"artifact": artifact, "inference_precision": precision, "threads": threads,
+                     "precision": first["precision"], "executed_precision": first.get("executed_precision"),
+                     "AP": first.get("AP"), "rounds": len(group), "infer_p50_ms": infer, "e2e_p50_ms": e2e,
+                     "infer_p50_median": infer[len(infer) // 2], "e2e_p50_median": e2e[len(e2e) // 2]})
+    base = {r["threads"]: r["infer_p50_median"] for r in reversed(rows)}  # the first artifact's, per thread count
+    lines = []
+    for r in rows:
+        r["speedup_vs_first"] = base[r["threads"]] / r["infer_p50_median"]
+        name = os.path.basename(r["artifact"]) + (f"@{r['inference_precision']}" if r["inference_precision"] else "")
+        ap = f"{100 * r['AP']:.2f}" if r["AP"] is not None else "-"
+        lines.append([name, r["precision"], r["executed_precision"], r["threads"], ap, f"{r['infer_p50_median']:.2f}",
+                      " / ".join(f"{v:.2f}" for v in r["infer_p50_ms"]), f"{r['e2e_p50_median']:.2f}",
+                      f"{r['speedup_vs_first']:.2f}x"])
+    header = ["artifact", "precision", "executed", "threads", "AP", "infer p50 ms (median)", "infer p50 per round",
+              "e2e p50 ms (median)", "speed-up vs first"]
+    return markdown_table(header, lines), rows
+
+
 def thread_settings(text: str | None) -> list[int | None]:
     """--threads '1,2' -> [1, 2]; None -> [None] (the runtime's default)."""
     if not text:
@@ -180,9 +210,12 @@ def main(argv: list | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     text = table(entries)
+    summary_text, summary = rounds_summary(entries) if args.rounds > 1 else ("", [])
+    if summary_text:
+        text += f"\n\nMedian over {args.rounds} rounds (each round times every artifact once, in order):\n\n{summary_text}"
     print(text)
     machine = machine_info()
-    result = {"machine": machine, "results": entries,
+    result = {"machine": machine, "results": entries, "summary": summary,
               "settings": {"warmup": args.warmup, "iters": args.iters, "threads": args.threads, "rounds": args.rounds,
                            "data": args.data}}
     if args.json:

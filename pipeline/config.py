@@ -56,7 +56,10 @@ class RoleConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    checkpoint: str | None = None  # a trained checkpoint to use instead of training
+    # A trained checkpoint or weights file to use instead of training (null: train one). Its classes,
+    # architecture (against `model`) and preprocessing are checked before anything uses it.
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None  # when set, the checkpoint's SHA-256 must equal it
 
 
 @dataclass
@@ -141,6 +144,11 @@ def _convert(tp: Any, value: Any, where: str, source: str) -> Any:
         return [_convert(args[0], v, f"{where}[{i}]", source) for i, v in enumerate(value)] if args else value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         raise ConfigError(f"{source}: '{where}' must be {tp.__name__}, got {value!r}")
     return value

@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 from deploy.files import atomic_path  # noqa: E402
 
@@ -38,18 +39,25 @@ def plot_ap_latency(rows: list[dict[str, Any]], path: Path) -> Path:
     """AP (%) against infer-only p50 latency for every row that has one; the Pareto front joined."""
     rows = [r for r in rows if r.get("latency_ms")]
     points = [(r["latency_ms"]["p50"], 100 * r["AP"]) for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (lat, ap), row in zip(points, rows):
-        ax.scatter(lat, ap, s=36, zorder=3)
-        ax.annotate(row["name"], (lat, ap), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
+    # Artifacts of one student cluster within a few ms and tenths of AP: labels beside the points would
+    # overlap, so each artifact gets its own colour and marker (by runtime) and a legend outside the axes.
+    markers = {"pytorch": "o", "onnxruntime": "s", "openvino": "D", "tensorrt": "^"}
+    for i, ((lat, ap), row) in enumerate(zip(points, rows)):
+        label = f"{row['name']} ({row.get('executed_precision') or row.get('precision', '')})"
+        ax.scatter(lat, ap, s=48, zorder=3, color=f"C{i % 10}", marker=markers.get(row.get("runtime"), "o"),
+                   edgecolors="black", linewidths=0.4, label=label)
     front = pareto_front(points)
     if front:
         ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="grey", zorder=2,
                 label="Pareto front")
-        ax.scatter([points[i][0] for i in front], [points[i][1] for i in front], s=110, facecolors="none",
+        ax.scatter([points[i][0] for i in front], [points[i][1] for i in front], s=130, facecolors="none",
                    edgecolors="black", zorder=4)
-        ax.legend(loc="lower right")
+    if points:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
     ax.set_xscale("log")  # PyTorch and INT8 engines lie an order of magnitude apart
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "235" else ""))
     ax.set_xlabel("latency, infer-only p50 (ms, batch 1, log scale)")
     ax.set_ylabel("AP (%)")
     ax.set_title("Accuracy against latency, every artifact")

@@ -101,7 +101,8 @@ def test_two_process_gloo_ddp_writes_one_checkpoint(tiny_scenes, tmp_path):
     overrides = [f"data.root={tiny_scenes}", "data.generator.size=tiny", f"runs_dir={tmp_path}",
                  *(f"teacher.model.{k}={json.dumps(v)}" for k, v in SMALL.items()),
                  "teacher.train.max_steps=2", "teacher.train.batch_size=2", "teacher.train.workers=0",
-                 "teacher.train.max_train_images=0", "teacher.train.log_every=1", "teacher.train.device=cpu"]
+                 "teacher.train.max_train_images=0", "teacher.train.log_every=1", "teacher.train.device=cpu",
+                 "teacher.checkpoint=null"]  # train one, not the shipped teacher
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "pipeline.train", "--no-progress", "--role", "teacher", *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},

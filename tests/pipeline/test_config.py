@@ -109,3 +109,11 @@ def test_every_ablation_variant_sets_real_distill_settings():
     for name, overrides in VARIANTS.items():
         assert set(overrides) <= fields, name
         DistillConfig(**overrides)
+
+
+def test_exponents_without_a_dot_are_floats():
+    # YAML 1.1 (PyYAML) reads `1e-4` as a string; a float field takes it as the number a user means
+    cfg = load_config(DEFAULT, ["teacher.train.lr=1e-4", "distill.loc_weight=2e0"])
+    assert cfg.teacher.train.lr == 1e-4 and cfg.distill.loc_weight == 2.0
+    with pytest.raises(ConfigError, match="'teacher.train.lr' must be float, got 'fast'"):
+        load_config(DEFAULT, ["teacher.train.lr=fast"])
