@@ -58,17 +58,18 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
     model.load_state_dict({k: state[k] for k in own})
 
 
-def load_detector(path: str | Path):
-    """(detector in eval mode, its classes, the checkpoint) rebuilt from a checkpoint's own model config."""
-    from distill.models.detector import ModelConfig, build_detector  # models import this module's loader
-
-    state = load_checkpoint(path)
-    if not isinstance(state.get("config"), dict) or not state.get("classes"):
-        raise InputError(f"{path}: the checkpoint holds no model config or classes (not written by edgekd's trainer)")
-    known = {f for f in ModelConfig.__dataclass_fields__}
-    unknown = sorted(set(state["config"]) - known)
-    if unknown:
-        raise InputError(f"{path}: its model config has keys this version does not know: {', '.join(unknown)}")
-    model = build_detector(ModelConfig(**{**state["config"], "pretrained": "none"}), num_classes=len(state["classes"]))
-    load_model_state(model, state["model"], str(path))
-    return model.eval(), list(state["classes"]), state
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a file (weights_only); accepts a bare state dict or a {'model'|'state_dict': ...} dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"pretrained: weights file not found: {path} (use none, imagenet or a path to a .pth)")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a torch file, pickled objects
+        raise InputError(f"{path}: cannot be read as weights ({type(e).__name__}: {e})") from None
+    for key in ("model", "state_dict"):
+        if isinstance(data, dict) and isinstance(data.get(key), dict):
+            data = data[key]
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise InputError(f"{path}: expected a state dict of tensors")
+    return data

@@ -21,12 +21,11 @@ from torchvision.ops import box_iou
 
 from deploy.errors import InputError
 from deploy.files import write_json
-from distill.checkpoint import load_detector
 from distill.data.dataset import DetectionDataset, collate
 from distill.distiller import check_pair
 from distill.losses.bckd import bckd_cls_loss, bckd_loc_loss
 from distill.losses.detection import head_loss
-from distill.models.detector import ModelConfig, build_detector
+from distill.models.detector import ModelConfig, build_detector, load_detector
 from pipeline.cli import guarded
 from pipeline.config import load_config
 from pipeline.stage_data import load_split

@@ -20,9 +20,8 @@ import torch.distributed as dist
 
 from deploy.errors import InputError
 from deploy.evaluate import format_metrics
-from distill.checkpoint import load_detector
 from distill.distiller import Distiller, check_pair
-from distill.models.detector import build_detector
+from distill.models.detector import build_detector, load_detector
 from distill.trainer import setup_distributed, train
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config

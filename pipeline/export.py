@@ -20,7 +20,7 @@ from deploy.files import write_json
 from deploy.measure import measure_artifact, sample_images
 from deploy.preprocess import preprocess_batch
 from deploy.runtimes.onnxruntime import OrtRunner
-from distill.checkpoint import load_detector
+from distill.models.detector import load_detector
 from export.onnx import check_parity, export_onnx, parity
 from export.torch_runner import TorchRunner
 from pipeline.cli import common_arguments, guarded

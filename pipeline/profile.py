@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from deploy.coco import CocoDataset
 from deploy.measure import measure_latency, sample_images
-from distill.checkpoint import load_detector
+from distill.models.detector import load_detector
 from export.torch_runner import TorchRunner
 
 

@@ -47,3 +47,42 @@ def test_deploy_compiles_under_a_real_python_38():
     code = "import sys\nfor f in sys.argv[1:]: compile(open(f).read(), f, 'exec')"
     proc = subprocess.run([_python38(), "-c", code, *map(str, DEPLOY_FILES)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+PACKAGES = ("deploy", "distill", "export", "pipeline")
+
+
+def import_graph() -> dict[str, set[str]]:
+    """{module: the project modules it imports}, lazy (in-function) imports included, from the source's AST."""
+    modules = {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): p
+               for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] + [f"{node.module}.{a.name}" for a in node.names] if isinstance(node, ast.ImportFrom)
+                and node.module and node.level == 0 else [])
+            found |= {t for t in targets if t in modules and t != name}
+        graph[name] = found
+    return graph
+
+
+def test_the_import_graph_has_no_circle_and_deploy_imports_no_other_package():
+    graph = import_graph()
+    for name, deps in graph.items():
+        if name.startswith("deploy"):
+            assert all(d.startswith("deploy") for d in deps), (name, deps)
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> None:
+        if node in path:
+            raise AssertionError("import circle: " + " -> ".join(path[path.index(node):] + [node]))
+        if node in done:
+            return
+        for dep in graph[node]:
+            visit(dep, path + [node])
+        done.add(node)
+
+    for name in graph:
+        visit(name, [])

@@ -21,7 +21,7 @@ from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from deploy.errors import InputError
-from distill.checkpoint import load_model_state
+from distill.checkpoint import load_model_state, read_state_dict
 from distill.models.probe import probe
 
 # torchvision: builder, ImageNet weights enum name, nodes at strides 8/16/32
@@ -63,23 +63,6 @@ def packaged_lite_weights(k: int) -> Path:
     if not files:
         raise InputError(f"no .pth file in {Path(package.__file__).parent / 'models'}")
     return files[0]
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a file (weights_only); accepts a bare state dict or a {'model'|'state_dict': ...} dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"pretrained: weights file not found: {path} (use none, imagenet or a path to a .pth)")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, not a torch file, pickled objects
-        raise InputError(f"{path}: cannot be read as weights ({type(e).__name__}: {e})") from None
-    for key in ("model", "state_dict"):
-        if isinstance(data, dict) and isinstance(data.get(key), dict):
-            data = data[key]
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise InputError(f"{path}: expected a state dict of tensors")
-    return data
 
 
 def _map_in_order(source: dict[str, torch.Tensor], target_keys: list[str], path: Path) -> dict[str, torch.Tensor]:

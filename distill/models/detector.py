@@ -4,12 +4,15 @@ from a ModelConfig."""
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
+from deploy.errors import InputError
+from distill.checkpoint import load_checkpoint, load_model_state
 from distill.models.backbones import build_backbone, freeze_batchnorm
 from distill.models.config import ModelConfig
 from distill.models.heads import build_head
@@ -48,3 +51,17 @@ def build_detector(cfg: ModelConfig, num_classes: int, seed: int | None = None) 
     if seed is not None:
         torch.manual_seed(seed)
     return Detector(cfg, num_classes)
+
+
+def load_detector(path: str | Path):
+    """(detector in eval mode, its classes, the checkpoint) rebuilt from a checkpoint's own model config."""
+    state = load_checkpoint(path)
+    if not isinstance(state.get("config"), dict) or not state.get("classes"):
+        raise InputError(f"{path}: the checkpoint holds no model config or classes (not written by edgekd's trainer)")
+    known = {f for f in ModelConfig.__dataclass_fields__}
+    unknown = sorted(set(state["config"]) - known)
+    if unknown:
+        raise InputError(f"{path}: its model config has keys this version does not know: {', '.join(unknown)}")
+    model = build_detector(ModelConfig(**{**state["config"], "pretrained": "none"}), num_classes=len(state["classes"]))
+    load_model_state(model, state["model"], str(path))
+    return model.eval(), list(state["classes"]), state

@@ -6,7 +6,8 @@ from PIL import Image
 
 from deploy.errors import InputError
 from deploy.preprocess import MEAN, STD
-from distill.models.backbones import _map_in_order, build_backbone, packaged_lite_weights, read_state_dict
+from distill.checkpoint import read_state_dict
+from distill.models.backbones import _map_in_order, build_backbone, packaged_lite_weights
 
 
 def classify(model: torch.nn.Module, image: np.ndarray) -> int:

@@ -9,7 +9,8 @@ from deploy.errors import GateError, InputError
 from deploy.files import sha256_file
 from deploy.preprocess import preprocess_batch
 from deploy.runtimes import open_runner
-from distill.checkpoint import load_detector, save_checkpoint
+from distill.checkpoint import save_checkpoint
+from distill.models.detector import load_detector
 from export.onnx import check_onnx, check_parity, export_onnx, parity, read_metadata
 
 
