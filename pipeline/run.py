@@ -3,7 +3,7 @@
 Each stage declares the config sections it reads and the files it consumes. Their hashes go into
 <run>/<stage>/stage.json (pipeline/stage_state.py). On the next run a stage whose hashes match is
 skipped; one interrupted with the same hashes resumes (training from its last checkpoint); one whose
-settings or inputs changed is set aside to <run>/.previous/<stage> and rerun from scratch, and the
+settings or inputs changed is set aside to <run>/.previous/<stage>/<time> and rerun from scratch, and the
 stages after it see new inputs and rerun too. Every artifact is written under a temporary name and
 renamed into place, so no stage reads a half-written file after a kill.
 """

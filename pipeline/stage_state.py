@@ -19,18 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from deploy.files import sha256_file, write_json
+from deploy.machine import package_version
 
 STATE_FILE = "stage.json"
 
 
 def versions() -> dict[str, str]:
-    """Versions of Python and of the libraries that change results (recorded with every stage)."""
+    """Versions of Python and of the libraries that change results (recorded with every stage), read from
+    the installed packages' metadata: nothing is imported."""
     out = {"python": platform.python_version()}
     for module in ("numpy", "torch", "torchvision", "onnx", "onnxruntime", "openvino", "nncf", "pycocotools", "tensorrt"):
-        try:
-            out[module] = __import__(module).__version__
-        except Exception:  # not installed, or a broken install: record, don't fail
-            out[module] = "not installed"
+        out[module] = package_version(module) or "not installed"
     return out
 
 
@@ -56,11 +55,24 @@ def inputs_hash(paths: list[Path]) -> tuple[str, list[str]]:
     return digest.hexdigest()[:16], missing
 
 
-def output_files(stage_dir: Path | None, extra: list[Path] = ()) -> dict[str, int]:
-    """{path: size} of every file a stage left (its folder, unless None, plus files it wrote elsewhere)."""
+def output_files(stage_dir: Path | None, extra: list[Path] = ()) -> dict[str, dict[str, Any]]:
+    """{path: {size, sha256}} of every file a stage left (its folder, unless None, plus files it wrote
+    elsewhere). The hash, not the size, tells a cached artifact is the one the stage made: a weight
+    scaled in place keeps its size."""
     files = [p for p in sorted(stage_dir.rglob("*")) if p.is_file() and p.name != STATE_FILE
              and not p.name.endswith(".tmp")] if stage_dir is not None and stage_dir.is_dir() else []
-    return {str(p): p.stat().st_size for p in [*files, *extra] if p.is_file()}
+    return {str(p): {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in [*files, *extra] if p.is_file()}
+
+
+def output_changed(path: str, recorded: Any) -> bool:
+    """True when a recorded output is missing or differs from what the stage wrote (older stage.json
+    files recorded the size alone)."""
+    p = Path(path)
+    if not p.is_file():
+        return True
+    if isinstance(recorded, int):
+        return p.stat().st_size != recorded
+    return p.stat().st_size != recorded["size"] or sha256_file(p) != recorded["sha256"]
 
 
 def read_state(stage_dir: Path) -> dict[str, Any] | None:
@@ -111,20 +123,20 @@ def stage_status(stage_dir: Path, cfg_hash: str, in_hash: str, missing: list[str
         return Status("pending", f"interrupted (started {state.get('started', '?')}): resumes")
     if state.get("state") == "failed":
         return Status("failed", state.get("error", ""))
-    gone = [p for p, size in state.get("outputs", {}).items() if not Path(p).is_file() or Path(p).stat().st_size != size]
+    gone = [p for p, recorded in state.get("outputs", {}).items() if output_changed(p, recorded)]
     if gone:
         return Status("stale", f"output changed or missing: {gone[0]}")
     return Status("done", f"finished {state.get('finished', '?')} in {state.get('wall_s', '?')} s")
 
 
 def set_aside(stage_dir: Path, run_dir: Path) -> Path | None:
-    """Move a stale stage's folder to <run>/.previous/<stage> (replacing an older one there), so a rerun
-    from scratch cannot resume from, or mix in, files made under other settings, and nothing is lost."""
+    """Move a stale stage's folder to <run>/.previous/<stage>/<UTC time it was set aside>, so a rerun from
+    scratch cannot resume from, or mix in, files made under other settings, and no generation is lost
+    (every earlier one stays beside it; delete them by hand when they are no longer wanted)."""
     if not stage_dir.is_dir():
         return None
-    target = run_dir / ".previous" / stage_dir.name
-    if target.exists():
-        shutil.rmtree(target)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    target = run_dir / ".previous" / stage_dir.name / stamp
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(stage_dir), str(target))
     return target

@@ -95,7 +95,8 @@ def test_tiny_pipeline_caches_reruns_what_changed_and_gates(tiny_scenes, tmp_pat
     rerun = pipeline("run", tiny_scenes, tmp_path, ALL, *changed)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert ran(rerun.stdout) == stages[3:], rerun.stdout
-    assert (run / ".previous" / "distill" / "last.pt").is_file()  # the earlier student is kept, not resumed from
+    kept = sorted((run / ".previous" / "distill").iterdir())  # one folder per generation set aside
+    assert len(kept) == 1 and (kept[0] / "last.pt").is_file()  # the earlier student is kept, not resumed from
 
     gated = pipeline("run", tiny_scenes, tmp_path, ALL, *changed, "distill.min_gain_over_baseline=100")
     assert gated.returncode == 3 and "stage distill" in gated.stderr and "min_gain_over_baseline" in gated.stderr

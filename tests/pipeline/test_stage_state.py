@@ -1,5 +1,6 @@
 """stage.json bookkeeping: hashes, the done / stale / pending / failed decision, setting a stale stage aside."""
 
+import hashlib
 import json
 
 from distill.distiller import DistillConfig
@@ -32,12 +33,18 @@ def test_status_of_a_stage_through_its_life(tmp_path):
     write_state(stage, state="running", config_hash="c", inputs_hash="i")
     assert stage_status(stage, "c", "i", [], []).reason.startswith("interrupted")
     write_state(stage, state="done", config_hash="c", inputs_hash="i", outputs=output_files(stage))
-    assert json.loads((stage / "stage.json").read_text())["outputs"] == {str(stage / "model.onnx"): 10}
+    assert json.loads((stage / "stage.json").read_text())["outputs"] == {
+        str(stage / "model.onnx"): {"size": 10, "sha256": hashlib.sha256(b"x" * 10).hexdigest()}}
     assert stage_status(stage, "c", "i", [], []).state == "done"
     assert stage_status(stage, "c2", "i", [], []).state == "stale"
     assert stage_status(stage, "c", "i2", [], []).state == "stale"
     assert stage_status(stage, "c", "i", [], ["distill"]).reason == "upstream distill will rerun"
-    (stage / "model.onnx").write_bytes(b"y" * 3)  # an output changed behind the pipeline's back
+    (stage / "model.onnx").write_bytes(b"y" * 10)  # changed behind the pipeline's back, same size
+    status = stage_status(stage, "c", "i", [], [])
+    assert status.state == "stale" and status.reason == f"output changed or missing: {stage / 'model.onnx'}"
+    (stage / "model.onnx").write_bytes(b"x" * 10)
+    assert stage_status(stage, "c", "i", [], []).state == "done"
+    (stage / "model.onnx").write_bytes(b"y" * 3)
     assert stage_status(stage, "c", "i", [], []).state == "stale"
     write_state(stage, state="failed", config_hash="c", inputs_hash="i", error="gate")
     assert stage_status(stage, "c", "i", [], []).state == "failed"
@@ -51,4 +58,8 @@ def test_set_aside_keeps_the_earlier_outputs(tmp_path):
     assert not stage.exists() and (moved / "last.pt").read_bytes() == b"old"
     stage.mkdir()
     (stage / "last.pt").write_bytes(b"newer")
-    assert (set_aside(stage, tmp_path) / "last.pt").read_bytes() == b"newer"
+    again = set_aside(stage, tmp_path)
+    assert (again / "last.pt").read_bytes() == b"newer"
+    # two changes of settings: both earlier generations are kept, oldest first by name
+    kept = sorted((tmp_path / ".previous" / "distill").iterdir())
+    assert kept == [moved, again] and (moved / "last.pt").read_bytes() == b"old"
