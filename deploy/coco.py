@@ -143,6 +143,27 @@ def check_image_files(dataset: CocoDataset) -> None:
                 f"{img['width']}x{img['height']} (image id {img['id']})")
 
 
+def _decode(file: str) -> str | None:
+    try:
+        with Image.open(file) as im:
+            im.load()  # the whole file, not only its header: a cut JPEG or PNG fails here
+        return None
+    except Exception as e:  # PIL raises many types for a bad file
+        return f"{file}: cannot be decoded as an image ({type(e).__name__}: {e})"
+
+
+def decode_image_files(dataset: CocoDataset, workers: int = 0) -> None:
+    """Decode every image in full (threads: PIL's decoders release the GIL); the first bad file is one
+    InputError naming it. Slower than check_image_files, so the data stage runs it once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = [dataset.image_path(img) for img in dataset.images]
+    with ThreadPoolExecutor(max_workers=workers or (os.cpu_count() or 1)) as pool:
+        for error in pool.map(_decode, files):
+            if error:
+                raise InputError(error)
+
+
 def load_coco(annotations_path: str, image_dir: str, check_files: bool = True) -> CocoDataset:
     """Read and validate a COCO instances json and its image folder; raise InputError on bad input."""
     path = str(annotations_path)

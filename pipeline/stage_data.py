@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deploy.coco import CocoDataset, dataset_stats, load_coco
+from deploy.coco import CocoDataset, dataset_stats, decode_image_files, load_coco
 from deploy.errors import InputError
 from deploy.files import write_json
 from distill.data.fashion_scenes import generate, is_current
@@ -50,6 +50,11 @@ def run_data(data: DataConfig, out_dir: Path, progress: bool = True) -> dict[str
         raise InputError(f"data.root: dataset folder not found: {data.root} (point data.root at a COCO-layout dataset)")
     start = time.perf_counter()
     splits = {split: load_split(data, split) for split in ("train", "val")}
+    if data.check_images:  # once per data stage: every image decoded in full, so training never meets a cut file
+        decode_start = time.perf_counter()
+        for ds in splits.values():
+            decode_image_files(ds)
+        result["decode_s"] = round(time.perf_counter() - decode_start, 2)
     if splits["train"].categories != splits["val"].categories:
         raise InputError(f"{splits['val'].annotations_path}: categories differ from {splits['train'].annotations_path}")
     for ds in splits.values():
@@ -57,6 +62,8 @@ def run_data(data: DataConfig, out_dir: Path, progress: bool = True) -> dict[str
             print(f"warning: {warning}")
     stats = {split: dataset_stats(ds) for split, ds in splits.items()}
     result.update(validation_s=round(time.perf_counter() - start, 2), stats=stats)
+    if "decode_s" in result:
+        print(f"{data.name}: decoded all {sum(len(ds.images) for ds in splits.values())} images in {result['decode_s']} s")
     print(format_stats(stats))
     write_json(out_dir / "stats.json", result)
     return result

@@ -15,6 +15,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from deploy.coco import CocoDataset
+from deploy.errors import InputError
 from deploy.preprocess import Letterbox, preprocess
 
 AUGMENTATIONS = ("hflip", "photometric", "zoom_out", "iou_crop")
@@ -62,8 +63,12 @@ class DetectionDataset(Dataset):
     def __getitem__(self, index: int):
         info = self.coco.images[index]
         iid = info["id"]
-        with Image.open(self.coco.image_path(info)) as im:
-            image = np.array(im.convert("RGB"))  # writable: torch.from_numpy shares it
+        try:
+            with Image.open(self.coco.image_path(info)) as im:
+                image = np.array(im.convert("RGB"))  # writable: torch.from_numpy shares it
+        except Exception as e:  # changed on disk after the data stage decoded it
+            raise InputError(f"{self.coco.image_path(info)}: cannot be read ({type(e).__name__}: {e}); "
+                             "rerun the data stage") from None
         keep = ~self.coco.crowd[iid]  # crowd regions are not objects to learn
         boxes, labels = self.coco.boxes[iid][keep], self.coco.labels[iid][keep]
         if self.augment is not None:

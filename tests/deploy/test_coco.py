@@ -97,3 +97,24 @@ def test_unreadable_and_wrong_size_images(tmp_path):
 
 def test_image_dir_beside_follows_coco_layout():
     assert image_dir_beside("/d/coco/annotations/instances_val2017.json") == "/d/coco/val2017"
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_a_truncated_image_is_named_by_the_full_decode(tmp_path, suffix):
+    from PIL import Image
+
+    from deploy.coco import decode_image_files
+
+    root = tmp_path / "d"
+    (root / "val").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    name = f"a{suffix}"
+    Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(root / "val" / name)
+    data = (root / "val" / name).read_bytes()
+    (root / "val" / name).write_bytes(data[: len(data) // 3])  # cut to a third: the header still reads
+    images = [{"id": 1, "file_name": name, "width": 80, "height": 64}]
+    (root / "ann.json").write_text(json.dumps({"images": images, "annotations": [],
+                                               "categories": [{"id": 1, "name": "x"}]}))
+    ds = load_coco(str(root / "ann.json"), str(root / "val"))  # the header check passes: it is not enough
+    with pytest.raises(InputError, match=rf"{name}: cannot be decoded as an image"):
+        decode_image_files(ds)
