@@ -64,9 +64,13 @@ def calibration_paths(train: CocoDataset, count: int, seed: int = 0) -> list[str
     """`count` training image paths drawn at random (seeded): calibration never sees val."""
     if count < MIN_CALIBRATION_IMAGES:
         raise InputError(f"quantize.calib_images={count}: at least {MIN_CALIBRATION_IMAGES} calibration images are needed")
-    if len(train.images) < count:
-        raise InputError(f"quantize.calib_images={count}, but the train split ({train.image_dir}) holds only "
-                         f"{len(train.images)} images; lower quantize.calib_images")
+    if len(train.images) < MIN_CALIBRATION_IMAGES:
+        raise InputError(f"quantize: the train split ({train.image_dir}) holds {len(train.images)} images; calibration "
+                         f"needs at least {MIN_CALIBRATION_IMAGES}")
+    if len(train.images) < count:  # as NNCF's subset_size does: every image there is, and say so
+        print(f"warning: quantize.calib_images={count}, but the train split ({train.image_dir}) holds only "
+              f"{len(train.images)} images: calibrating on all of them", flush=True)
+        count = len(train.images)
     picked = random.Random(seed).sample(range(len(train.images)), count)
     return [train.image_path(train.images[i]) for i in sorted(picked)]
 

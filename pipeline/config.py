@@ -253,7 +253,30 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), c
     for override in overrides:
         apply_override(cls, data, override)
         data = _resolve_includes(cls, data, f"override '{override}'")
-    return from_dict(cls, data, f"{path} (with overrides)" if overrides else str(path))
+    config = from_dict(cls, data, f"{path} (with overrides)" if overrides else str(path))
+    if isinstance(config, PipelineConfig):
+        check_ranges(config, f"{path} (with overrides)" if overrides else str(path))
+    return config
+
+
+# (dotted key, lowest valid value, strictly above it): checked at load, before hours of work start.
+RANGES = [(f"{role}.train.{key}", low, strict) for role in ("teacher", "student")
+          for key, low, strict in (("batch_size", 1, False), ("epochs", 1, False), ("lr", 0.0, True),
+                                   ("weight_decay", 0.0, False), ("warmup_steps", 0, False), ("max_steps", 0, False),
+                                   ("max_train_images", 0, False), ("max_val_images", 0, False), ("grad_clip", 0.0, False),
+                                   ("eval_every", 1, False), ("save_every_steps", 0, False), ("workers", 0, False))]
+RANGES += [("quantize.calib_images", 8, False), ("quantize.max_map_drop", 0.0, False), ("export.iters", 1, False)]
+
+
+def check_ranges(config: PipelineConfig, source: str) -> None:
+    """Every numeric setting of RANGES within its range, else one ConfigError naming it."""
+    for dotted, low, strict in RANGES:
+        value: Any = config
+        for part in dotted.split("."):
+            value = getattr(value, part)
+        if value < low or (strict and value == low):
+            bound = f"> {low}" if strict else f">= {low}"
+            raise ConfigError(f"{source}: '{dotted}' must be {bound}, got {value!r}")
 
 
 def to_yaml(config: Any) -> str:

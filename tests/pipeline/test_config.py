@@ -117,3 +117,14 @@ def test_exponents_without_a_dot_are_floats():
     assert cfg.teacher.train.lr == 1e-4 and cfg.distill.loc_weight == 2.0
     with pytest.raises(ConfigError, match="'teacher.train.lr' must be float, got 'fast'"):
         load_config(DEFAULT, ["teacher.train.lr=fast"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("teacher.train.batch_size=0", "'teacher.train.batch_size' must be >= 1, got 0"),
+    ("student.train.lr=0", "'student.train.lr' must be > 0.0, got 0.0"),
+    ("teacher.train.epochs=-1", "'teacher.train.epochs' must be >= 1, got -1"),
+    ("quantize.calib_images=2", "'quantize.calib_images' must be >= 8, got 2"),
+])
+def test_ranges_are_checked_at_load(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(DEFAULT, [override])
