@@ -269,7 +269,9 @@ RANGES += [("quantize.calib_images", 8, False), ("quantize.max_map_drop", 0.0, F
 
 
 def check_ranges(config: PipelineConfig, source: str) -> None:
-    """Every numeric setting of RANGES within its range, else one ConfigError naming it."""
+    """Every numeric setting of RANGES within its range, and the run a folder name, else one ConfigError naming it."""
+    if not config.run or config.run in (".", "..") or "/" in config.run or "\\" in config.run:
+        raise ConfigError(f"{source}: 'run' must be a folder name inside runs_dir ({config.runs_dir}), got {config.run!r}")
     for dotted, low, strict in RANGES:
         value: Any = config
         for part in dotted.split("."):

@@ -128,3 +128,8 @@ def test_exponents_without_a_dot_are_floats():
 def test_ranges_are_checked_at_load(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(DEFAULT, [override])
+
+
+def test_the_run_name_stays_inside_runs_dir():
+    with pytest.raises(ConfigError, match=r"'run' must be a folder name inside runs_dir \(runs\), got '../../etc/x'"):
+        load_config(DEFAULT, ["run=../../etc/x"])
