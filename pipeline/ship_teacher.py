@@ -57,8 +57,8 @@ def model_card(name: str, digest: str, size_mb: float, meta: dict[str, Any], met
         f"- Command: `{command}`",
         f"- Seed {train.get('seed')}, {train.get('epochs')} epochs ({meta.get('step')} steps of batch {train.get('batch_size')}), "
         f"{train.get('optimizer')} lr {train.get('lr')} {train.get('schedule')}, weight decay {train.get('weight_decay')}, "
-        f"augmentation {train.get('augment')}, all {'' if not train.get('max_train_images') else train.get('max_train_images')} "
-        "training images",
+        f"augmentation {train.get('augment')}, "
+        f"{'every training image' if not train.get('max_train_images') else str(train['max_train_images']) + ' training images'}",
         f"- Wall time: {wall / 60:.0f} min of training and evaluation" if wall else "- Wall time: not logged",
         f"- Machine: {machine}",
         f"- On all {metrics['num_images']} val images (COCO mAP, percent): {final}", "",
@@ -68,7 +68,7 @@ def model_card(name: str, digest: str, size_mb: float, meta: dict[str, Any], met
         " and checks the SHA-256 above); `make teacher` trains one from scratch instead.", ""])
 
 
-def ship(run_dir: Path, out: Path, command: str) -> dict[str, Any]:
+def ship(run_dir: Path, out: Path, command: str, note: str = "") -> dict[str, Any]:
     checkpoint, metrics_file, log = run_dir / "last.pt", run_dir / "metrics.json", run_dir / "log.jsonl"
     for f in (checkpoint, metrics_file, log):
         if not f.is_file():
@@ -80,6 +80,8 @@ def ship(run_dir: Path, out: Path, command: str) -> dict[str, Any]:
     digest = sha256(out)
     metrics = json.loads(metrics_file.read_text())
     card = model_card(out.name, digest, size_mb, meta, metrics, epoch_curve(log), command, machine_line(machine_info()))
+    if note:
+        card = card.replace("\n\nValidation AP after", f"\n- Note: {note}\n\nValidation AP after", 1)
     write_text(out.with_suffix(".md"), card)
     print(card)
     return {"sha256": digest, "size_mb": size_mb}
@@ -90,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path, help="the teacher's run folder (last.pt, metrics.json, log.jsonl)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--command", required=True, help="the command that trained it, for the model card")
+    parser.add_argument("--note", default="", help="a line for the model card (e.g. what else ran on the machine)")
     args = parser.parse_args(argv)
-    return guarded(lambda: ship(args.run_dir, args.out, args.command))
+    return guarded(lambda: ship(args.run_dir, args.out, args.command, args.note))
 
 
 if __name__ == "__main__":
