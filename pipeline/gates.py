@@ -56,5 +56,5 @@ def check_gate(stage: str, cfg: PipelineConfig) -> str | None:
             if drop > limit:
                 raise GateError(f"stage quantize: {name} loses {drop:.2f} AP against FP32 > max {limit} "
                                 f"(quantize.max_map_drop); artifacts left in {run / 'quantize'}")
-        return ", ".join(f"{n} -{d:.2f} AP" for n, d in drops.items()) + f" (max {limit})" if drops else None
+        return ", ".join(f"{n} {-d:+.2f} AP" for n, d in drops.items()) + f" (max drop {limit})" if drops else None
     return None

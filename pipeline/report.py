@@ -40,7 +40,8 @@ def _row(stage: str, name: str, metrics: dict[str, Any], latency: dict[str, Any]
     infer, e2e = (latency or {}).get("infer"), (latency or {}).get("end_to_end")
     return {
         "stage": stage, "name": name, "artifact": metrics.get("artifact"), "runtime": metrics.get("backend", "pytorch"),
-        "precision": metrics.get("precision", "fp32"), "executed_precision": metrics.get("executed_precision"),
+        "precision": metrics.get("precision", "fp32"),
+        "executed_precision": metrics.get("executed_precision", "fp32" if "backend" not in metrics else None),
         "precision_warning": metrics.get("precision_warning"), **{k: metrics.get(k) for k in METRICS},
         "latency_ms": {"p50": infer["p50"], "p99": infer["p99"]} if infer else None,
         "e2e_latency_ms": {"p50": e2e["p50"], "p99": e2e["p99"]} if e2e else None,

@@ -65,7 +65,7 @@ def test_gates_stop_with_stage_figure_and_limit(run):
     with pytest.raises(GateError, match=r"stage quantize: onnxruntime_int8 loses 1.50 AP .* max 1.0"):
         check_gate("quantize", run)
     run.quantize.max_map_drop = 2.0
-    assert check_gate("quantize", run) == "onnxruntime_int8 -1.50 AP (max 2.0)"
+    assert check_gate("quantize", run) == "onnxruntime_int8 -1.50 AP (max drop 2.0)"
     with pytest.raises(GateError, match="scores differ by 2.00e-04 > max 1e-04"):
         check_gate("export", run)
     assert check_gate("distill", run) == "AP 24.00 >= baseline 20.00 + 0.0"
