@@ -96,7 +96,8 @@ def test_loc_positives_only_keeps_the_positive_locations_share():
 
 
 def test_distill_cli_runs_a_few_steps(tiny_scenes, tmp_path):
-    common = [f"data.root={tiny_scenes}", "data.generator.size=tiny", f"runs_dir={tmp_path}"]
+    # teacher.checkpoint=null: train the tiny teacher and distil from it, not from the shipped one
+    common = [f"data.root={tiny_scenes}", "data.generator.size=tiny", f"runs_dir={tmp_path}", "teacher.checkpoint=null"]
     small = {"backbone": "efficientnet_lite0", "input_size": [128, 128], "fpn_channels": 32, "head_convs": 1}
     train = {"max_steps": 2, "batch_size": 4, "workers": 0, "max_train_images": 0, "log_every": 1}
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -150,7 +151,8 @@ def test_distillation_steps_leave_the_teacher_bit_identical(tiny_scenes, tmp_pat
 
 
 def test_two_process_gloo_distillation(tiny_scenes, tmp_path):
-    common = [f"data.root={tiny_scenes}", "data.generator.size=tiny", f"runs_dir={tmp_path}"]
+    # teacher.checkpoint=null: train the tiny teacher and distil from it, not from the shipped one
+    common = [f"data.root={tiny_scenes}", "data.generator.size=tiny", f"runs_dir={tmp_path}", "teacher.checkpoint=null"]
     small = {"backbone": "efficientnet_lite0", "input_size": [128, 128], "fpn_channels": 32, "head_convs": 1}
     train = {"max_steps": 2, "batch_size": 2, "workers": 0, "max_train_images": 0, "log_every": 1, "device": "cpu"}
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
