@@ -167,6 +167,8 @@ def decode_image_files(dataset: CocoDataset, workers: int = 0) -> None:
 def load_coco(annotations_path: str, image_dir: str, check_files: bool = True) -> CocoDataset:
     """Read and validate a COCO instances json and its image folder; raise InputError on bad input."""
     path = str(annotations_path)
+    if not os.path.isfile(path):  # named first: a wrong --data path is about the json, not the folder beside it
+        raise InputError(f"annotations file not found: {path}")
     if not os.path.isdir(image_dir):
         raise InputError(f"image folder not found: {image_dir} (for {path})")
     data = _read_json(path, "annotations file")

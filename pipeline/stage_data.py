@@ -55,6 +55,9 @@ def run_data(data: DataConfig, out_dir: Path, progress: bool = True) -> dict[str
         for ds in splits.values():
             decode_image_files(ds)
         result["decode_s"] = round(time.perf_counter() - decode_start, 2)
+    if not any(len(b) for b in splits["train"].boxes.values()):  # would train to 0 AP without a word
+        raise InputError(f"{splits['train'].annotations_path}: the train split holds no annotations (every image "
+                         "is a negative); a detector cannot learn from it")
     if splits["train"].categories != splits["val"].categories:
         raise InputError(f"{splits['val'].annotations_path}: categories differ from {splits['train'].annotations_path}")
     for ds in splits.values():

@@ -76,9 +76,12 @@ def test_malformed_json(tmp_path):
 def test_missing_files_and_folders(tmp_path):
     with pytest.raises(InputError, match="annotations file not found: .*nope.json"):
         load_coco(str(tmp_path / "nope.json"), str(tmp_path))
-    with pytest.raises(InputError, match="image folder not found: .*missing"):
+    # both missing: the json is named first (deploy/benchmark.py --data names the json, not a folder)
+    with pytest.raises(InputError, match="annotations file not found: .*nope.json"):
         load_coco(str(tmp_path / "nope.json"), str(tmp_path / "missing"))
     path = write_coco(tmp_path, IMAGES, [], CATS)
+    with pytest.raises(InputError, match="image folder not found: .*missing"):
+        load_coco(str(path), str(tmp_path / "missing"))
     (tmp_path / "val" / "y.jpg").unlink()
     with pytest.raises(InputError, match=r"1 of 2 images are missing .*first: y.jpg \(image id 2\)"):
         load_coco(str(path), str(tmp_path / "val"))

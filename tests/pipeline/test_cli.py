@@ -66,6 +66,12 @@ def test_missing_image_is_caught_before_anything_else(tmp_path):
     assert_one_line_error(cli("run", "--config", DEFAULT, *overrides), "1 of 1 images are missing", "x.jpg")
 
 
+def test_a_train_split_without_annotations_is_refused(tmp_path):
+    overrides = user_dataset(tmp_path)  # images, no boxes: it would train to 0.0 AP without a word
+    assert_one_line_error(cli("run", "--config", DEFAULT, "--stages", "data", *overrides),
+                          "instances_train.json: the train split holds no annotations")
+
+
 def test_debug_shows_the_traceback(tmp_path):
     proc = cli("run", "--config", DEFAULT, "--debug", f"data.root={tmp_path / 'nowhere'}", "data.generator=null", f"runs_dir={tmp_path / 'runs'}")
     assert proc.returncode != 0 and "Traceback" in proc.stderr
