@@ -1,4 +1,5 @@
-"""Weights files: a trained detector as a compact float16 state dict with everything needed to use it
+"""Weights files: a trained detector as a compact float16 state dict (load_model_state copies it into a
+float32 model) with everything needed to use it
 safely elsewhere (model config, classes, preprocessing), and the checks a user's or the shipped
 teacher passes before anything distils from it.
 
@@ -8,14 +9,12 @@ A weights file is a checkpoint (distill/checkpoint.py) without optimizer or RNG 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from deploy.errors import InputError
+from deploy.files import sha256_file
 from deploy.preprocess import MEAN, STD
 from distill.checkpoint import load_checkpoint, save_checkpoint
 from distill.models.config import ModelConfig
@@ -24,14 +23,6 @@ from distill.models.config import ModelConfig
 PREPROCESS = {"color": "RGB", "mean": list(MEAN), "std": list(STD), "letterbox": "centred, padded at the mean"}
 # ModelConfig keys that do not change the network a state dict fits (weights source, loss, assignment).
 NOT_ARCHITECTURE = {"pretrained", "loss_weights", "box_loss", "center_sampling", "atss_topk", "freeze_bn"}
-
-
-def sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_weights(checkpoint: str | Path, out: str | Path, record: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -63,7 +54,7 @@ def check_weights(path: str | Path, model: ModelConfig, classes: list[str], expe
     if not path.is_file():
         raise InputError(f"{setting}: {path} not found (set {setting}: null to train one)")
     if expected_sha256:
-        found = sha256(path)
+        found = sha256_file(path)
         if found != expected_sha256.lower():
             raise InputError(f"{path}: SHA-256 {found} does not match {setting}_sha256 {expected_sha256} (the file is "
                              f"corrupt or another one; restore it with git, or set {setting}: null to train a new one)")
@@ -81,9 +72,3 @@ def check_weights(path: str | Path, model: ModelConfig, classes: list[str], expe
         raise InputError(f"{path}: saved with other preprocessing ({preprocess}); edgekd feeds {PREPROCESS}")
     return state
 
-
-def load_weights_into(model: torch.nn.Module, state: dict[str, Any], source: str) -> None:
-    """A (possibly float16) state dict into a float32 model."""
-    from distill.checkpoint import load_model_state
-
-    load_model_state(model, {k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()}, source)

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from deploy.errors import InputError
-from deploy.files import write_text
+from deploy.files import sha256_file, write_text
 from deploy.machine import machine_info, machine_line
 from deploy.tables import markdown_table
-from distill.weights_file import sha256, write_weights
+from distill.weights_file import write_weights
 from pipeline.cli import guarded
 
 MAX_MB = 12.0  # the before-stop size check allows files under weights/ up to 12 MiB
@@ -76,8 +76,9 @@ def ship(run_dir: Path, out: Path, command: str, note: str = "") -> dict[str, An
     meta = write_weights(checkpoint, out)
     size_mb = out.stat().st_size / 2**20
     if size_mb > MAX_MB:
+        out.unlink()  # nothing half-done stays beside the error
         raise InputError(f"{out}: {size_mb:.1f} MiB, over the {MAX_MB} MiB the repo takes under weights/")
-    digest = sha256(out)
+    digest = sha256_file(out)
     metrics = json.loads(metrics_file.read_text())
     card = model_card(out.name, digest, size_mb, meta, metrics, epoch_curve(log), command, machine_line(machine_info()))
     if note:

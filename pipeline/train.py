@@ -19,11 +19,12 @@ from typing import Any
 import torch.distributed as dist
 
 from deploy.evaluate import format_metrics, write_evaluation
+from distill.checkpoint import load_model_state
 from distill.losses.detection import make_detection_loss
 from distill.models.detector import build_detector
 from distill.trainer import setup_distributed, train
 from distill.validate import evaluate_model
-from distill.weights_file import check_weights, load_weights_into
+from distill.weights_file import check_weights
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
 from pipeline.stage_data import load_split, run_data
@@ -44,7 +45,7 @@ def train_role(cfg: PipelineConfig, role: str, resume: bool = True, progress: bo
     if role_cfg.checkpoint:
         state = check_weights(role_cfg.checkpoint, role_cfg.model, train_set.class_names, role_cfg.checkpoint_sha256,
                               f"{role}.checkpoint")
-        load_weights_into(model, state, role_cfg.checkpoint)
+        load_model_state(model, state["model"], role_cfg.checkpoint)
         metrics, results = evaluate_model(model, val_set, input_size, role_cfg.train.batch_size, info.device, progress)
         if info.main:
             write_evaluation(str(out_dir), metrics, results)

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from deploy.errors import InputError
-from distill.checkpoint import load_checkpoint, save_checkpoint
+from deploy.files import sha256_file as sha256
+from distill.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from distill.data.fashion_mnist import CLASSES
 from distill.models.detector import build_detector
-from distill.weights_file import PREPROCESS, check_weights, load_weights_into, sha256, write_weights
+from distill.weights_file import PREPROCESS, check_weights, write_weights
 from tests.conftest import REPO, SMALL
 
 
@@ -21,7 +22,7 @@ def test_a_weights_file_is_float16_and_loads_back_into_the_same_outputs(tiny_mod
     assert all(v.dtype == torch.float16 for v in state["model"].values() if v.is_floating_point())
     assert state["preprocess"] == PREPROCESS and state["note"] == "test"
     model = build_detector(SMALL, len(classes)).eval()
-    load_weights_into(model, state, str(out))
+    load_model_state(model, state["model"], str(out))
     x = torch.randn(1, 3, 128, 128)
     with torch.no_grad():
         a, b = detector(x)["cls_logits"], model(x)["cls_logits"]
@@ -59,7 +60,7 @@ def test_the_shipped_teacher_matches_its_hash_and_the_default_config(tiny_splits
     state = check_weights(path, cfg.teacher.model, list(CLASSES), cfg.teacher.checkpoint_sha256)
     assert path.stat().st_size <= 12 * 2**20
     model = build_detector(replace(cfg.teacher.model, pretrained="none"), len(CLASSES)).eval()
-    load_weights_into(model, state, str(path))
+    load_model_state(model, state["model"], str(path))
     from distill.validate import evaluate_model
 
     metrics, _ = evaluate_model(model, tiny_splits[1], tuple(cfg.teacher.model.input_size), 8, torch.device("cpu"), False)
