@@ -84,6 +84,11 @@ def split_artifact(spec: str) -> tuple[str, str | None]:
     return (path, precision) if sep and path and not os.path.exists(spec) else (spec, None)
 
 
+def join_artifact(path, inference_precision: str | None) -> str:
+    """The inverse of split_artifact: the path, with @precision for an IR compiled otherwise than f32 (the default)."""
+    return f"{path}@{inference_precision}" if inference_precision not in (None, "f32") else str(path)
+
+
 def runner_options(backend: str, args: argparse.Namespace, threads: int | None, precision: str | None) -> dict:
     if precision and backend != "openvino":
         raise InputError(f"@{precision}: an inference precision applies to OpenVINO IRs only, not to {backend}")

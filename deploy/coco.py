@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,8 +156,6 @@ def _decode(file: str) -> str | None:
 def decode_image_files(dataset: CocoDataset, workers: int = 0) -> None:
     """Decode every image in full (threads: PIL's decoders release the GIL); the first bad file is one
     InputError naming it. Slower than check_image_files, so the data stage runs it once."""
-    from concurrent.futures import ThreadPoolExecutor
-
     files = [dataset.image_path(img) for img in dataset.images]
     with ThreadPoolExecutor(max_workers=workers or (os.cpu_count() or 1)) as pool:
         for error in pool.map(_decode, files):
@@ -167,11 +166,9 @@ def decode_image_files(dataset: CocoDataset, workers: int = 0) -> None:
 def load_coco(annotations_path: str, image_dir: str, check_files: bool = True) -> CocoDataset:
     """Read and validate a COCO instances json and its image folder; raise InputError on bad input."""
     path = str(annotations_path)
-    if not os.path.isfile(path):  # named first: a wrong --data path is about the json, not the folder beside it
-        raise InputError(f"annotations file not found: {path}")
+    data = _read_json(path, "annotations file")  # first: a wrong --data path is about the json, not the folder beside it
     if not os.path.isdir(image_dir):
         raise InputError(f"image folder not found: {image_dir} (for {path})")
-    data = _read_json(path, "annotations file")
     images = _check_images(path, data["images"])
     categories = _check_categories(path, data["categories"])
     label_of = {c["id"]: k for k, c in enumerate(categories)}

@@ -72,7 +72,7 @@ def machine_info() -> dict:
     cpu, isa = cpu_model_and_isa(read_text("/proc/cpuinfo"))
     info = {"platform": platform.platform(), "cpu": cpu, "isa": isa, "cpu_threads": os.cpu_count(),
             "python": platform.python_version(),
-            "runtimes": {p: package_version(p) for ps in RUNTIME_PACKAGES.values() for p in ps if package_version(p)}}
+            "runtimes": {p: v for ps in RUNTIME_PACKAGES.values() for p in ps if (v := package_version(p))}}
     numpy_version = package_version("numpy")
     if numpy_version:
         info["numpy"] = numpy_version

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from deploy.benchmark import split_artifact
+from deploy.benchmark import join_artifact, split_artifact
 from deploy.errors import InputError
 from deploy.files import write_json
 from deploy.latency import latency_stats, time_calls
@@ -114,7 +114,7 @@ def layers_table(models: list[str], iters: int, threads: int | None = None) -> t
         return sum(r["ms"] for r in t.values()) if group == "total" else t.get(group, {}).get("ms")
 
     groups = sorted(set().union(*times), key=lambda g: -max(ms(t, g) or 0 for t in times))
-    names = [Path(split_spec(m)[0]).stem + (f"@{split_spec(m)[1]}" if split_spec(m)[1] != "f32" else "") for m in models]
+    names = [join_artifact(Path(path).stem, precision) for path, precision in map(split_spec, models)]
     lines = ["| layer kind | " + " | ".join([*(f"{n} ms (kernels)" for n in names), *(f"{n} speed-up" for n in names[1:])])
              + " |", "|---" * (2 * len(names)) + "|"]
     for g in [*groups, "total"]:
@@ -140,12 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         if args.layers:
             text, rows = layers_table(args.models, args.iters, args.threads)
-            print(f"{machine_line(machine_info())}\n")
+            machine = machine_info()
+            print(f"{machine_line(machine)}\n")
             print(text)
             kernels = {f"{Path(r['model']).name}: {g}": ", ".join(f"{k} x{n}" for k, n in v["kernels"].items())
                        for r in rows for g, v in r["layers"].items() if g.endswith("conv")}
             print("\nconvolution kernels:\n" + "\n".join(f"- {k}: {v}" for k, v in kernels.items()))
-            write_json(args.json, {"layers": rows, "iters": args.iters, "threads": args.threads, "machine": machine_info()})
+            write_json(args.json, {"layers": rows, "iters": args.iters, "threads": args.threads, "machine": machine})
             return
         rows = []
         print("| IR | ours p50 ms | benchmark_app median ms | ratio | ours mean ms | benchmark_app mean ms |")

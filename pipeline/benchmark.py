@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from deploy.benchmark import join_artifact
 from deploy.errors import InputError
 from deploy.files import write_json
 from deploy.runtimes.tensorrt import available
@@ -23,11 +24,6 @@ from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "benchmark.py"
-
-
-def spec_of(path: Path, inference_precision: str | None) -> str:
-    """deploy/benchmark.py's artifact argument: the path, with @precision for an IR compiled otherwise than f32."""
-    return f"{path}@{inference_precision}" if inference_precision not in (None, "f32") else str(path)
 
 
 def artifacts(cfg: PipelineConfig) -> tuple[list[str], list[tuple[str, str]]]:
@@ -43,7 +39,7 @@ def artifacts(cfg: PipelineConfig) -> tuple[list[str], list[tuple[str, str]]]:
     for p in found:
         asked = [m.get("inference_precision") for m in quantized.get("artifacts", {}).values()
                  if Path(m["artifact"]).resolve() == p.resolve()]
-        specs += [spec_of(p, ip) for ip in dict.fromkeys(asked or [None])]
+        specs += [join_artifact(p, ip) for ip in dict.fromkeys(asked or [None])]
     skipped = [(f"{run / 'quantize' / 'openvino' / 'model_fp32.xml'}@bf16 ({name})", why)
                for name, why in quantized.get("skipped", {}).items()]
     trt_reason = available()

@@ -253,9 +253,10 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), c
     for override in overrides:
         apply_override(cls, data, override)
         data = _resolve_includes(cls, data, f"override '{override}'")
-    config = from_dict(cls, data, f"{path} (with overrides)" if overrides else str(path))
+    source = f"{path} (with overrides)" if overrides else str(path)
+    config = from_dict(cls, data, source)
     if isinstance(config, PipelineConfig):
-        check_ranges(config, f"{path} (with overrides)" if overrides else str(path))
+        check_ranges(config, source)
     return config
 
 

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from deploy.benchmark import join_artifact
 from deploy.errors import InputError
 from deploy.files import write_json, write_text
 from deploy.machine import machine_info, machine_line
@@ -50,10 +51,6 @@ def _row(stage: str, name: str, metrics: dict[str, Any], latency: dict[str, Any]
     }
 
 
-def timing_key(artifact: str, inference_precision: str | None) -> tuple[Path, str | None]:
-    return Path(artifact).resolve(), None if inference_precision in (None, "f32") else inference_precision
-
-
 def collect_rows(cfg: PipelineConfig) -> list[dict[str, Any]]:
     """A row per artifact the run holds, in stage order, with deltas to the previous stage and the teacher."""
     run = cfg.run_dir
@@ -75,10 +72,10 @@ def collect_rows(cfg: PipelineConfig) -> list[dict[str, Any]]:
         if m:
             artifacts[f"tensorrt_{precision}"] = ("engines", m)
     # One file may be several artifacts (the FP32 IR compiled for f32 and for bf16): key by both.
-    timed = {timing_key(e["artifact"], e.get("inference_precision")): e["latency_ms"]
+    timed = {join_artifact(Path(e["artifact"]).resolve(), e.get("inference_precision")): e["latency_ms"]
              for e in _read(run / "benchmark" / "benchmark.json").get("results", []) if not e.get("round")}
     for name, (stage, m) in artifacts.items():
-        latency = timed.get(timing_key(m["artifact"], m.get("inference_precision")), m.get("latency_ms"))
+        latency = timed.get(join_artifact(Path(m["artifact"]).resolve(), m.get("inference_precision")), m.get("latency_ms"))
         rows.append(_row(stage, name, m, latency, model))
     by_name = {r["name"]: r for r in rows}
     teacher = by_name.get("teacher")
@@ -139,9 +136,10 @@ def notes(cfg: PipelineConfig) -> list[str]:
         out.append(f"TensorRT engines not built on this machine: {engines['skipped']}.")
     for skipped in _read(cfg.run_dir / "benchmark" / "benchmark.json").get("skipped", []):
         out.append(f"Not timed here: {skipped['artifact']} ({skipped['reason']}).")
-    for name, why in _read(cfg.run_dir / "quantize" / "metrics.json").get("skipped", {}).items():
+    quantized = _read(cfg.run_dir / "quantize" / "metrics.json")
+    for name, why in quantized.get("skipped", {}).items():
         out.append(f"Not built here: {name} ({why}).")
-    for name, m in _read(cfg.run_dir / "quantize" / "metrics.json").get("artifacts", {}).items():
+    for name, m in quantized.get("artifacts", {}).items():
         if m.get("precision_warning"):
             out.append(f"{name}: {m['precision_warning'].removeprefix('warning: ')}.")
     return out

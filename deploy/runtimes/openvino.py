@@ -70,9 +70,8 @@ def convolution_execution(compiled) -> list[tuple[str, str]]:
     return out
 
 
-def summarize_executed(convolutions: list[tuple[str, str]]) -> str:
+def summarize_executed(counts: Counter) -> str:
     """One label for what the convolutions ran in: 'int8', 'bf16', or 'int8+fp32' (most frequent first)."""
-    counts = Counter(RUNTIME_NAMES.get(p, p) for p, _ in convolutions)
     return "+".join(name for name, _ in counts.most_common()) or "none"
 
 
@@ -94,7 +93,7 @@ class OpenVinoRunner:
 
         if hint not in HINTS:
             raise InputError(f"openvino hint '{hint}': valid hints are {', '.join(HINTS)}")
-        check_inference_precision(inference_precision, f"{path}")
+        check_inference_precision(inference_precision, str(path))
         core = ov.Core()
         if cache_dir:
             core.set_property({"CACHE_DIR": str(cache_dir)})
@@ -133,11 +132,12 @@ class OpenVinoRunner:
         # The artifact's name for what it is: an FP32 IR asked to run in bf16 is the bf16 artifact.
         self.precision = stored if inference == "f32" else (name if stored == "fp32" else f"{stored}+{name}")
         convolutions = convolution_execution(self.compiled)
-        self.executed_precision = summarize_executed(convolutions)
+        counts = Counter(RUNTIME_NAMES.get(p, p) for p, _ in convolutions)
+        self.executed_precision = summarize_executed(counts)
         self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
         self.execution = {
             "inference_precision_hint": str(self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()),
-            "convolutions": dict(Counter(RUNTIME_NAMES.get(p, p) for p, _ in convolutions)),
+            "convolutions": dict(counts),
             "kernels": dict(Counter(k for _, k in convolutions).most_common()),
             "threads": self.threads, "streams": int(self.compiled.get_property("NUM_STREAMS")),
             "capabilities": capabilities,

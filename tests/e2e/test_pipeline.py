@@ -9,7 +9,9 @@ import subprocess
 import sys
 import time
 
-from pipeline.quantize import missing_capability
+import openvino as ov
+
+from deploy.runtimes.openvino import device_capabilities
 from tests.conftest import REPO
 
 SMALL = {"input_size": "[128,128]", "fpn_channels": 32, "head_convs": 1, "backbone": "efficientnet_lite0"}
@@ -56,7 +58,7 @@ def test_tiny_pipeline_caches_reruns_what_changed_and_gates(tiny_scenes, tmp_pat
     rows = {r["name"]: r for r in report["rows"]}
     quantize_json = json.loads((run / "quantize" / "metrics.json").read_text())
     bf16 = "openvino_bf16" not in quantize_json["skipped"]  # built where the CPU has bf16, else skipped, with why
-    assert bf16 == (missing_capability("bf16") is None) or "cannot compile" in quantize_json["skipped"]["openvino_bf16"]
+    assert bf16 == ("BF16" in device_capabilities(ov.Core(), "CPU")) or "cannot compile" in quantize_json["skipped"]["openvino_bf16"]
     assert list(rows) == ["teacher", "student", "distill", "onnxruntime_fp32", "onnxruntime_int8", "openvino_fp32",
                           *(["openvino_bf16"] if bf16 else []), "openvino_fp16", "openvino_int8"]
     for name in ("openvino_fp32", "openvino_fp16"):  # what ran is what the artifact says, on every CPU
