@@ -31,7 +31,7 @@ from deploy.files import write_json, write_text  # noqa: E402
 from deploy.latency import time_calls  # noqa: E402
 from deploy.machine import RUNTIME_PACKAGES, machine_info, machine_line  # noqa: E402
 from deploy.measure import measure_artifact, sample_images  # noqa: E402
-from deploy.runtimes import backend_for, open_runner  # noqa: E402
+from deploy.runtimes import backend_for, check_detector, open_runner  # noqa: E402
 from deploy.tables import markdown_table  # noqa: E402
 from deploy.tegrastats import parse_line, summarize  # noqa: E402
 
@@ -104,6 +104,7 @@ def benchmark(spec: str, args: argparse.Namespace, coco, images, threads: int | 
     path, precision = split_artifact(spec)
     backend = backend_for(path, args.backend)
     runner = open_runner(path, backend, **runner_options(backend, args, threads, precision))
+    check_detector(runner)
     if runner.batch and args.batch and args.batch != runner.batch:
         raise InputError(f"{path}: its batch is fixed at {runner.batch}; --batch {args.batch} needs a dynamic-batch export")
     _, _, height, width = runner.inputs[runner.input_name]

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from deploy.coco import CocoDataset
 from deploy.errors import InputError
 from deploy.evaluate import format_metrics, write_evaluation
-from deploy.files import write_text
+from deploy.files import write_json, write_text
 from distill.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from distill.data.dataset import DetectionDataset, collate
 from distill.validate import evaluate_model, subset
@@ -68,6 +68,9 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many steps in all (0 = run every epoch); smoke runs and tests
     max_train_images: int = 0  # train on the first N images (0 = all)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+DIVERGED = "diverged.json"  # written beside last.pt when the loss or the weights turned non-finite
 
 
 class NonFiniteLoss(RuntimeError):
@@ -177,7 +180,12 @@ def train(model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, train_set: CocoDa
         if resume:
             print(f"resume: no checkpoint at {out_dir / 'last.pt'}; starting from step 0")
         _truncate_log(out_dir / "log.jsonl", 0)  # a fresh start keeps no lines of an earlier run
+        (out_dir / DIVERGED).unlink(missing_ok=True)
     if resume and (out_dir / "last.pt").is_file():
+        if (out_dir / DIVERGED).is_file():  # the same seeded steps from the same checkpoint diverge again
+            raise NonFiniteLoss(f"{out_dir / DIVERGED}: this run diverged before "
+                                f"({json.loads((out_dir / DIVERGED).read_text()).get('error', '?')}); remove "
+                                f"{out_dir} (or move it away) and train again with other settings")
         state = load_checkpoint(out_dir / "last.pt")
         load_model_state(model, state["model"], str(out_dir / "last.pt"))
         optimizer.load_state_dict(state["optimizer"])
@@ -195,11 +203,30 @@ def train(model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, train_set: CocoDa
         return json.loads((out_dir / "metrics.json").read_text())
     train_model = DistributedDataParallel(model) if info.world > 1 else model
 
+    saved = {"step": step, "max_abs_weight": None}  # what last.pt holds, for the message if the loss diverges
+
     def checkpoint(path: Path) -> None:
+        # Never over a good file with non-finite weights: an optimizer step can turn them NaN while the
+        # loss that produced it was still finite, and the next loss check would come too late.
+        weights = [v for v in model.state_dict().values() if v.is_floating_point()]
+        if not all(bool(torch.isfinite(v).all()) for v in weights):
+            raise diverged(f"step {step}: the weights became non-finite")
+        saved.update(step=step, max_abs_weight=max(float(v.abs().max()) for v in weights if v.numel()))
         save_checkpoint(path, {
             "model": model.state_dict(), **extra_state, "epoch": step // steps_per_epoch, "step": step,
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "rng": _rng_state(), "best_ap": best_ap, "train": asdict(cfg)})
+
+    def diverged(error: str) -> NonFiniteLoss:
+        """The error to raise, after marking the run so that a resume does not repeat the same steps."""
+        if info.main:
+            write_json(out_dir / DIVERGED, {"error": error, "train": asdict(cfg)})
+        last = out_dir / "last.pt"
+        kept = (f"last.pt ({last}) holds step {saved['step']}, saved before it with finite weights "
+                f"(largest |weight| {saved['max_abs_weight']:.3g})" if last.is_file() and saved["max_abs_weight"] is not None
+                else f"last.pt ({last}) is from before this session" if last.is_file() else "no checkpoint was saved")
+        return NonFiniteLoss(f"{error}; training stopped: {kept}. Resuming would repeat the same steps: lower "
+                             f"train.lr ({cfg.lr}) or set train.grad_clip ({cfg.grad_clip}), and train again")
 
     started = time.perf_counter()
 
@@ -248,8 +275,7 @@ def train(model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, train_set: CocoDa
             total = sum(v for k, v in losses.items() if k.startswith("loss_"))
             for name, value in losses.items():
                 if not torch.isfinite(value).all():
-                    raise NonFiniteLoss(f"step {step}: loss term '{name}' is {value.item()}; training stopped, "
-                                        f"last good checkpoint: {out_dir / 'last.pt'}")
+                    raise diverged(f"step {step}: loss term '{name}' is {value.item()}")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(total).backward()
             if cfg.grad_clip > 0:

@@ -296,15 +296,18 @@ def keep_float_until(ranked: Sequence[str], evaluate: Callable[[list[str]], floa
 
 
 def save_ir(model: Any, out_xml: str | Path, fp16: bool) -> Path:
-    """ov.save_model into a temporary folder, then .bin and .xml renamed into place (the .xml last:
-    a reader never finds an .xml without its weights)."""
+    """ov.save_model into a temporary `.*.tmp` folder, then the pair moved into place as a unit: the old
+    .xml goes first and the new .xml comes last, so an .xml on disk always has its own .bin beside it
+    (a kill in between leaves no .xml, and the stage redoes the IR). A folder left by a kill is removed
+    when the stage resumes (pipeline.stage_state.remove_temporaries) and never recorded as an output."""
     import openvino as ov
 
     out_xml = Path(out_xml)
     out_xml.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_xml.stem}.", dir=out_xml.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_xml.stem}.", suffix=".tmp", dir=out_xml.parent))
     try:
         ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=fp16)
+        out_xml.unlink(missing_ok=True)
         os.replace(tmp / "model.bin", out_xml.with_suffix(".bin"))
         os.replace(tmp / "model.xml", out_xml)
     finally:

@@ -26,19 +26,14 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from deploy.errors import InputError
 from deploy.evaluate import coco_eval
 from deploy.files import write_json, write_text
-from distill.checkpoint import load_checkpoint
-from distill.distiller import DistillConfig
-from distill.losses.detection import DEFAULT_WEIGHTS
-from distill.models.detector import ModelConfig
-from distill.trainer import TrainConfig
 from distill.validate import predict
+from pipeline import reuse
 from pipeline.cli import guarded
 from pipeline.config import PipelineConfig, load_config
 from pipeline.distill import distill_student, load_teacher, teacher_path
@@ -57,8 +52,6 @@ VARIANTS = {  # name -> distill overrides
 }
 DEFAULT_VARIANTS = ("none", "kd", "ld", "bckd", "bckd_cls", "bckd_loc")
 COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-# Settings that do not change what a finished variant learned, so a rerun may differ in them.
-RUN_ONLY = {"eval_every", "max_val_images", "log_every", "save_every_steps", "workers", "device", "min_gain_over_baseline"}
 
 
 def teacher_metrics(cfg: PipelineConfig, path: Path) -> dict[str, Any]:
@@ -90,28 +83,8 @@ def seed_dir(out: Path, seed: int, home: int) -> Path:
 
 def changed_setting(checkpoint: Path, cfg: PipelineConfig, teacher: Path) -> str | None:
     """How a variant's existing checkpoint was trained differently from what cfg would train now
-    ('section.key: X there, Y now'), or None. Keys a checkpoint predates count as their defaults."""
-    state = load_checkpoint(checkpoint)
-    if state.get("teacher", str(teacher)) != str(teacher):
-        return f"teacher: {state['teacher']} there, {teacher} now"
-    distilled = state.get("distill", {"method": "none"})  # the student stage's checkpoints hold no distill section
-    sections = [("student.train", state.get("train", {}), cfg.student.train, TrainConfig()),
-                ("student.model", state.get("config", {}), cfg.student.model, ModelConfig())]
-    if not distilled.get("method") == cfg.distill.method == "none":  # without distillation its settings are moot
-        sections.append(("distill", distilled, cfg.distill, DistillConfig()))
-    for section, stored, now, default in sections:
-        was_all, now_all = _resolved({**asdict(default), **stored}), _resolved(asdict(now))
-        for key, value in now_all.items():
-            if key not in RUN_ONLY and was_all[key] != value:
-                return f"{section}.{key}: {was_all[key]!r} there, {value!r} now"
-    return None
-
-
-def _resolved(settings: dict[str, Any]) -> dict[str, Any]:
-    """Model settings with loss_weights null (the head's defaults) written out, as older checkpoints stored them."""
-    if "loss_weights" in settings and not settings["loss_weights"]:
-        settings = {**settings, "loss_weights": list(DEFAULT_WEIGHTS[settings["name"]])}
-    return settings
+    ('section.key: X there, Y now'), or None (pipeline.reuse)."""
+    return reuse.changed_setting(checkpoint, "student", cfg.student.train, cfg.student.model, cfg.distill, teacher)
 
 
 def summarise(per_seed: dict[int, dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:

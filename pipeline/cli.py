@@ -15,14 +15,20 @@ from distill.trainer import NonFiniteLoss
 
 def guarded(body: Callable[[], None], debug: bool = False,
             on_interrupt: str = "interrupted: rerun the same command to continue") -> int:
-    """Run body(); map failures to exit codes: 2 for bad input or a non-finite loss, 3 for a failed gate,
-    130 for Ctrl-C."""
+    """Run body(); map failures to exit codes: 2 for bad input, a non-finite loss or a file system error,
+    3 for a failed gate, 130 for Ctrl-C."""
     try:
         body()
     except (InputError, NonFiniteLoss) as e:
         if debug:
             raise
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file system that refuses (read-only, full, a file where a folder should be)
+        if debug:
+            raise
+        where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f)
+        print(f"error: {where + ': ' if where else ''}{e.strerror or e}", file=sys.stderr)
         return 2
     except GateError as e:  # the artifacts stay for inspection
         if debug:

@@ -25,6 +25,7 @@ from distill.models.detector import build_detector, load_detector
 from distill.trainer import setup_distributed, train
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
+from pipeline.reuse import refuse_other_settings
 from pipeline.stage_data import load_split, run_data
 
 
@@ -51,6 +52,8 @@ def distill_student(cfg: PipelineConfig, teacher_file: str | None = None, resume
     path = teacher_path(cfg, teacher_file)
     if not path.is_file():
         raise InputError(f"teacher checkpoint not found: {path} (run `make teacher` first, or pass TEACHER=path)")
+    if resume:
+        refuse_other_settings(cfg.run_dir / out_name, "student", cfg.student.train, cfg.student.model, cfg.distill, path)
     teacher, teacher_classes = load_teacher(path)
     teacher_size = tuple(teacher.cfg.input_size)
     # Seeded after the teacher is built: every variant (and `make student`) starts from the same init.

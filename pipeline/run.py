@@ -11,6 +11,7 @@ renamed into place, so no stage reads a half-written file after a kill.
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.benchmark import split_artifact
-from deploy.errors import GateError
+from deploy.errors import GateError, InputError
 from deploy.files import write_json, write_text
 from pipeline.benchmark import artifacts as benchmark_artifacts
 from pipeline.benchmark import run_benchmark
@@ -38,6 +39,7 @@ from pipeline.stage_state import (
     now,
     output_files,
     read_state,
+    remove_temporaries,
     set_aside,
     stage_status,
     versions,
@@ -188,12 +190,14 @@ def run_stage(cfg: PipelineConfig, name: str, force: bool, progress: bool) -> di
         print(f"[{name}] start" + (f" ({status.reason})" if status.state in ("pending", "failed") else ""), flush=True)
         started, start = now(), time.perf_counter()
         out.mkdir(parents=True, exist_ok=True)
+        for left in remove_temporaries(out):
+            print(f"[{name}] removed {left} (left by an interrupted run)", flush=True)
         record = {"stage": name, "config_hash": cfg_hash, "inputs_hash": in_hash, "started": started}
         write_state(out, state="running", **record)
         try:
             result = stage.run(cfg, out, progress)
-        except GateError as e:
-            write_state(out, state="failed", error=str(e), **record)
+        except Exception as e:  # bad input, a gate, a diverged loss: `failed` with the line, not `running`
+            write_state(out, state="failed", error=one_line(e), **record)
             raise
         wall = round(time.perf_counter() - start, 1)
         write_state(out, state="done", **record, finished=now(), wall_s=wall,
@@ -213,6 +217,12 @@ def run_stage(cfg: PipelineConfig, name: str, force: bool, progress: bool) -> di
     return result
 
 
+def one_line(error: BaseException) -> str:
+    """An error as the one line stage.json and `status` show."""
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
 def summary(result: Any) -> str:
     """A stage result's headline for its done line."""
     if not isinstance(result, dict):
@@ -228,15 +238,40 @@ def summary(result: Any) -> str:
     return ""
 
 
+def check_against_data(cfg: PipelineConfig, selected: list[str]) -> None:
+    """Refuse, before any stage trains, a training setting the data refutes (a batch larger than the training
+    split), rather than after an earlier stage has trained for an hour. Reads the data stage's counts."""
+    try:
+        images = json.loads((cfg.run_dir / "data" / "stats.json").read_text())["stats"]["train"]["images"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no counts yet: the trainer checks the same when it starts
+    for stage in selected:
+        role = {"teacher": "teacher", "student": "student", "distill": "student"}.get(stage)
+        if role is None or (role == "teacher" and cfg.teacher.checkpoint):
+            continue
+        train = getattr(cfg, role).train
+        usable = min(train.max_train_images or images, images)
+        if train.batch_size > usable:
+            raise InputError(f"{role}.train.batch_size: {train.batch_size} exceeds the {usable} training images "
+                             f"({cfg.data.split_paths('train')[0]}); lower it, or add images")
+
+
 def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None, progress: bool = True,
                  start: str | None = None) -> dict[str, Any]:
     """Run the selected stages (`start` and every stage after it forced to rerun); return the results of
     the stages that ran."""
     selected = select_stages(cfg, stages, start)
     run_dir = cfg.run_dir
-    write_text(run_dir / "config.yaml", to_yaml(cfg))
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"runs_dir: the run folder {run_dir} cannot be created ({e.strerror})") from None
+    config_file, config_text = run_dir / "config.yaml", to_yaml(cfg)
+    # Rewritten only on change, so an up-to-date run reads a folder it may not write (a read-only mount).
+    if not config_file.is_file() or config_file.read_text(encoding="utf-8") != config_text:
+        write_text(config_file, config_text)
     results: dict[str, Any] = {}
-    begin = time.perf_counter()
+    begin, checked = time.perf_counter(), False
     with sigterm_as_interrupt():
         for name in selected:
             stale_upstream = [u for u in STAGE_TABLE[name].upstream
@@ -244,6 +279,9 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None, progress:
             if stale_upstream:
                 print(f"[{name}] note: upstream {', '.join(stale_upstream)} not done and not selected; "
                       "using the files it left", flush=True)
+            if name in ("teacher", "student", "distill") and not checked:
+                check_against_data(cfg, selected)
+                checked = True
             result = run_stage(cfg, name, force=start is not None, progress=progress)
             if result is not None:
                 results[name] = result

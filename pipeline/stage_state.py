@@ -60,8 +60,27 @@ def output_files(stage_dir: Path | None, extra: list[Path] = ()) -> dict[str, di
     elsewhere). The hash, not the size, tells a cached artifact is the one the stage made: a weight
     scaled in place keeps its size."""
     files = [p for p in sorted(stage_dir.rglob("*")) if p.is_file() and p.name != STATE_FILE
-             and not p.name.endswith(".tmp")] if stage_dir is not None and stage_dir.is_dir() else []
+             and not is_temporary(p.relative_to(stage_dir))] if stage_dir is not None and stage_dir.is_dir() else []
     return {str(p): {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in [*files, *extra] if p.is_file()}
+
+
+def is_temporary(path: Path) -> bool:
+    """Whether a path (relative to its stage folder) was written under a temporary name
+    (deploy.files.atomic_path, export.quantize.save_ir: `*.tmp`) or lies inside one: never an output."""
+    return any(part.endswith(".tmp") for part in path.parts)
+
+
+def remove_temporaries(stage_dir: Path) -> list[Path]:
+    """Delete what a killed run left under temporary names in a stage folder; return what was removed."""
+    if not stage_dir.is_dir():
+        return []
+    found = [p for p in stage_dir.rglob("*.tmp") if not is_temporary(p.parent.relative_to(stage_dir))]
+    for p in found:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return found
 
 
 def output_changed(path: str, recorded: Any) -> bool:

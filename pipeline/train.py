@@ -27,6 +27,7 @@ from distill.validate import evaluate_model
 from distill.weights_file import check_weights
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
+from pipeline.reuse import refuse_other_settings
 from pipeline.stage_data import load_split, run_data
 
 
@@ -51,6 +52,8 @@ def train_role(cfg: PipelineConfig, role: str, resume: bool = True, progress: bo
             write_evaluation(str(out_dir), metrics, results)
             print(f"{role} (from {role_cfg.checkpoint}): val {format_metrics(metrics)}")
         return metrics
+    if resume:
+        refuse_other_settings(out_dir, role, role_cfg.train, role_cfg.model)
     loss_fn = make_detection_loss(role_cfg.model)
     extra = {"config": asdict(role_cfg.model), "classes": train_set.class_names}
     return train(model, loss_fn, role_cfg.train, train_set, val_set, out_dir, input_size, extra,

@@ -44,3 +44,16 @@ def open_runner(path: str, backend: str | None = None, **options: Any):
         return OpenVinoRunner(path, **options)
     from deploy.runtimes.tensorrt import TensorRTRunner
     return TensorRTRunner(path, **options)
+
+
+def check_detector(runner: Any) -> None:
+    """Refuse, in one line naming the file, an artifact that is not an edgekd detector: the exported
+    model contract is one float image input [N, 3, H, W] and outputs `boxes` and `scores`."""
+    shape = runner.inputs[runner.input_name]
+    if len(runner.inputs) != 1 or len(shape) != 4 or shape[1] != 3:
+        found = ", ".join(f"'{n}' {s}" for n, s in runner.inputs.items())
+        raise InputError(f"{runner.path}: input {found}; an edgekd detector takes one image input [N, 3, H, W]")
+    missing = [n for n in ("boxes", "scores") if n not in runner.outputs]
+    if missing:
+        raise InputError(f"{runner.path}: no '{missing[0]}' output (it has {', '.join(runner.outputs)}); an edgekd "
+                         "detector outputs 'boxes' [N, A, 4] and 'scores' [N, A, C]")

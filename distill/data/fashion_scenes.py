@@ -16,6 +16,7 @@ import colorsys
 import hashlib
 import json
 import multiprocessing as mp
+import signal
 import os
 import shutil
 import time
@@ -186,8 +187,13 @@ def _write_split(split: str, n: int, root: Path, workers: int, progress: bool) -
     job = partial(_scene_job, split=split, out_dir=str(out_dir))
     bar = dict(total=n, desc=f"fashion-scenes {split}", unit="img", disable=not progress)
     if workers > 1:
-        with mp.get_context("fork").Pool(workers) as pool:
+        # Forked workers inherit the pipeline's SIGTERM-as-Ctrl-C handler, and the pool's exit terminates them
+        # with SIGTERM: each printed a KeyboardInterrupt traceback. They take the default action, and the
+        # pool is closed and joined (a clean exit) once every scene is back.
+        with mp.get_context("fork").Pool(workers, initializer=signal.signal, initargs=(signal.SIGTERM, signal.SIG_DFL)) as pool:
             rows = list(tqdm(pool.imap(job, range(n), chunksize=8), **bar))
+            pool.close()
+            pool.join()
     else:
         rows = [job(i) for i in tqdm(range(n), **bar)]
     images, annotations = [], []

@@ -121,3 +121,36 @@ def test_make_benchmark_runs_what_it_can_and_lists_engines_it_cannot(exported, t
     runnable, skipped = artifacts(cfg)
     assert runnable == [str(onnx_path)]
     assert [Path(p).name for p, _ in skipped] == ["model_fp16.engine"] and "tensorrt is not installed" in skipped[0][1]
+
+
+def one_conv_onnx(path, channels_in, outputs=("boxes", "scores")):
+    """A one-convolution ONNX model: input 'images' [1, channels_in, 32, 32], its outputs named `outputs`."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((4, channels_in, 1, 1), np.float32), "w")
+    nodes = [helper.make_node("Conv", ["images", "w"], [outputs[0]])]
+    outs = [helper.make_tensor_value_info(outputs[0], TensorProto.FLOAT, [1, 4, 32, 32])]
+    if len(outputs) > 1:
+        nodes.append(helper.make_node("Sigmoid", [outputs[0]], [outputs[1]]))
+        outs.append(helper.make_tensor_value_info(outputs[1], TensorProto.FLOAT, [1, 4, 32, 32]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, channels_in, 32, 32])],
+                              outs, [weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("channels, outputs, fragments", [
+    (1, ("boxes", "scores"), ["input 'images' [1, 1, 32, 32]", "one image input [N, 3, H, W]"]),
+    (3, ("y",), ["no 'boxes' output (it has y)", "outputs 'boxes' [N, A, 4] and 'scores'"]),
+])
+def test_a_model_outside_the_export_contract_is_one_error(tmp_path, channels, outputs, fragments):
+    """Before: INVALID_ARGUMENT from ONNX Runtime (another input shape) or KeyError: 'scores'."""
+    path = one_conv_onnx(tmp_path / "m.onnx", channels, outputs)
+    proc = run_benchmark(path, "--warmup", "1", "--iters", "2")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: "), proc.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in lines[0]

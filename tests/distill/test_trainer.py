@@ -72,9 +72,33 @@ def test_non_finite_loss_stops_with_step_and_term_keeping_the_last_good_checkpoi
             out["loss_dfl"] = out["loss_dfl"] * float("nan")
         return out
 
-    with pytest.raises(NonFiniteLoss, match="step 2: loss term 'loss_dfl' is nan"):
+    with pytest.raises(NonFiniteLoss, match="step 2: loss term 'loss_dfl' is nan; training stopped: last.pt .* holds step 2"):
         run(splits, tmp_path, loss_fn=poisoned, max_steps=6, save_every_steps=1)
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 2
+    # A resume would replay the same seeded steps into the same NaN: it is refused, naming the marker.
+    with pytest.raises(NonFiniteLoss, match="diverged.json: this run diverged before .step 2: loss term 'loss_dfl'"):
+        run(splits, tmp_path, resume=True, max_steps=6)
+    run(splits, tmp_path, max_steps=1)  # a fresh start clears the marker
+    assert not (tmp_path / "diverged.json").exists()
+
+
+def test_weights_gone_non_finite_under_a_finite_loss_are_never_saved(splits, tmp_path):
+    """An optimizer step can blow the weights up while its loss was finite; the checkpoint after that step
+    must not replace the last one with finite weights."""
+    gfl, calls = make_gfl_loss(), []
+
+    def blow_up(model, images, targets):
+        out = gfl(model, images, targets)
+        calls.append(1)
+        if len(calls) == 3:  # sqrt at 0: a term worth 0 whose gradient is not finite, so the update is NaN
+            out["loss_qfl"] = out["loss_qfl"] + torch.sqrt(0 * next(model.parameters()).sum())
+        return out
+
+    with pytest.raises(NonFiniteLoss, match="step 3: the weights became non-finite; training stopped: last.pt .* holds step 2"):
+        run(splits, tmp_path, loss_fn=blow_up, max_steps=6, save_every_steps=1)
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
 def test_checkpoint_of_another_architecture_names_keys_and_shapes(tmp_path):

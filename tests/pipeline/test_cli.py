@@ -105,3 +105,64 @@ def test_export_and_quantize_name_their_missing_inputs(tmp_path):
 def test_an_unknown_quantize_artifact_lists_the_valid_ones():
     assert_one_line_error(cli("run", "--config", DEFAULT, "quantize.artifacts=[tflite_int8]"),
                           "quantize.artifacts[0]", "openvino_int8")
+
+
+def test_an_input_error_marks_the_stage_failed_not_interrupted(tmp_path):
+    """Before: the stage stayed `running`, and `status` said "interrupted: resumes"."""
+    overrides = user_dataset(tmp_path)  # no annotations: the data stage refuses the train split
+    assert_one_line_error(cli("run", "--config", DEFAULT, "--stages", "data", *overrides), "holds no annotations")
+    state = json.loads((tmp_path / "runs" / "default" / "data" / "stage.json").read_text())
+    assert state["state"] == "failed" and "the train split holds no annotations" in state["error"]
+    status = cli("status", "--config", DEFAULT, *overrides)
+    line = next(x for x in status.stdout.splitlines() if x.startswith("data"))
+    assert "failed" in line and "holds no annotations" in line and "interrupted" not in line
+
+
+def test_runs_dir_under_a_regular_file_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("x")
+    overrides = [*user_dataset(tmp_path)[:-1], f"runs_dir={tmp_path / 'file' / 'runs'}"]
+    assert_one_line_error(cli("run", "--config", DEFAULT, "--stages", "data", *overrides),
+                          "runs_dir: the run folder", "file/runs/default cannot be created (Not a directory)")
+
+
+def test_a_file_system_error_is_one_line_naming_the_file(capsys):
+    import errno
+
+    from pipeline.cli import guarded
+
+    def body():
+        raise OSError(errno.EROFS, "Read-only file system", "runs/default/export/metrics.json")
+
+    assert guarded(body) == 2
+    assert capsys.readouterr().err == "error: runs/default/export/metrics.json: Read-only file system\n"
+
+
+def test_an_up_to_date_run_writes_nothing(tmp_path):
+    """A run where every stage is done leaves the folder untouched (so it also runs on a read-only copy)."""
+    overrides = user_dataset(tmp_path, anns=[{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 5]}])
+    assert cli("run", "--config", DEFAULT, "--no-progress", "--stages", "data", *overrides).returncode == 0
+    run_dir = tmp_path / "runs" / "default"
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+    assert cli("run", "--config", DEFAULT, "--no-progress", "--stages", "data", *overrides).returncode == 0
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
+
+
+def test_generating_the_dataset_prints_no_worker_tracebacks(tmp_path):
+    """The pipeline's SIGTERM handler reached the generator's forked workers, and the pool's exit printed a
+    ForkPoolWorker KeyboardInterrupt traceback from each."""
+    proc = cli("run", "--config", DEFAULT, "--no-progress", "--stages", "data", "data.generator.size=tiny",
+               "data.generator.workers=2", f"data.root={tmp_path / 'scenes'}", f"runs_dir={tmp_path / 'runs'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr
+
+
+def test_a_setting_the_data_refutes_stops_before_any_stage_trains(tmp_path):
+    """A student batch larger than the training split used to fail only after the teacher had trained."""
+    overrides = user_dataset(tmp_path, anns=[{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 5]}])
+    proc = cli("run", "--config", DEFAULT, "--no-progress", "stages=[data,teacher,student]", "teacher.checkpoint=null",
+               "teacher.train.batch_size=1", "teacher.train.max_steps=1", *overrides)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: student.train.batch_size: 8 exceeds the 1 training images ({tmp_path}/annotations/instances_train.json); "
+        "lower it, or add images")
+    assert not (tmp_path / "runs" / "default" / "teacher").exists()

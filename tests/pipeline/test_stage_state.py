@@ -2,10 +2,19 @@
 
 import hashlib
 import json
+from pathlib import Path
 
 from distill.distiller import DistillConfig
 from pipeline.gates import GATE_KEYS
-from pipeline.stage_state import config_hash, inputs_hash, output_files, set_aside, stage_status, write_state
+from pipeline.stage_state import (
+    config_hash,
+    inputs_hash,
+    output_files,
+    remove_temporaries,
+    set_aside,
+    stage_status,
+    write_state,
+)
 
 
 def test_config_hash_follows_settings_but_not_gate_limits():
@@ -63,3 +72,20 @@ def test_set_aside_keeps_the_earlier_outputs(tmp_path):
     # two changes of settings: both earlier generations are kept, oldest first by name
     kept = sorted((tmp_path / ".previous" / "distill").iterdir())
     assert kept == [moved, again] and (moved / "last.pt").read_bytes() == b"old"
+
+
+def test_what_a_killed_write_left_is_never_an_output_and_is_removed_on_resume(tmp_path):
+    """A SIGKILL while OpenVINO saved the FP32 IR left .model_fp32.<x>.tmp/ (a partial model.bin, an empty
+    model.xml), and one during ONNX Runtime's quantization .model.int8.onnx.<x>.tmp; both were recorded."""
+    stage = tmp_path / "quantize"
+    ir_tmp = stage / "openvino" / ".model_fp32.k3j2.tmp"
+    ir_tmp.mkdir(parents=True)
+    (ir_tmp / "model.bin").write_bytes(b"\0" * 100)
+    (ir_tmp / "model.xml").write_text("")
+    (stage / ".model.int8.onnx.x8a1.tmp").write_bytes(b"partial")
+    (stage / "model.int8.onnx").write_bytes(b"done")
+    (stage / "openvino" / "model_fp32.xml").write_text("<net/>")
+    assert sorted(Path(p).name for p in output_files(stage)) == ["model.int8.onnx", "model_fp32.xml"]
+    removed = remove_temporaries(stage)
+    assert sorted(p.name for p in removed) == [".model.int8.onnx.x8a1.tmp", ".model_fp32.k3j2.tmp"]
+    assert sorted(p.name for p in stage.rglob("*")) == ["model.int8.onnx", "model_fp32.xml", "openvino"]
