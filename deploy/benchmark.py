@@ -123,17 +123,18 @@ def benchmark(spec: str, args: argparse.Namespace, coco, images, threads: int | 
 
 def table(entries: list) -> str:
     """Markdown table of the entries."""
-    lines = ["| artifact | backend | precision | executed | threads | batch | AP | AP50 | infer p50 ms | infer p99 ms "
-             "| e2e p50 ms | e2e p99 ms | images/s | W | mJ/image |", "|---" * 15 + "|"]
+    header = ["artifact", "backend", "precision", "executed", "threads", "batch", "AP", "AP50", "infer p50 ms", "infer p99 ms",
+              "e2e p50 ms", "e2e p99 ms", "images/s", "W", "mJ/image"]
+    rows = []
     for e in entries:
         inf, e2e, power = e["latency_ms"]["infer"], e["latency_ms"]["end_to_end"], e.get("power", {})
-        ap = f"{100 * e['AP']:.1f} | {100 * e['AP50']:.1f}" if "AP" in e else "- | -"
+        ap = [f"{100 * e['AP']:.1f}", f"{100 * e['AP50']:.1f}"] if "AP" in e else ["-", "-"]
         name = os.path.basename(e["artifact"]) + (f"@{e['inference_precision']}" if e.get("inference_precision") else "")
         executed = e.get("executed_precision", "-") + (" (!)" if e.get("precision_warning") else "")
-        lines.append(f"| {name} | {e['backend']} | {e['precision']} | {executed} | {e.get('threads') or '-'} | {e['batch']} "
-                     f"| {ap} | {inf['p50']:.2f} | {inf['p99']:.2f} | {e2e['p50']:.2f} | {e2e['p99']:.2f} "
-                     f"| {e['throughput_ips']:.1f} | {power.get('mean_w', '-')} | {power.get('energy_per_image_mj', '-')} |")
-    return "\n".join(lines)
+        rows.append([name, e["backend"], e["precision"], executed, e.get("threads") or "-", e["batch"], *ap,
+                     f"{inf['p50']:.2f}", f"{inf['p99']:.2f}", f"{e2e['p50']:.2f}", f"{e2e['p99']:.2f}",
+                     f"{e['throughput_ips']:.1f}", power.get("mean_w", "-"), power.get("energy_per_image_mj", "-")])
+    return markdown_table(header, rows)
 
 
 def rounds_summary(entries: list) -> tuple[str, list]:

@@ -148,6 +148,131 @@ def _truncate_log(path: Path, step: int) -> None:
         write_text(path, "".join(line + "\n" for line in keep))
 
 
+@dataclass
+class Session:
+    """What one training session carries between its pieces: the model and its optimizer state, where it
+    writes, and how far it got."""
+
+    model: nn.Module
+    cfg: TrainConfig
+    out_dir: Path
+    info: DistInfo
+    steps_per_epoch: int
+    extra_state: dict[str, Any]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    step: int = 0
+    best_ap: float = -1.0
+    saved_step: int | None = None  # what last.pt holds when this session saved it, for the divergence message
+    saved_max_abs_weight: float | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def epoch(self) -> int:
+        return self.step // self.steps_per_epoch
+
+
+def resume_or_start(s: Session, resume: bool) -> None:
+    """Load out_dir/last.pt into the session (weights, optimizer, scheduler, scaler, RNG, step) when resuming,
+    else start clean: no log lines and no divergence mark of an earlier run."""
+    last = s.out_dir / "last.pt"
+    if not (resume and last.is_file()):
+        if s.info.main:
+            if resume:
+                print(f"resume: no checkpoint at {last}; starting from step 0")
+            _truncate_log(s.out_dir / "log.jsonl", 0)
+            (s.out_dir / DIVERGED).unlink(missing_ok=True)
+        return
+    if (s.out_dir / DIVERGED).is_file():  # the same seeded steps from the same checkpoint diverge again
+        raise NonFiniteLoss(f"{s.out_dir / DIVERGED}: this run diverged before "
+                            f"({json.loads((s.out_dir / DIVERGED).read_text()).get('error', '?')}); remove "
+                            f"{s.out_dir} (or move it away) and train again with other settings")
+    state = load_checkpoint(last)
+    load_model_state(s.model, state["model"], str(last))
+    s.optimizer.load_state_dict(state["optimizer"])
+    s.scheduler.load_state_dict(state["scheduler"])
+    s.scaler.load_state_dict(state["scaler"])
+    _set_rng_state(state["rng"])
+    s.step, s.best_ap = state["step"], state.get("best_ap", -1.0)
+    if s.info.main:
+        print(f"resumed from {last} at step {s.step} (epoch {s.epoch})")
+        _truncate_log(s.out_dir / "log.jsonl", s.step)
+
+
+def save(s: Session, path: Path) -> None:
+    """Write a resumable checkpoint, never one with non-finite weights: an optimizer step can turn them NaN
+    while the loss that produced it was still finite, and the next loss check would come too late."""
+    weights = [v for v in s.model.state_dict().values() if v.is_floating_point()]
+    if not all(bool(torch.isfinite(v).all()) for v in weights):
+        raise diverged(s, f"step {s.step}: the weights became non-finite")
+    s.saved_step, s.saved_max_abs_weight = s.step, max(float(v.abs().max()) for v in weights if v.numel())
+    save_checkpoint(path, {
+        "model": s.model.state_dict(), **s.extra_state, "epoch": s.epoch, "step": s.step,
+        "optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(), "scaler": s.scaler.state_dict(),
+        "rng": _rng_state(), "best_ap": s.best_ap, "train": asdict(s.cfg)})
+
+
+def diverged(s: Session, error: str) -> NonFiniteLoss:
+    """The error to raise, after marking the run so that a resume does not repeat the same steps."""
+    if s.info.main:
+        write_json(s.out_dir / DIVERGED, {"error": error, "train": asdict(s.cfg)})
+    last = s.out_dir / "last.pt"
+    if not last.is_file():
+        kept = "no checkpoint was saved"
+    elif s.saved_step is None:
+        kept = f"last.pt ({last}) is from before this session"
+    else:
+        kept = (f"last.pt ({last}) holds step {s.saved_step}, saved before it with finite weights "
+                f"(largest |weight| {s.saved_max_abs_weight:.3g})")
+    return NonFiniteLoss(f"{error}; training stopped: {kept}. Resuming would repeat the same steps: lower "
+                         f"train.lr ({s.cfg.lr}) or set train.grad_clip ({s.cfg.grad_clip}), and train again")
+
+
+def log(s: Session, record: dict[str, Any]) -> None:
+    """One line of log.jsonl, with the wall time of this session."""
+    record["elapsed_s"] = round(time.perf_counter() - s.started, 1)
+    with open(s.out_dir / "log.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def train_step(s: Session, model: nn.Module, loss_fn: LossFn, images: torch.Tensor, targets: list[dict[str, Any]],
+               amp_dtype: torch.dtype | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Forward, the loss terms (checked finite), backward, clipping, optimizer and LR step; (total, terms)."""
+    with torch.autocast(s.info.device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+        losses = loss_fn(model, images, targets)
+    total = sum(v for k, v in losses.items() if k.startswith("loss_"))
+    for name, value in losses.items():
+        if not torch.isfinite(value).all():
+            raise diverged(s, f"step {s.step}: loss term '{name}' is {value.item()}")
+    s.optimizer.zero_grad(set_to_none=True)
+    s.scaler.scale(total).backward()
+    if s.cfg.grad_clip > 0:
+        s.scaler.unscale_(s.optimizer)
+        nn.utils.clip_grad_norm_(s.model.parameters(), s.cfg.grad_clip)
+    s.scaler.step(s.optimizer)
+    s.scaler.update()
+    s.scheduler.step()
+    s.step += 1
+    return total, losses
+
+
+def evaluate(s: Session, val_set: CocoDataset, input_size: tuple[int, int], final: bool, progress: bool) -> dict[str, Any]:
+    """Val mAP (a subset during training, all of val at the end); best.pt follows the best AP."""
+    val = val_set if final else subset(val_set, s.cfg.max_val_images)
+    metrics, results = evaluate_model(s.model, val, input_size, s.cfg.batch_size, s.info.device, progress)
+    log(s, {"step": s.step, "epoch": s.epoch, "val_images": len(val.images),
+            "val": {k: metrics[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}})
+    print(f"epoch {-(-s.step // s.steps_per_epoch)}: val ({len(val.images)} images) {format_metrics(metrics)}", flush=True)
+    if metrics["AP"] > s.best_ap:
+        s.best_ap = metrics["AP"]
+        save(s, s.out_dir / "last.pt")  # records best_ap for a resume
+        save(s, s.out_dir / "best.pt")
+    if final:
+        write_evaluation(str(s.out_dir), metrics, results)
+    return metrics
+
+
 def train(model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, train_set: CocoDataset, val_set: CocoDataset,
           out_dir: str | Path, input_size: tuple[int, int], extra_state: dict[str, Any],
           resume: bool = False, progress: bool = True, dist_info: DistInfo | None = None) -> dict[str, Any]:
@@ -156,107 +281,36 @@ def train(model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, train_set: CocoDa
     extra_state (model config, classes) is stored in every checkpoint.
     """
     info = dist_info or setup_distributed(cfg.device)
-    out_dir = Path(out_dir)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     cuda = info.device.type == "cuda"
     model.to(info.device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    if cfg.max_train_images:
-        train_set = subset(train_set, cfg.max_train_images)
-    dataset = DetectionDataset(train_set, input_size, cfg.augment, cfg.seed)
+    dataset = DetectionDataset(subset(train_set, cfg.max_train_images) if cfg.max_train_images else train_set,
+                               input_size, cfg.augment, cfg.seed)
     sampler = DistributedSampler(dataset, num_replicas=info.world, rank=info.rank, shuffle=True, seed=cfg.seed, drop_last=True)
     steps_per_epoch = len(sampler) // cfg.batch_size
     if steps_per_epoch == 0:
         raise InputError(f"train.batch_size: {cfg.batch_size} x {info.world} processes exceeds the {len(dataset)} training images")
     optimizer = build_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps_per_epoch))
-    amp = cuda and cfg.amp
-    amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
-    step, best_ap = 0, -1.0
-    if not (resume and (out_dir / "last.pt").is_file()) and info.main:
-        if resume:
-            print(f"resume: no checkpoint at {out_dir / 'last.pt'}; starting from step 0")
-        _truncate_log(out_dir / "log.jsonl", 0)  # a fresh start keeps no lines of an earlier run
-        (out_dir / DIVERGED).unlink(missing_ok=True)
-    if resume and (out_dir / "last.pt").is_file():
-        if (out_dir / DIVERGED).is_file():  # the same seeded steps from the same checkpoint diverge again
-            raise NonFiniteLoss(f"{out_dir / DIVERGED}: this run diverged before "
-                                f"({json.loads((out_dir / DIVERGED).read_text()).get('error', '?')}); remove "
-                                f"{out_dir} (or move it away) and train again with other settings")
-        state = load_checkpoint(out_dir / "last.pt")
-        load_model_state(model, state["model"], str(out_dir / "last.pt"))
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
-        step, best_ap = state["step"], state.get("best_ap", -1.0)
-        if info.main:
-            print(f"resumed from {out_dir / 'last.pt'} at step {step} (epoch {step // steps_per_epoch})")
-            _truncate_log(out_dir / "log.jsonl", step)
+    amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda and cfg.amp else None
+    s = Session(model, cfg, Path(out_dir), info, steps_per_epoch, extra_state, optimizer,
+                torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: lr_factor(cfg, k, steps_per_epoch)),
+                torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16))
+    resume_or_start(s, resume)
     total_steps = total_steps_for(cfg, steps_per_epoch)
-    if step >= total_steps and (out_dir / "metrics.json").is_file():
+    if s.step >= total_steps and (s.out_dir / "metrics.json").is_file():
         if info.main:
-            print(f"already trained: {out_dir / 'last.pt'} is at step {step}")
-        return json.loads((out_dir / "metrics.json").read_text())
+            print(f"already trained: {s.out_dir / 'last.pt'} is at step {s.step}")
+        return json.loads((s.out_dir / "metrics.json").read_text())
     train_model = DistributedDataParallel(model) if info.world > 1 else model
-
-    saved = {"step": step, "max_abs_weight": None}  # what last.pt holds, for the message if the loss diverges
-
-    def checkpoint(path: Path) -> None:
-        # Never over a good file with non-finite weights: an optimizer step can turn them NaN while the
-        # loss that produced it was still finite, and the next loss check would come too late.
-        weights = [v for v in model.state_dict().values() if v.is_floating_point()]
-        if not all(bool(torch.isfinite(v).all()) for v in weights):
-            raise diverged(f"step {step}: the weights became non-finite")
-        saved.update(step=step, max_abs_weight=max(float(v.abs().max()) for v in weights if v.numel()))
-        save_checkpoint(path, {
-            "model": model.state_dict(), **extra_state, "epoch": step // steps_per_epoch, "step": step,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "rng": _rng_state(), "best_ap": best_ap, "train": asdict(cfg)})
-
-    def diverged(error: str) -> NonFiniteLoss:
-        """The error to raise, after marking the run so that a resume does not repeat the same steps."""
-        if info.main:
-            write_json(out_dir / DIVERGED, {"error": error, "train": asdict(cfg)})
-        last = out_dir / "last.pt"
-        kept = (f"last.pt ({last}) holds step {saved['step']}, saved before it with finite weights "
-                f"(largest |weight| {saved['max_abs_weight']:.3g})" if last.is_file() and saved["max_abs_weight"] is not None
-                else f"last.pt ({last}) is from before this session" if last.is_file() else "no checkpoint was saved")
-        return NonFiniteLoss(f"{error}; training stopped: {kept}. Resuming would repeat the same steps: lower "
-                             f"train.lr ({cfg.lr}) or set train.grad_clip ({cfg.grad_clip}), and train again")
-
-    started = time.perf_counter()
-
-    def log(record: dict[str, Any]) -> None:
-        record["elapsed_s"] = round(time.perf_counter() - started, 1)  # wall time of this session
-        with open(out_dir / "log.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def evaluate(final: bool) -> dict[str, Any]:
-        """Val mAP (a subset during training, all of val at the end); best.pt follows the best AP."""
-        nonlocal best_ap
-        val = val_set if final else subset(val_set, cfg.max_val_images)
-        metrics, results = evaluate_model(model, val, input_size, cfg.batch_size, info.device, progress)
-        log({"step": step, "epoch": step // steps_per_epoch, "val_images": len(val.images),
-             "val": {k: metrics[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}})
-        print(f"epoch {-(-step // steps_per_epoch)}: val ({len(val.images)} images) {format_metrics(metrics)}", flush=True)
-        if metrics["AP"] > best_ap:
-            best_ap = metrics["AP"]
-            checkpoint(out_dir / "last.pt")  # records best_ap for a resume
-            checkpoint(out_dir / "best.pt")
-        if final:
-            write_evaluation(str(out_dir), metrics, results)
-        return metrics
-
     if info.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        s.out_dir.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, Any] = {}
     train_model.train()
-    while step < total_steps:
-        epoch, skip = divmod(step, steps_per_epoch)
+    while s.step < total_steps:
+        epoch, skip = divmod(s.step, steps_per_epoch)
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
         indices = list(sampler)[skip * cfg.batch_size : steps_per_epoch * cfg.batch_size]
@@ -270,43 +324,27 @@ def train(model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, train_set: CocoDa
             if cfg.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             targets = [{k: (v.to(info.device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
-            with torch.autocast(info.device.type, dtype=amp_dtype, enabled=amp):
-                losses = loss_fn(train_model, images, targets)
-            total = sum(v for k, v in losses.items() if k.startswith("loss_"))
-            for name, value in losses.items():
-                if not torch.isfinite(value).all():
-                    raise diverged(f"step {step}: loss term '{name}' is {value.item()}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(total).backward()
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            step += 1
+            total, losses = train_step(s, train_model, loss_fn, images, targets, amp_dtype)
             now = time.perf_counter()
-            images_per_s = cfg.batch_size * info.world / max(now - tick, 1e-9)
-            tick = now
+            images_per_s, tick = cfg.batch_size * info.world / max(now - tick, 1e-9), now
             values = {k: round(float(v.detach()), 5) for k, v in losses.items()}
             if info.main:
                 bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in values.items() if k.startswith("loss_")}
                                 | {"img/s": f"{images_per_s:.1f}"})
-                if step % cfg.log_every == 0 or step == total_steps:
-                    log({"step": step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "loss": round(float(total.detach()), 5),
-                         **values, "img_s": round(images_per_s, 2)})
-                if cfg.save_every_steps and step % cfg.save_every_steps == 0:
-                    checkpoint(out_dir / "last.pt")
-            if step >= total_steps:
+                if s.step % cfg.log_every == 0 or s.step == total_steps:
+                    log(s, {"step": s.step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+                            "loss": round(float(total.detach()), 5), **values, "img_s": round(images_per_s, 2)})
+                if cfg.save_every_steps and s.step % cfg.save_every_steps == 0:
+                    save(s, s.out_dir / "last.pt")
+            if s.step >= total_steps:
                 break
         bar.close()
-        epoch_done = step % steps_per_epoch == 0
-        if info.main and (epoch_done or step >= total_steps):
-            checkpoint(out_dir / "last.pt")
-            if step >= total_steps or (epoch + 1) % cfg.eval_every == 0:
-                metrics = evaluate(final=step >= total_steps)
+        if info.main and (s.step % steps_per_epoch == 0 or s.step >= total_steps):
+            save(s, s.out_dir / "last.pt")
+            if s.step >= total_steps or (epoch + 1) % cfg.eval_every == 0:
+                metrics = evaluate(s, val_set, input_size, final=s.step >= total_steps, progress=progress)
         if info.world > 1:
             dist.barrier()
     if info.main and not metrics:  # trained to the end before, but stopped ahead of the final evaluation
-        metrics = evaluate(final=True)
+        metrics = evaluate(s, val_set, input_size, final=True, progress=progress)
     return metrics

@@ -28,6 +28,7 @@ from deploy.files import atomic_path
 from deploy.preprocess import load_image, preprocess
 
 MIN_CALIBRATION_IMAGES = 8
+SENSITIVITY_IMAGES = 32  # calibration images the per-layer sensitivity is measured on
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 ARTIFACTS = ("onnxruntime_int8", "openvino_fp32", "openvino_bf16", "openvino_fp16", "openvino_int8")
 # The inference precision (OpenVINO INFERENCE_PRECISION_HINT) each OpenVINO artifact compiles with unless
@@ -291,6 +292,28 @@ def keep_float_until(ranked: Sequence[str], evaluate: Callable[[list[str]], floa
     return list(ranked[:high]), trials
 
 
+def onnxruntime_accuracy_aware(prepared: str | Path, out: str | Path, paths: Sequence[str], input_size: tuple[int, int],
+                               evaluate: Callable[[Path], float], float_ap: float, max_drop: float, max_layers: int = 32,
+                               method: str = "minmax", symmetric: bool = False) -> dict[str, Any]:
+    """Requantize `out` with its most sensitive convolutions (lowest SQNR on the first calibration images)
+    kept in float, the fewest that bring evaluate(model file) -> AP within max_drop points of float_ap.
+    Returns what to record: the layers kept in float with their SQNR, and every trial of the search."""
+    ranked = onnx_conv_sensitivity(prepared, out, paths[:SENSITIVITY_IMAGES], input_size)
+    print(f"[quantize] {Path(out).name} over the gate: searching among {len(ranked)} convolutions", flush=True)
+
+    def trial(kept: list[str]) -> float:
+        with tempfile.TemporaryDirectory() as tmp:
+            ap = evaluate(quantize_onnxruntime(prepared, Path(tmp) / "trial.onnx", paths, input_size, kept, method, symmetric))
+        print(f"[quantize]   {len(kept)} layers in float: AP {ap:.2f}", flush=True)
+        return ap
+
+    kept, trials = keep_float_until([name for name, _ in ranked], trial, float_ap, max_drop, max_layers)
+    if kept:
+        quantize_onnxruntime(prepared, out, paths, input_size, kept, method, symmetric)
+    sqnr = dict(ranked)
+    return {"kept_float": [{"layer": n, "sqnr_db": round(sqnr[n], 2)} for n in kept], "search": trials}
+
+
 # ---------------------------------------------------------------------------------------------------
 # OpenVINO and NNCF
 
@@ -365,3 +388,15 @@ def openvino_float_convolutions(model: Any) -> list[str]:
             if source.get_type_name() != "FakeQuantize":
                 out.append(op.get_friendly_name())
     return out
+
+
+def openvino_accuracy_aware(fp32: str | Path, int8_xml: str | Path, paths: Sequence[str], input_size: tuple[int, int],
+                            control: AccuracyControl) -> dict[str, Any]:
+    """Rewrite int8_xml with NNCF's accuracy control (its validate gets NNCF's compiled model, not a file);
+    return what to record: the convolutions it reverted to float beyond the default quantization's."""
+    import openvino as ov
+
+    default_float = set(openvino_float_convolutions(ov.Core().read_model(str(int8_xml))))
+    quantize_openvino(fp32, int8_xml, paths, input_size, control)
+    reverted = [n for n in openvino_float_convolutions(ov.Core().read_model(str(int8_xml))) if n not in default_float]
+    return {"kept_float": [{"layer": n} for n in reverted], "accuracy_control": "nncf.quantize_with_accuracy_control"}

@@ -54,6 +54,37 @@ def has_qdq(onnx_path: str | Path) -> bool:
                for n in onnx.load(str(onnx_path), load_external_data=False).graph.node)
 
 
+EXPLICIT, IMPLICIT = "explicit (QDQ)", "implicit (entropy calibration)"
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    flags: tuple[str, ...]  # trt.BuilderFlag names to set
+    quantization: str  # EXPLICIT, IMPLICIT or "none"
+
+
+def precision_plan(precision: str, explicit: bool, version: str, has_entropy_calibrator: bool,
+                   has_calibration: bool, source: str) -> PrecisionPlan:
+    """Which builder flags and which INT8 path an engine of `precision` takes, from the ONNX (Q/DQ or not) and
+    the TensorRT version; one line naming the file when the combination cannot build. No GPU needed."""
+    if precision not in PRECISIONS:
+        raise InputError(f"precision {precision}: valid precisions are {', '.join(PRECISIONS)}")
+    if precision != "int8":
+        if explicit:
+            raise InputError(f"{source} is quantized (Q/DQ nodes): build it with precision int8")
+        return PrecisionPlan(("FP16",) if precision == "fp16" else (), "none")
+    flags = ("FP16", "INT8")  # int8: the layers left in float run in fp16
+    if explicit:
+        return PrecisionPlan(flags, EXPLICIT)
+    # Implicit calibration is deprecated from 10.1 and gone from 11; from 10 on, INT8 comes from Q/DQ only.
+    if not has_entropy_calibrator or parse_version(version)[0] >= 10:
+        raise InputError(f"{source} has no Q/DQ nodes and TensorRT {version} needs explicit "
+                         "quantization: build from the quantize stage's model.int8.onnx")
+    if not has_calibration:
+        raise InputError("implicit INT8 calibration needs calibration images")
+    return PrecisionPlan(flags, IMPLICIT)
+
+
 def make_calibrator(trt: Any, batches: Sequence[np.ndarray], cache_path: str | None):
     """An IInt8EntropyCalibrator2 over preprocessed [1, 3, H, W] batches (implicit INT8 only)."""
     import pycuda.driver as cuda
@@ -98,8 +129,6 @@ def build_engine(onnx_path: str | Path, out: str | Path, cfg: EngineConfig,
     except ImportError as e:
         raise InputError(f"TensorRT engines need tensorrt and pycuda ({e}); on a Jetson they come with JetPack, "
                          "elsewhere `pip install -e .[tensorrt]`") from None
-    if cfg.precision not in PRECISIONS:
-        raise InputError(f"precision {cfg.precision}: valid precisions are {', '.join(PRECISIONS)}")
     major, _ = check_version(trt.__version__)
     out = Path(out)
     check_writable(out.parent)
@@ -119,20 +148,12 @@ def build_engine(onnx_path: str | Path, out: str | Path, cfg: EngineConfig,
     timing_cache = config.create_timing_cache(cache_bytes)
     config.set_timing_cache(timing_cache, ignore_mismatch=False)
 
-    explicit = has_qdq(onnx_path)
-    if cfg.precision in ("fp16", "int8"):
-        config.set_flag(trt.BuilderFlag.FP16)  # int8: the layers left in float run in fp16
-    if cfg.precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)
-        if not explicit:
-            if not hasattr(trt, "IInt8EntropyCalibrator2") or major >= 10:
-                raise InputError(f"{onnx_path} has no Q/DQ nodes and TensorRT {trt.__version__} needs explicit "
-                                 "quantization: build from the quantize stage's model.int8.onnx")
-            if not calibration:
-                raise InputError("implicit INT8 calibration needs calibration images")
-            config.int8_calibrator = make_calibrator(trt, calibration, cfg.calibration_cache)
-    elif explicit:
-        raise InputError(f"{onnx_path} is quantized (Q/DQ nodes): build it with precision int8")
+    plan = precision_plan(cfg.precision, has_qdq(onnx_path), trt.__version__,
+                          hasattr(trt, "IInt8EntropyCalibrator2"), bool(calibration), str(onnx_path))
+    for flag in plan.flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    if plan.quantization == IMPLICIT:
+        config.int8_calibrator = make_calibrator(trt, calibration, cfg.calibration_cache)
 
     inp = network.get_input(0)
     shape = tuple(inp.shape)
@@ -160,8 +181,7 @@ def build_engine(onnx_path: str | Path, out: str | Path, cfg: EngineConfig,
     outputs = [network.get_output(i) for i in range(network.num_outputs)]
     write_json(engine_meta_path(out), {
         "tensorrt": trt.__version__, "gpu": device.name(), "compute_capability": list(device.compute_capability()),
-        "precision": cfg.precision, "quantization": "explicit (QDQ)" if explicit else
-        ("implicit (entropy calibration)" if cfg.precision == "int8" else "none"),
+        "precision": cfg.precision, "quantization": plan.quantization,
         "inputs": {inp.name: list(shape)}, "outputs": {o.name: list(o.shape) for o in outputs},
         "max_batch": cfg.max_batch, "dla_core": cfg.dla_core, "onnx": str(onnx_path),
         "onnx_sha256": sha256_file(onnx_path), "workspace_mb": cfg.workspace_mb,

@@ -32,11 +32,12 @@ from typing import Any
 from deploy.errors import InputError
 from deploy.evaluate import coco_eval
 from deploy.files import write_json, write_text
+from deploy.tables import markdown_table
 from distill.validate import predict
-from pipeline import reuse
+from pipeline import paths, reuse
 from pipeline.cli import guarded
 from pipeline.config import PipelineConfig, load_config
-from pipeline.distill import distill_student, load_teacher, teacher_path
+from pipeline.distill import distill_student, load_teacher
 from pipeline.stage_data import load_split
 
 VARIANTS = {  # name -> distill overrides
@@ -66,13 +67,11 @@ def teacher_metrics(cfg: PipelineConfig, path: Path) -> dict[str, Any]:
 
 def table(rows: dict[str, dict[str, Any]], teacher: dict[str, Any]) -> str:
     base, top = rows.get("none", {}).get("AP"), teacher["AP"]
-    lines = ["| model | " + " | ".join(COLUMNS) + " | gap closed | train min |", "|---" * (len(COLUMNS) + 3) + "|"]
-    lines.append("| teacher | " + " | ".join(f"{100 * (teacher.get(c) or 0):.1f}" for c in COLUMNS) + " | | |")
+    cells = [["teacher", *(f"{100 * (teacher.get(c) or 0):.1f}" for c in COLUMNS), "", ""]]
     for name, m in rows.items():
         gap = "" if base is None or name == "none" or top == base else f"{100 * (m['AP'] - base) / (top - base):.0f}%"
-        lines.append(f"| student {name} | " + " | ".join(f"{100 * (m.get(c) or 0):.1f}" for c in COLUMNS)
-                     + f" | {gap} | {m.get('train_min', '')} |")
-    return "\n".join(lines)
+        cells.append([f"student {name}", *(f"{100 * (m.get(c) or 0):.1f}" for c in COLUMNS), gap, m.get("train_min", "")])
+    return markdown_table(["model", *COLUMNS, "gap closed", "train min"], cells)
 
 
 def seed_dir(out: Path, seed: int, home: int) -> Path:
@@ -108,9 +107,8 @@ def summarise(per_seed: dict[int, dict[str, dict[str, Any]]]) -> dict[str, dict[
 def seeds_table(summary: dict[str, dict[str, Any]], teacher: dict[str, Any]) -> str:
     """The multi-seed table in AP percent; gap closed from the mean gain."""
     top, base = teacher["AP"], summary.get("none", {}).get("AP")
-    lines = ["| model | seeds | AP mean | AP sd | AP per seed | AP50 | AP75 | gain over none, paired: mean [min, max] | gap closed |",
-             "|---" * 9 + "|",
-             f"| teacher | | {100 * top:.1f} | | | {100 * (teacher.get('AP50') or 0):.1f} | {100 * (teacher.get('AP75') or 0):.1f} | | |"]
+    cells = [["teacher", "", f"{100 * top:.1f}", "", "", f"{100 * (teacher.get('AP50') or 0):.1f}",
+              f"{100 * (teacher.get('AP75') or 0):.1f}", "", ""]]
     for name, r in summary.items():
         sd = "" if r["AP_sd"] is None else f"{100 * r['AP_sd']:.2f}"
         gain = gap = ""
@@ -118,10 +116,11 @@ def seeds_table(summary: dict[str, dict[str, Any]], teacher: dict[str, Any]) -> 
             gain = f"{100 * r['gain']:+.2f} [{100 * r['gain_min']:+.1f}, {100 * r['gain_max']:+.1f}]"
             if base is not None and top != base:
                 gap = f"{100 * r['gain'] / (top - base):.0f}%"
-        lines.append(f"| student {name} | {len(r['seeds'])} | {100 * r['AP']:.2f} | {sd} | "
-                     + ", ".join(f"{100 * a:.1f}" for a in r["AP_per_seed"])
-                     + f" | {100 * r['AP50']:.1f} | {100 * r['AP75']:.1f} | {gain} | {gap} |")
-    return "\n".join(lines)
+        cells.append([f"student {name}", len(r["seeds"]), f"{100 * r['AP']:.2f}", sd,
+                      ", ".join(f"{100 * a:.1f}" for a in r["AP_per_seed"]), f"{100 * r['AP50']:.1f}",
+                      f"{100 * r['AP75']:.1f}", gain, gap])
+    return markdown_table(["model", "seeds", "AP mean", "AP sd", "AP per seed", "AP50", "AP75",
+                           "gain over none, paired: mean [min, max]", "gap closed"], cells)
 
 
 def run_seeds(cfg: PipelineConfig, path: Path, names: list[str], out: Path,
@@ -222,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [cfg.student.train.seed]
         except ValueError:
             raise InputError(f"--seeds: expected comma-separated integers, got '{args.seeds}'") from None
-        run_seeds(cfg, teacher_path(cfg, args.teacher), args.variants.split(","), Path(args.out), seeds)
+        run_seeds(cfg, paths.teacher_checkpoint(cfg, args.teacher), args.variants.split(","), Path(args.out), seeds)
 
     return guarded(body)
 

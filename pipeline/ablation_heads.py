@@ -18,7 +18,9 @@ from typing import Any
 
 from deploy.errors import InputError
 from deploy.files import write_json, write_text
+from deploy.tables import markdown_table
 from distill.models.heads import HEAD_NAMES
+from pipeline import paths
 from pipeline.ablation import COLUMNS, run_ablation
 from pipeline.cli import guarded
 from pipeline.config import load_config
@@ -36,15 +38,15 @@ def _fmt(x: float | None) -> str:
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
-    lines = ["| head | teacher AP | student alone AP | BCKD student AP | BCKD gain | gap closed | AP50 alone / BCKD |",
-             "|---" * 7 + "|"]
+    rows = []
     for head, r in results.items():
         t, base, bckd = (100 * r[k]["AP"] if r.get(k) else None for k in ("teacher", "none", "bckd"))
         gain = f"{bckd - base:+.1f}" if None not in (base, bckd) else ""
         closed = f"{100 * (bckd - base) / (t - base):.0f}%" if None not in (t, base, bckd) and t != base else ""
         ap50 = " / ".join(f"{100 * r[k]['AP50']:.1f}" for k in ("none", "bckd") if r.get(k))
-        lines.append(f"| {head} | {_fmt(t)} | {_fmt(base)} | {_fmt(bckd)} | {gain} | {closed} | {ap50} |")
-    return "\n".join(lines)
+        rows.append([head, _fmt(t), _fmt(base), _fmt(bckd), gain, closed, ap50])
+    return markdown_table(["head", "teacher AP", "student alone AP", "BCKD student AP", "BCKD gain", "gap closed",
+                           "AP50 alone / BCKD"], rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.config, [*head_overrides(head), *args.overrides])
             print(f"[ablation-heads] {head}: teacher -> {cfg.run_dir / 'teacher'}", flush=True)
             train_role(cfg, "teacher", resume=True, progress=sys.stderr.isatty())
-            rows, teacher = run_ablation(cfg, cfg.run_dir / "teacher" / "last.pt", args.variants.split(","), out / head)
+            rows, teacher = run_ablation(cfg, paths.trained_checkpoint(cfg, "teacher"), args.variants.split(","), out / head)
             results[head] = {"teacher": {c: teacher.get(c) for c in COLUMNS}, **rows}
             text = table(results)
             write_text(out / "ablation-heads.md", "# BCKD across heads (embedded default, AP in percent on val)\n\n"

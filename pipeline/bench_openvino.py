@@ -32,6 +32,7 @@ from deploy.latency import latency_stats, time_calls
 from deploy.machine import machine_info, machine_line
 from deploy.runtimes import open_runner
 from deploy.runtimes.openvino import check_inference_precision
+from deploy.tables import markdown_table
 from pipeline.cli import guarded
 
 
@@ -115,15 +116,15 @@ def layers_table(models: list[str], iters: int, threads: int | None = None) -> t
 
     groups = sorted(set().union(*times), key=lambda g: -max(ms(t, g) or 0 for t in times))
     names = [join_artifact(Path(path).stem, precision) for path, precision in map(split_spec, models)]
-    lines = ["| layer kind | " + " | ".join([*(f"{n} ms (kernels)" for n in names), *(f"{n} speed-up" for n in names[1:])])
-             + " |", "|---" * (2 * len(names)) + "|"]
+    rows = []
     for g in [*groups, "total"]:
         cells = [f"{ms(t, g):.2f}" + (f" ({'/'.join(t[g]['precisions'])})" if g in t else "") if g in t or g == "total"
                  else "" for t in times]
         ref = ms(times[0], g)
         cells += [f"{ref / v:.2f}x" if ref and (v := ms(t, g)) else "" for t in times[1:]]
-        lines.append(f"| {f'**{g}**' if g == 'total' else g} | " + " | ".join(cells) + " |")
-    return "\n".join(lines), [{"model": m, "layers": t} for m, t in zip(models, times)]
+        rows.append([f"**{g}**" if g == "total" else g, *cells])
+    text = markdown_table(["layer kind", *(f"{n} ms (kernels)" for n in names), *(f"{n} speed-up" for n in names[1:])], rows)
+    return text, [{"model": m, "layers": t} for m, t in zip(models, times)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,17 +149,18 @@ def main(argv: list[str] | None = None) -> int:
             print("\nconvolution kernels:\n" + "\n".join(f"- {k}: {v}" for k, v in kernels.items()))
             write_json(args.json, {"layers": rows, "iters": args.iters, "threads": args.threads, "machine": machine})
             return
-        rows = []
-        print("| IR | ours p50 ms | benchmark_app median ms | ratio | ours mean ms | benchmark_app mean ms |")
-        print("|---|---:|---:|---:|---:|---:|")
+        rows, cells = [], []
         for xml in args.models:
             rounds = [(ours(xml, args.seconds), benchmark_app(xml, args.seconds)) for _ in range(args.rounds)]
             mine = sorted((r[0] for r in rounds), key=lambda m: m["p50"])[len(rounds) // 2]
             theirs = sorted((r[1] for r in rounds), key=lambda m: m["p50"])[len(rounds) // 2]
             rows.append({"model": xml, "ours": mine, "benchmark_app": theirs, "p50_ratio": mine["p50"] / theirs["p50"],
                          "rounds": [{"ours_p50": a["p50"], "benchmark_app_p50": b["p50"]} for a, b in rounds]})
-            print(f"| {xml} | {mine['p50']:.2f} | {theirs['p50']:.2f} | {mine['p50'] / theirs['p50']:.3f} "
-                  f"| {mine['mean']:.2f} | {theirs['mean']:.2f} |", flush=True)
+            cells.append([xml, f"{mine['p50']:.2f}", f"{theirs['p50']:.2f}", f"{mine['p50'] / theirs['p50']:.3f}",
+                          f"{mine['mean']:.2f}", f"{theirs['mean']:.2f}"])
+            print(f"{xml}: done", file=sys.stderr, flush=True)
+        print(markdown_table(["IR", "ours p50 ms", "benchmark_app median ms", "ratio", "ours mean ms", "benchmark_app mean ms"],
+                             cells, numbers_right=True))
         write_json(args.json, {"rows": rows})
 
     return guarded(body)

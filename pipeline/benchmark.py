@@ -20,6 +20,7 @@ from deploy.benchmark import join_artifact
 from deploy.errors import InputError
 from deploy.files import write_json
 from deploy.runtimes.tensorrt import available
+from pipeline import paths
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
 
@@ -29,18 +30,17 @@ DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "benchmark.py"
 def artifacts(cfg: PipelineConfig) -> tuple[list[str], list[tuple[str, str]]]:
     """(runnable artifacts as deploy/benchmark.py arguments, [(artifact, why skipped)]) of the run. OpenVINO
     IRs run with the inference precision the quantize stage measured them with (openvino_bf16 is the FP32 IR @bf16)."""
-    run = cfg.run_dir
-    found = [run / "export" / "model.onnx", run / "quantize" / "model.int8.onnx", run / "quantize" / "model.int8.cpu.onnx",
-             *sorted((run / "quantize" / "openvino").glob("model_*.xml")), *sorted((run / "engines").glob("*.engine"))]
+    found = [paths.onnx_model(cfg), paths.onnxruntime_int8(cfg), paths.onnxruntime_int8(cfg, cpu=True),
+             *sorted(paths.openvino_dir(cfg).glob("model_*.xml")), *sorted(paths.engines_dir(cfg).glob("*.engine"))]
     found = [p for p in found if p.is_file()]
-    quantize_json = run / "quantize" / "metrics.json"
+    quantize_json = paths.metrics_file(cfg, "quantize")
     quantized = json.loads(quantize_json.read_text()) if quantize_json.is_file() else {}
     specs: list[str] = []
     for p in found:
         asked = [m.get("inference_precision") for m in quantized.get("artifacts", {}).values()
                  if Path(m["artifact"]).resolve() == p.resolve()]
         specs += [join_artifact(p, ip) for ip in dict.fromkeys(asked or [None])]
-    skipped = [(f"{run / 'quantize' / 'openvino' / 'model_fp32.xml'}@bf16 ({name})", why)
+    skipped = [(f"{paths.openvino_ir(cfg, 'fp32')}@bf16 ({name})", why)
                for name, why in quantized.get("skipped", {}).items()]
     trt_reason = available()
     runnable = [s for s in specs if not s.endswith(".engine") or not trt_reason]
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         cfg = load_config(args.config, args.overrides)
-        run_benchmark(cfg, cfg.run_dir / "benchmark")
+        run_benchmark(cfg, paths.stage_dir(cfg, "benchmark"))
 
     return guarded(body, args.debug)
 

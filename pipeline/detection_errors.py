@@ -29,6 +29,7 @@ from deploy.coco import CocoDataset, load_coco
 from deploy.errors import InputError
 from deploy.evaluate import check_results
 from deploy.files import write_json
+from deploy.tables import markdown_table
 from pipeline.cli import guarded
 from pipeline.config import load_config
 
@@ -145,10 +146,8 @@ def label(path: str) -> str:
 
 def table(results: dict[str, dict[str, float]]) -> str:
     columns = (*COLUMNS, *ERRORS, *SPECIAL)
-    lines = ["| predictions | " + " | ".join(columns) + " |", "|---" + "|---:" * len(columns) + "|"]
-    for path, r in results.items():
-        lines.append(f"| {label(path)} | " + " | ".join(f"{r[c]:.1f}" for c in columns) + " |")
-    return "\n".join(lines)
+    return markdown_table(["predictions", *columns], [[label(path), *(f"{r[c]:.1f}" for c in columns)]
+                                                      for path, r in results.items()], numbers_right=True)
 
 
 def main(argv: list[str] | None = None) -> int:

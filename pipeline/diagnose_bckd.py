@@ -21,6 +21,7 @@ from torchvision.ops import box_iou
 
 from deploy.errors import InputError
 from deploy.files import write_json
+from deploy.tables import markdown_table
 from distill.data.dataset import DetectionDataset, collate
 from distill.distiller import check_pair
 from distill.losses.bckd import bckd_cls_loss, bckd_loc_loss
@@ -81,10 +82,8 @@ def table(results: dict[str, dict[str, Any]]) -> str:
             ("IoU teacher box / GT (positives)", "iou_teacher_gt", "{:.3f}"),
             ("IoU student box / GT (positives)", "iou_student_gt", "{:.3f}"),
             ("teacher box better (positives)", "teacher_better_share", "{:.1%}")]
-    lines = ["| | " + " | ".join(results) + " |", "|---" * (len(results) + 1) + "|"]
-    for label, key, fmt in rows:
-        lines.append(f"| {label} | " + " | ".join(fmt.format(r[key]) for r in results.values()) + " |")
-    return "\n".join(lines)
+    return markdown_table(["", *results], [[label, *(fmt.format(r[key]) for r in results.values())]
+                                           for label, key, fmt in rows])
 
 
 def main(argv: list[str] | None = None) -> int:

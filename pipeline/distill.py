@@ -23,15 +23,11 @@ from deploy.evaluate import format_metrics
 from distill.distiller import Distiller, check_pair
 from distill.models.detector import build_detector, load_detector
 from distill.trainer import setup_distributed, train
+from pipeline import paths
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
 from pipeline.reuse import refuse_other_settings
 from pipeline.stage_data import load_split, run_data
-
-
-def teacher_path(cfg: PipelineConfig, override: str | None = None) -> Path:
-    """Which teacher checkpoint to distil from."""
-    return Path(override or cfg.teacher.checkpoint or cfg.run_dir / "teacher" / "last.pt")
 
 
 def load_teacher(path: Path):
@@ -49,7 +45,7 @@ def distill_student(cfg: PipelineConfig, teacher_file: str | None = None, resume
     if info.world > 1:
         dist.barrier()
     train_set, val_set = load_split(cfg.data, "train"), load_split(cfg.data, "val")
-    path = teacher_path(cfg, teacher_file)
+    path = paths.teacher_checkpoint(cfg, teacher_file)
     if not path.is_file():
         raise InputError(f"teacher checkpoint not found: {path} (run `make teacher` first, or pass TEACHER=path)")
     if resume:

@@ -23,21 +23,17 @@ from deploy.runtimes.onnxruntime import OrtRunner
 from distill.models.detector import load_detector
 from export.onnx import check_parity, export_onnx, parity
 from export.torch_runner import TorchRunner
+from pipeline import paths
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
 from pipeline.profile import count_gflops
 from pipeline.stage_data import load_split
 
 
-def source_checkpoint(cfg: PipelineConfig) -> Path:
-    """The checkpoint the export stage reads."""
-    return Path(cfg.export.checkpoint or cfg.run_dir / "distill" / "last.pt")
-
-
 def run_export(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
     """Export, check parity, and measure PyTorch and ONNX Runtime FP32; return metrics.json's content."""
     ec = cfg.export
-    source = source_checkpoint(cfg)
+    source = paths.export_source(cfg)
     if not source.is_file():
         raise InputError(f"checkpoint to export not found: {source} (run `make distill`, or set export.checkpoint)")
     detector, classes, _ = load_detector(source)
@@ -78,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.quantize import format_table  # one table format for every artifact
 
         cfg = load_config(args.config, args.overrides)
-        metrics = run_export(cfg, cfg.run_dir / "export", progress=not args.no_progress)
+        metrics = run_export(cfg, paths.stage_dir(cfg, "export"), progress=not args.no_progress)
         print(format_table({"pytorch": metrics["pytorch"], "onnxruntime_fp32": metrics["onnxruntime_fp32"]},
                            metrics["pytorch"]["AP"]))
 

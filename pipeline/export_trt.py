@@ -20,6 +20,7 @@ from deploy.measure import measure_artifact, sample_images
 from deploy.runtimes import open_runner
 from deploy.runtimes.tensorrt import available
 from export.tensorrt import EngineConfig, build_engine
+from pipeline import paths
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
 from pipeline.stage_data import load_split
@@ -27,9 +28,7 @@ from pipeline.stage_data import load_split
 
 def engine_source(cfg: PipelineConfig, precision: str) -> Path:
     """The ONNX an engine of this precision is built from."""
-    if precision == "int8":
-        return cfg.run_dir / "quantize" / "model.int8.onnx"
-    return cfg.run_dir / "export" / "model.onnx"
+    return paths.onnxruntime_int8(cfg) if precision == "int8" else paths.onnx_model(cfg)
 
 
 def symmetric_qdq(path: Path) -> bool:
@@ -60,7 +59,7 @@ def run_export_trt(cfg: PipelineConfig, precision: str, dla_core: int | None = N
     if precision == "int8" and not symmetric_qdq(source):
         raise InputError(f"{source}: its activations are uint8 with zero points; TensorRT's explicit quantization "
                          "needs int8 with zero point 0: rerun the quantize stage with quantize.symmetric_activations=true")
-    out_dir = cfg.run_dir / "engines"
+    out_dir = paths.engines_dir(cfg)
     engine = build_engine(source, out_dir / f"model_{precision}.engine",
                           EngineConfig(precision=precision, workspace_mb=workspace_mb, dla_core=dla_core,
                                        max_batch=cfg.export.batch, timing_cache=str(out_dir / "timing.cache")))

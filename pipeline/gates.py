@@ -14,6 +14,7 @@ from pathlib import Path
 
 from deploy.errors import GateError
 from export.onnx import check_parity
+from pipeline import paths
 from pipeline.config import PipelineConfig
 
 # Config keys that only set a gate's limit: left out of the stage's config hash, so changing one
@@ -31,30 +32,29 @@ def _metrics(path: Path) -> dict:
 def check_gate(stage: str, cfg: PipelineConfig) -> str | None:
     """Raise GateError (stage, figure, limit) when the stage's gate fails; return a one-line summary of
     what was checked, or None for a stage without a gate."""
-    run = cfg.run_dir
     if stage == "distill":
         limit = cfg.distill.min_gain_over_baseline
-        baseline = _metrics(run / "student" / "metrics.json")
+        baseline = _metrics(paths.metrics_file(cfg, "student"))
         if limit is None or "student" not in cfg.stages or "AP" not in baseline:
             return None
-        ap, base = 100 * _metrics(run / "distill" / "metrics.json")["AP"], 100 * baseline["AP"]
+        ap, base = 100 * _metrics(paths.metrics_file(cfg, "distill"))["AP"], 100 * baseline["AP"]
         if ap < base + limit:
             raise GateError(f"stage distill: AP {ap:.2f} is below the student-alone baseline's {base:.2f} + {limit} "
-                            f"(distill.min_gain_over_baseline); artifacts left in {run / 'distill'}")
+                            f"(distill.min_gain_over_baseline); artifacts left in {paths.stage_dir(cfg, 'distill')}")
         return f"AP {ap:.2f} >= baseline {base:.2f} + {limit}"
     if stage == "export":
-        parity = _metrics(run / "export" / "metrics.json")["parity"]
-        check_parity(parity, cfg.export.score_atol, cfg.export.box_atol, f"stage export ({run / 'export' / 'model.onnx'})")
+        parity = _metrics(paths.metrics_file(cfg, "export"))["parity"]
+        check_parity(parity, cfg.export.score_atol, cfg.export.box_atol, f"stage export ({paths.onnx_model(cfg)})")
         return (f"parity scores {parity['scores_max_abs']:.1e} <= {cfg.export.score_atol:.0e}, "
                 f"boxes {parity['boxes_max_abs']:.1e} <= {cfg.export.box_atol:.0e} px")
     if stage == "quantize":
-        metrics = _metrics(run / "quantize" / "metrics.json")
+        metrics = _metrics(paths.metrics_file(cfg, "quantize"))
         fp32 = 100 * metrics["reference"]["fp32_AP"]
         drops = {n: fp32 - 100 * m["AP"] for n, m in metrics["artifacts"].items() if m["precision"] == "int8"}
         limit = cfg.quantize.max_map_drop
         for name, drop in drops.items():
             if drop > limit:
                 raise GateError(f"stage quantize: {name} loses {drop:.2f} AP against FP32 > max {limit} "
-                                f"(quantize.max_map_drop); artifacts left in {run / 'quantize'}")
+                                f"(quantize.max_map_drop); artifacts left in {paths.stage_dir(cfg, 'quantize')}")
         return ", ".join(f"{n} {-d:+.2f} AP" for n, d in drops.items()) + f" (max drop {limit})" if drops else None
     return None

@@ -22,44 +22,44 @@ from typing import Any
 
 import numpy as np
 
-from deploy.errors import GateError, InputError
+from deploy.errors import InputError
 from deploy.evaluate import coco_eval
 from deploy.files import check_writable, write_json, write_text
 from deploy.measure import measure_artifact, sample_images
 from deploy.predict import predict, runner_infer
 from deploy.runtimes import open_runner
 from deploy.runtimes.openvino import check_inference_precision
+from deploy.tables import markdown_table
 from export.quantize import (
     OPENVINO_INFERENCE,
     AccuracyControl,
     calibration_paths,
-    keep_float_until,
     model_input,
-    onnx_conv_sensitivity,
-    openvino_float_convolutions,
+    onnxruntime_accuracy_aware,
+    openvino_accuracy_aware,
     openvino_ir,
     preprocess_for_quantization,
     quantize_onnxruntime,
     quantize_openvino,
 )
+from pipeline import paths
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
+from pipeline.gates import check_gate
 from pipeline.stage_data import load_split
-
-SENSITIVITY_IMAGES = 32  # calibration images the per-layer sensitivity is measured on
 
 
 def format_table(rows: dict[str, dict[str, Any]], reference_ap: float) -> str:
     """Markdown table, one row per artifact: accuracy, its change against PyTorch FP32, latency, size."""
-    lines = ["| artifact | runtime | precision | executed | AP | AP50 | AP75 | ΔAP vs PyTorch | infer p50 ms | infer p99 ms "
-             "| e2e p50 ms | images/s | size MB |", "|---" * 13 + "|"]
+    cells = []
     for name, m in rows.items():
         lat, e2e = m["latency_ms"]["infer"], m["latency_ms"]["end_to_end"]
         executed = m.get("executed_precision", m["precision"]) + (" (!)" if m.get("precision_warning") else "")
-        lines.append(f"| {name} | {m['backend']} | {m['precision']} | {executed} | {100 * m['AP']:.1f} | {100 * m['AP50']:.1f} "
-                     f"| {100 * m['AP75']:.1f} | {100 * (m['AP'] - reference_ap):+.2f} | {lat['p50']:.2f} | {lat['p99']:.2f} "
-                     f"| {e2e['p50']:.2f} | {lat['throughput_ips']:.1f} | {m['size_mb']:.2f} |")
-    return "\n".join(lines)
+        cells.append([name, m["backend"], m["precision"], executed, f"{100 * m['AP']:.1f}", f"{100 * m['AP50']:.1f}",
+                      f"{100 * m['AP75']:.1f}", f"{100 * (m['AP'] - reference_ap):+.2f}", f"{lat['p50']:.2f}",
+                      f"{lat['p99']:.2f}", f"{e2e['p50']:.2f}", f"{lat['throughput_ips']:.1f}", f"{m['size_mb']:.2f}"])
+    return markdown_table(["artifact", "runtime", "precision", "executed", "AP", "AP50", "AP75", "ΔAP vs PyTorch",
+                           "infer p50 ms", "infer p99 ms", "e2e p50 ms", "images/s", "size MB"], cells)
 
 
 def openvino_inference(qc) -> dict[str, str]:
@@ -71,25 +71,33 @@ def openvino_inference(qc) -> dict[str, str]:
     return {**OPENVINO_INFERENCE, **qc.inference_precision}
 
 
-def _ap_of(infer, coco, input_size: tuple[int, int], batch: int | None) -> float:
-    """AP in points of an infer function on a dataset."""
-    return 100 * coco_eval(coco, predict(infer, coco, input_size, fixed_batch=batch))["AP"]
+def _file_ap(path: Path, coco, input_size: tuple[int, int]) -> float:
+    """AP in points of a model file on a dataset."""
+    runner = open_runner(str(path))
+    return 100 * coco_eval(coco, predict(runner_infer(runner), coco, input_size, fixed_batch=runner.batch))["AP"]
+
+
+def _compiled_ap(compiled, coco, input_size: tuple[int, int]) -> float:
+    """AP in points of an OpenVINO compiled model (NNCF's validation hands one) on a dataset."""
+    def infer(x: np.ndarray):
+        out = compiled(x)
+        return np.asarray(out[compiled.output("boxes")]), np.asarray(out[compiled.output("scores")])
+    return 100 * coco_eval(coco, predict(infer, coco, input_size, fixed_batch=1))["AP"]
 
 
 def run_quantize(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Build and measure the configured artifacts; raise GateError (after writing metrics) when an INT8
-    artifact loses more than quantize.max_map_drop AP against FP32."""
+    """Build and measure the configured artifacts, write metrics.json and table.md; an INT8 artifact over
+    quantize.max_map_drop is first searched back under it (quantize.accuracy_aware)."""
     qc, ec = cfg.quantize, cfg.export
-    fp32 = cfg.run_dir / "export" / "model.onnx"
-    export_json = cfg.run_dir / "export" / "metrics.json"
+    fp32, export_json = paths.onnx_model(cfg), paths.metrics_file(cfg, "export")
     if not fp32.is_file() or not export_json.is_file():
         raise InputError(f"{fp32} or its metrics.json missing: run `make export` first")
-    check_writable(out_dir / "openvino")
+    check_writable(paths.openvino_dir(cfg))
     exported = json.loads(export_json.read_text())
     input_size = tuple(exported["input_size"])
     float_ap = 100 * exported["onnxruntime_fp32"]["AP"]
     train, val = load_split(cfg.data, "train"), load_split(cfg.data, "val")
-    paths = calibration_paths(train, qc.calib_images, qc.seed)
+    calib = calibration_paths(train, qc.calib_images, qc.seed)
     decoded = sample_images(val, 8)
     threads = ec.threads or None
     options = {"openvino": {"threads": threads, "hint": qc.openvino_hint, "cache_dir": qc.openvino_cache_dir},
@@ -118,16 +126,18 @@ def run_quantize(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> d
         with tempfile.TemporaryDirectory() as work:
             prepared = preprocess_for_quantization(fp32, Path(work) / "prepared.onnx")
             if "onnxruntime_int8" in qc.artifacts:
-                int8 = quantize_onnxruntime(prepared, out_dir / "model.int8.onnx", paths, input_size,
+                int8 = quantize_onnxruntime(prepared, paths.onnxruntime_int8(cfg), calib, input_size,
                                             method=qc.calibration, symmetric=qc.symmetric_activations)
                 m = measure("onnxruntime_int8", int8)
                 if float_ap - 100 * m["AP"] > qc.max_map_drop and qc.accuracy_aware:
-                    _onnxruntime_accuracy_aware(qc, prepared, int8, paths, val, input_size, float_ap, measure)
+                    measure("onnxruntime_int8", int8, onnxruntime_accuracy_aware(
+                        prepared, int8, calib, input_size, lambda path: _file_ap(path, val, input_size), float_ap,
+                        qc.max_map_drop, qc.max_float_layers, qc.calibration, qc.symmetric_activations))
             if "onnxruntime_int8_cpu" in qc.artifacts:
-                measure("onnxruntime_int8_cpu", quantize_onnxruntime(prepared, out_dir / "model.int8.cpu.onnx", paths,
+                measure("onnxruntime_int8_cpu", quantize_onnxruntime(prepared, paths.onnxruntime_int8(cfg, cpu=True), calib,
                                                                      input_size, method=qc.calibration, symmetric=False))
     if {"openvino_fp32", "openvino_bf16", "openvino_int8"} & set(qc.artifacts):
-        fp32_xml = openvino_ir(fp32, out_dir / "openvino" / "model_fp32.xml")
+        fp32_xml = openvino_ir(fp32, paths.openvino_ir(cfg, "fp32"))
         measure("openvino_fp32", fp32_xml)
         if "openvino_bf16" in qc.artifacts:
             try:  # the runner refuses a CPU without BF16, and a compile a capped ISA (ONEDNN_MAX_CPU_ISA) cannot do
@@ -136,73 +146,27 @@ def run_quantize(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> d
                 skipped["openvino_bf16"] = str(e)
                 print(f"[quantize] openvino_bf16 skipped: {e}", flush=True)
     if "openvino_fp16" in qc.artifacts:
-        measure("openvino_fp16", openvino_ir(fp32, out_dir / "openvino" / "model_fp16.xml", fp16=True))
+        measure("openvino_fp16", openvino_ir(fp32, paths.openvino_ir(cfg, "fp16"), fp16=True))
     if "openvino_int8" in qc.artifacts:
-        int8_xml = out_dir / "openvino" / "model_int8.xml"
-        m = measure("openvino_int8", quantize_openvino(fp32, int8_xml, paths, input_size))
+        int8_xml = paths.openvino_ir(cfg, "int8")
+        m = measure("openvino_int8", quantize_openvino(fp32, int8_xml, calib, input_size))
         if float_ap - 100 * m["AP"] > qc.max_map_drop and qc.accuracy_aware:
-            _openvino_accuracy_aware(qc, fp32, int8_xml, paths, val, input_size, float_ap, measure)
+            control = AccuracyControl(val.images, lambda info: model_input(val.image_path(info), input_size),
+                                      lambda compiled, items: _compiled_ap(compiled, replace(val, images=items), input_size),
+                                      qc.max_map_drop)
+            measure("openvino_int8", int8_xml, openvino_accuracy_aware(fp32, int8_xml, calib, input_size, control))
 
     everything = {"pytorch": exported["pytorch"], "onnxruntime_fp32": exported["onnxruntime_fp32"], **rows}
     table = format_table(everything, exported["pytorch"]["AP"])
     result = {"artifacts": rows, "skipped": skipped,
               "reference": {"pytorch_AP": exported["pytorch"]["AP"], "fp32_AP": float_ap / 100},
-              "calibration": {"images": len(paths), "method": qc.calibration, "seed": qc.seed},
+              "calibration": {"images": len(calib), "method": qc.calibration, "seed": qc.seed},
               "gate": {"max_map_drop": qc.max_map_drop}}
     write_json(out_dir / "metrics.json", result)
     write_text(out_dir / "table.md", f"AP on {len(val.images)} val images (percent); latency at batch "
                f"{ec.batch}, {ec.iters} timed iterations.\n\n{table}\n")
     print(table, flush=True)
-    for name, m in rows.items():
-        drop = float_ap - 100 * m["AP"]
-        if m["precision"] == "int8" and drop > qc.max_map_drop:
-            raise GateError(f"stage quantize: {name} loses {drop:.2f} AP against FP32 > max {qc.max_map_drop} "
-                            f"(quantize.max_map_drop); artifacts left in {out_dir}")
-    return result
-
-
-def _onnxruntime_accuracy_aware(qc, prepared: Path, int8: Path, paths: list[str], val, input_size, float_ap: float,
-                                measure) -> dict[str, Any]:
-    """Keep the most sensitive Conv layers (lowest SQNR) in float, fewest first, until the gate holds."""
-    ranked = onnx_conv_sensitivity(prepared, int8, paths[:SENSITIVITY_IMAGES], input_size)
-    print(f"[quantize] onnxruntime_int8 over the gate: searching among {len(ranked)} convolutions", flush=True)
-
-    def evaluate(kept: list[str]) -> float:
-        with tempfile.TemporaryDirectory() as tmp:
-            trial = quantize_onnxruntime(prepared, Path(tmp) / "trial.onnx", paths, input_size, kept, qc.calibration,
-                                         qc.symmetric_activations)
-            runner = open_runner(str(trial))
-            ap = _ap_of(runner_infer(runner), val, input_size, runner.batch)
-        print(f"[quantize]   {len(kept)} layers in float: AP {ap:.2f}", flush=True)
-        return ap
-
-    kept, trials = keep_float_until([name for name, _ in ranked], evaluate, float_ap, qc.max_map_drop, qc.max_float_layers)
-    sqnr = dict(ranked)
-    extra = {"kept_float": [{"layer": n, "sqnr_db": round(sqnr[n], 2)} for n in kept], "search": trials}
-    if kept:
-        quantize_onnxruntime(prepared, int8, paths, input_size, kept, qc.calibration, qc.symmetric_activations)
-    return measure("onnxruntime_int8", int8, extra)
-
-
-def _openvino_accuracy_aware(qc, fp32: Path, int8_xml: Path, paths: list[str], val, input_size, float_ap: float,
-                             measure) -> dict[str, Any]:
-    """NNCF's accuracy control on val; report the convolutions it reverted to float."""
-    import openvino as ov
-
-    def validate(compiled, items: list) -> float:
-        subset = replace(val, images=items)
-        def infer(x: np.ndarray):
-            out = compiled(x)
-            return np.asarray(out[compiled.output("boxes")]), np.asarray(out[compiled.output("scores")])
-        return _ap_of(infer, subset, input_size, 1)
-
-    default_float = set(openvino_float_convolutions(ov.Core().read_model(str(int8_xml))))
-    control = AccuracyControl(val.images, lambda info: model_input(val.image_path(info), input_size),
-                              validate, qc.max_map_drop)
-    quantize_openvino(fp32, int8_xml, paths, input_size, control)
-    reverted = [n for n in openvino_float_convolutions(ov.Core().read_model(str(int8_xml))) if n not in default_float]
-    return measure("openvino_int8", int8_xml, {"kept_float": [{"layer": n} for n in reverted],
-                                               "accuracy_control": "nncf.quantize_with_accuracy_control"})
+    return result  # the gate (quantize.max_map_drop) is checked from metrics.json by pipeline.gates
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         cfg = load_config(args.config, args.overrides)
-        run_quantize(cfg, cfg.run_dir / "quantize", progress=not args.no_progress)
+        run_quantize(cfg, paths.stage_dir(cfg, "quantize"), progress=not args.no_progress)
+        print(f"[quantize] gate passed: {check_gate('quantize', cfg)}")
 
     return guarded(body, args.debug)
 

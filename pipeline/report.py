@@ -19,6 +19,8 @@ from deploy.benchmark import join_artifact
 from deploy.errors import InputError
 from deploy.files import write_json, write_text
 from deploy.machine import machine_info, machine_line
+from deploy.tables import markdown_table
+from pipeline import paths
 from pipeline.config import PipelineConfig
 from pipeline.plots import pareto_front, plot_ap_bars, plot_ap_latency, plot_training
 from pipeline.stage_state import read_state, versions
@@ -53,27 +55,26 @@ def _row(stage: str, name: str, metrics: dict[str, Any], latency: dict[str, Any]
 
 def collect_rows(cfg: PipelineConfig) -> list[dict[str, Any]]:
     """A row per artifact the run holds, in stage order, with deltas to the previous stage and the teacher."""
-    run = cfg.run_dir
     rows: list[dict[str, Any]] = []
     for stage in ("teacher", "student", "distill"):
-        metrics, profile = _read(run / stage / "metrics.json"), _read(run / stage / "profile.json")
+        metrics, profile = _read(paths.metrics_file(cfg, stage)), _read(paths.stage_dir(cfg, stage) / "profile.json")
         if "AP" in metrics and stage in cfg.stages:
-            rows.append(_row(stage, stage, {**profile, **metrics, "artifact": profile.get("artifact", str(run / stage / "last.pt"))},
+            rows.append(_row(stage, stage, {**profile, **metrics, "artifact": profile.get("artifact", str(paths.stage_dir(cfg, stage) / "last.pt"))},
                              profile.get("latency_ms"), profile))
-    exported = _read(run / "export" / "metrics.json")
+    exported = _read(paths.metrics_file(cfg, "export"))
     model = exported.get("model", {})
     artifacts = {}
     if "onnxruntime_fp32" in exported:
         artifacts["onnxruntime_fp32"] = ("export", exported["onnxruntime_fp32"])
-    for name, m in _read(run / "quantize" / "metrics.json").get("artifacts", {}).items():
+    for name, m in _read(paths.metrics_file(cfg, "quantize")).get("artifacts", {}).items():
         artifacts[name] = ("quantize", m)
     for precision in ("fp32", "fp16", "int8"):
-        m = _read(run / "engines" / f"metrics_{precision}.json")
+        m = _read(paths.engines_dir(cfg) / f"metrics_{precision}.json")
         if m:
             artifacts[f"tensorrt_{precision}"] = ("engines", m)
     # One file may be several artifacts (the FP32 IR compiled for f32 and for bf16): key by both.
     timed = {join_artifact(Path(e["artifact"]).resolve(), e.get("inference_precision")): e["latency_ms"]
-             for e in _read(run / "benchmark" / "benchmark.json").get("results", []) if not e.get("round")}
+             for e in _read(paths.benchmark_json(cfg)).get("results", []) if not e.get("round")}
     for name, (stage, m) in artifacts.items():
         latency = timed.get(join_artifact(Path(m["artifact"]).resolve(), m.get("inference_precision")), m.get("latency_ms"))
         rows.append(_row(stage, name, m, latency, model))
@@ -113,10 +114,8 @@ HEADER = ["artifact", "runtime", "precision", "executed", "AP", "AP50", "AP75", 
           "infer p50 ms", "infer p99 ms", "e2e p50 ms", "e2e p99 ms", "images/s", "size MB", "params M", "GFLOPs"]
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(HEADER) + " |", "|---" * len(HEADER) + "|"]
-    lines += ["| " + " | ".join(table_cells(r)) + " |" for r in rows]
-    return "\n".join(lines)
+def report_table(rows: list[dict[str, Any]]) -> str:
+    return markdown_table(HEADER, [table_cells(r) for r in rows])
 
 
 def stage_times(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
@@ -131,12 +130,12 @@ def stage_times(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
 def notes(cfg: PipelineConfig) -> list[str]:
     """What the run could not build or time here, and why."""
     out = []
-    engines = _read(cfg.run_dir / "engines" / "engines.json")
+    engines = _read(paths.engines_dir(cfg) / "engines.json")
     if isinstance(engines.get("skipped"), str):
         out.append(f"TensorRT engines not built on this machine: {engines['skipped']}.")
-    for skipped in _read(cfg.run_dir / "benchmark" / "benchmark.json").get("skipped", []):
+    for skipped in _read(paths.benchmark_json(cfg)).get("skipped", []):
         out.append(f"Not timed here: {skipped['artifact']} ({skipped['reason']}).")
-    quantized = _read(cfg.run_dir / "quantize" / "metrics.json")
+    quantized = _read(paths.metrics_file(cfg, "quantize"))
     for name, why in quantized.get("skipped", {}).items():
         out.append(f"Not built here: {name} ({why}).")
     for name, m in quantized.get("artifacts", {}).items():
@@ -180,7 +179,7 @@ def render_markdown(report: dict[str, Any], plots: dict[str, Path]) -> str:
              "AP in percent on the whole val split; ΔAP in AP points; latency in ms at batch 1. "
              "`executed`: the precision the runtime reports its convolutions run in (`(!)`: not what was asked). "
              "`*` marks the Pareto front (no other artifact is both at least as fast and at least as accurate).", "",
-             markdown_table(report["rows"]), "", f"Stage wall times: {stages}.", ""]
+             report_table(report["rows"]), "", f"Stage wall times: {stages}.", ""]
     lines += [f"- {note}" for note in report["notes"]] + ([""] if report["notes"] else [])
     lines += [f"![{name}]({path})" for name, path in plots.items()]
     return "\n".join(lines) + "\n"

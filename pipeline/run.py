@@ -22,11 +22,12 @@ from typing import Any
 from deploy.benchmark import split_artifact
 from deploy.errors import GateError, InputError
 from deploy.files import write_json, write_text
+from pipeline import paths
 from pipeline.benchmark import artifacts as benchmark_artifacts
 from pipeline.benchmark import run_benchmark
 from pipeline.config import STAGES, ConfigError, PipelineConfig, to_yaml
-from pipeline.distill import distill_student, teacher_path
-from pipeline.export import run_export, source_checkpoint
+from pipeline.distill import distill_student
+from pipeline.export import run_export
 from pipeline.export_trt import run_engines
 from pipeline.gates import GATE_KEYS, check_gate
 from pipeline.quantize import run_quantize
@@ -62,18 +63,14 @@ def _annotations(cfg: PipelineConfig) -> list[Path]:
     return [cfg.data.split_paths("train")[0], cfg.data.split_paths("val")[0]]
 
 
-def _trained(role: str) -> Callable[[PipelineConfig], Path]:
-    return lambda cfg: Path(getattr(cfg, role).checkpoint or cfg.run_dir / role / "last.pt")
-
-
 def _train_stage(role: str) -> Callable[[PipelineConfig, Path, bool], dict[str, Any]]:
     def run(cfg: PipelineConfig, out: Path, progress: bool) -> dict[str, Any]:
         if role == "distill":
             metrics = distill_student(cfg, resume=True, progress=progress)
-            checkpoint = out / "last.pt"
+            checkpoint = paths.distilled_checkpoint(cfg)
         else:
             metrics = train_role(cfg, role, resume=True, progress=progress)
-            checkpoint = _trained(role)(cfg)
+            checkpoint = paths.trained_checkpoint(cfg, role)
         write_profile(cfg, checkpoint, out)
         return metrics
     return run
@@ -89,7 +86,7 @@ def write_profile(cfg: PipelineConfig, checkpoint: Path, out: Path) -> None:
 
 
 def _report_inputs(cfg: PipelineConfig) -> list[Path]:
-    return [cfg.run_dir / s / "stage.json" for s in cfg.stages if s != "report"]
+    return [paths.stage_dir(cfg, s) / "stage.json" for s in cfg.stages if s != "report"]
 
 
 def _report(cfg: PipelineConfig, out: Path, progress: bool) -> dict[str, Any]:
@@ -107,14 +104,13 @@ STAGE_TABLE: dict[str, Stage] = {
                      ("data",)),
     "student": Stage(_train_stage("student"), lambda cfg: {"student": cfg.student}, _annotations, ("data",)),
     "distill": Stage(_train_stage("distill"), lambda cfg: {"student": cfg.student, "distill": cfg.distill},
-                     lambda cfg: _annotations(cfg) + [teacher_path(cfg)], ("data", "teacher")),
+                     lambda cfg: _annotations(cfg) + [paths.teacher_checkpoint(cfg)], ("data", "teacher")),
     "export": Stage(run_export, lambda cfg: {"export": cfg.export},
-                    lambda cfg: _annotations(cfg) + [source_checkpoint(cfg)], ("data", "distill")),
+                    lambda cfg: _annotations(cfg) + [paths.export_source(cfg)], ("data", "distill")),
     "quantize": Stage(run_quantize, lambda cfg: {"quantize": cfg.quantize, "export": cfg.export},
-                      lambda cfg: _annotations(cfg) + [cfg.run_dir / "export" / "model.onnx"], ("data", "export")),
+                      lambda cfg: _annotations(cfg) + [paths.onnx_model(cfg)], ("data", "export")),
     "engines": Stage(run_engines, lambda cfg: {"engines": cfg.engines, "export": cfg.export},
-                     lambda cfg: [cfg.run_dir / "export" / "model.onnx"] + (
-                         [cfg.run_dir / "quantize" / "model.int8.onnx"] if "int8" in cfg.engines.precisions else []),
+                     lambda cfg: [paths.onnx_model(cfg)] + ([paths.onnxruntime_int8(cfg)] if "int8" in cfg.engines.precisions else []),
                      ("export", "quantize")),
     "benchmark": Stage(run_benchmark, lambda cfg: {"benchmark": cfg.benchmark},
                        lambda cfg: sorted({Path(split_artifact(s)[0]) for s in benchmark_artifacts(cfg)[0]}),
@@ -242,7 +238,7 @@ def check_against_data(cfg: PipelineConfig, selected: list[str]) -> None:
     """Refuse, before any stage trains, a training setting the data refutes (a batch larger than the training
     split), rather than after an earlier stage has trained for an hour. Reads the data stage's counts."""
     try:
-        images = json.loads((cfg.run_dir / "data" / "stats.json").read_text())["stats"]["train"]["images"]
+        images = json.loads(paths.data_stats(cfg).read_text())["stats"]["train"]["images"]
     except (OSError, ValueError, KeyError, TypeError):
         return  # no counts yet: the trainer checks the same when it starts
     for stage in selected:

@@ -300,3 +300,30 @@ def test_layer_profile_of_a_missing_ir_is_a_one_line_error(tmp_path, capsys):
     assert main(["--layers", "--json", str(tmp_path / "l.json"), str(missing)]) == 2
     assert capsys.readouterr().err.strip() == f"error: {missing}: no such IR (run the quantize stage first, or pick RUN=)"
     assert not (tmp_path / "l.json").exists()
+
+
+def test_onnxruntime_accuracy_aware_keeps_the_fewest_sensitive_convolutions_in_float(ort_int8, tiny_splits, tmp_path):
+    """The stage's search through its evaluate(model file) -> AP callback. The stand-in AP recovers 0.4 points
+    per convolution the file runs in float (27.0 with none; float 30.0, gate 1.0): 5 must stay float."""
+    import shutil
+
+    from export.quantize import onnxruntime_accuracy_aware
+
+    int8, prepared = ort_int8
+    out = shutil.copy(int8, tmp_path / "model.int8.onnx")
+    def float_convs(path):  # convolutions whose weight is a float initializer, not an int8 one dequantized
+        graph = onnx.load(str(path)).graph
+        dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        return sum(n.op_type == "Conv" and n.input[1] not in dequantized for n in graph.node)
+
+    baseline = float_convs(int8)  # the decode's convolutions, float already
+
+    def evaluate(path):
+        return 27.0 + 0.4 * (float_convs(path) - baseline)
+
+    extra = onnxruntime_accuracy_aware(prepared, out, calibration_paths(tiny_splits[0], 16), (128, 128), evaluate,
+                                       float_ap=30.0, max_drop=1.0)
+    assert len(extra["kept_float"]) == 5 and [t["kept"] for t in extra["search"]] == [1, 2, 4, 8, 6, 5]
+    assert float_convs(out) - baseline == 5  # the file on disk was requantized with those five in float
+    sqnr = [k["sqnr_db"] for k in extra["kept_float"]]
+    assert sqnr == sorted(sqnr)  # the most damaged (lowest SQNR) first

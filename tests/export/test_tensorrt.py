@@ -9,7 +9,7 @@ from deploy.preprocess import preprocess_batch
 from deploy.runtimes import open_runner
 from deploy.runtimes.tensorrt import available, check_engine_meta, parse_version
 from export.quantize import calibration_paths, preprocess_for_quantization, quantize_onnxruntime
-from export.tensorrt import EngineConfig, build_engine, check_version
+from export.tensorrt import EngineConfig, build_engine, check_version, precision_plan
 
 TRT_MISSING = available()
 needs_trt = pytest.mark.skipif(TRT_MISSING is not None, reason=f"TensorRT engine tests need TensorRT and a GPU: {TRT_MISSING}")
@@ -81,3 +81,27 @@ def test_int8_engine_from_the_qdq_onnx_follows_fp32(tiny_onnx, tiny_splits, tmp_
     _, ort_out = run_all(tiny_onnx, val_batch)
     corr = np.corrcoef(trt_out["scores"].ravel(), ort_out["scores"].ravel())[0, 1]
     assert corr > 0.75, corr  # the same bar as ONNX Runtime's own INT8 of this QDQ file
+
+
+@pytest.mark.parametrize("precision, explicit, version, expected", [
+    ("fp32", False, "10.3.0", ((), "none")),
+    ("fp16", False, "8.5.2", (("FP16",), "none")),
+    ("int8", True, "10.3.0", (("FP16", "INT8"), "explicit (QDQ)")),
+    ("int8", True, "8.5.2", (("FP16", "INT8"), "explicit (QDQ)")),
+    ("int8", False, "8.6.1", (("FP16", "INT8"), "implicit (entropy calibration)")),
+])
+def test_precision_plan_without_a_gpu(precision, explicit, version, expected):
+    plan = precision_plan(precision, explicit, version, has_entropy_calibrator=True, has_calibration=True, source="m.onnx")
+    assert (plan.flags, plan.quantization) == expected
+
+
+@pytest.mark.parametrize("precision, explicit, version, calibrator, images, message", [
+    ("int4", False, "10.3.0", True, True, "precision int4: valid precisions are fp32, fp16, int8"),
+    ("fp16", True, "10.3.0", True, True, "m.onnx is quantized (Q/DQ nodes): build it with precision int8"),
+    ("int8", False, "10.3.0", True, True, "m.onnx has no Q/DQ nodes and TensorRT 10.3.0 needs explicit quantization"),
+    ("int8", False, "8.6.1", False, True, "m.onnx has no Q/DQ nodes and TensorRT 8.6.1 needs explicit quantization"),
+    ("int8", False, "8.6.1", True, False, "implicit INT8 calibration needs calibration images"),
+])
+def test_precision_plan_refuses_what_cannot_build(precision, explicit, version, calibrator, images, message):
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        precision_plan(precision, explicit, version, calibrator, images, "m.onnx")

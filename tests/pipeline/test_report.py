@@ -8,7 +8,7 @@ from deploy.errors import GateError
 from pipeline.config import PipelineConfig
 from pipeline.gates import check_gate
 from pipeline.plots import pareto_front
-from pipeline.report import collect_rows, markdown_table
+from pipeline.report import collect_rows, report_table
 
 
 def test_pareto_front_by_hand():
@@ -56,7 +56,7 @@ def test_rows_carry_deltas_to_previous_stage_and_teacher(run):
     assert rows["onnxruntime_int8"]["e2e_latency_ms"]["p50"] == 6.0
     # Pareto: int8 (5 ms, 22.0) and fp32 (10 ms, 23.5) and the teacher (40 ms, 30.0); the PyTorch students lose.
     assert [n for n, r in rows.items() if r["pareto"]] == ["teacher", "onnxruntime_fp32", "onnxruntime_int8"]
-    table = markdown_table(list(rows.values()))
+    table = report_table(list(rows.values()))
     assert "| onnxruntime_int8 * | onnxruntime | int8 | int8+fp32 (!) | 22.0 |" in table and "-1.50 (onnxruntime_fp32)" in table
 
 
