@@ -49,43 +49,43 @@ data: $(STAMP) ## write the dataset the config names (fashion-scenes by default)
 	$(PY) -m pipeline run --config $(CONFIG) --stages data $(ARGS)
 
 teacher: $(STAMP) ## train (or resume) the config's teacher from scratch, whatever teacher.checkpoint says: runs/<run>/teacher/
-	$(TRAIN_RUN) pipeline.train --config $(CONFIG) --role teacher --resume teacher.checkpoint=null $(ARGS)
+	$(TRAIN_RUN) pipeline.stages.train --config $(CONFIG) --role teacher --resume teacher.checkpoint=null $(ARGS)
 
 student: $(STAMP) ## train the student alone (the no-distillation baseline): runs/<run>/student/
-	$(TRAIN_RUN) pipeline.train --config $(CONFIG) --role student --resume $(ARGS)
+	$(TRAIN_RUN) pipeline.stages.train --config $(CONFIG) --role student --resume $(ARGS)
 
 distill: $(STAMP) ## distil the student from the teacher (TEACHER=path to pick one): runs/<run>/distill/
-	$(TRAIN_RUN) pipeline.distill --config $(CONFIG) --resume $(if $(TEACHER),--teacher $(TEACHER)) $(ARGS)
+	$(TRAIN_RUN) pipeline.stages.distill --config $(CONFIG) --resume $(if $(TEACHER),--teacher $(TEACHER)) $(ARGS)
 
 export: $(STAMP) ## student checkpoint -> runs/<run>/export/model.onnx, parity-gated, PyTorch and ORT FP32 measured
-	$(PY) -m pipeline.export --config $(CONFIG) $(ARGS)
+	$(PY) -m pipeline.stages.export --config $(CONFIG) $(ARGS)
 
 quantize: $(STAMP) ## ORT INT8 (QDQ), OpenVINO FP32/FP16/INT8 (NNCF), each measured; prints the table
-	$(PY) -m pipeline.quantize --config $(CONFIG) $(ARGS)
+	$(PY) -m pipeline.stages.quantize --config $(CONFIG) $(ARGS)
 
 export-trt: $(STAMP) ## TensorRT engine (PRECISION=fp32|fp16|int8) on a GPU box or Jetson -> runs/<run>/engines/
-	$(PY) -m pipeline.export_trt --config $(CONFIG) --precision $(or $(PRECISION),fp16) $(ARGS)
+	$(PY) -m pipeline.stages.engines --config $(CONFIG) --precision $(or $(PRECISION),fp16) $(ARGS)
 
 benchmark: $(STAMP) ## deploy/benchmark.py over every artifact of the run this machine can run -> runs/<run>/benchmark/
-	$(PY) -m pipeline.benchmark --config $(CONFIG) $(ARGS)
+	$(PY) -m pipeline.stages.benchmark --config $(CONFIG) $(ARGS)
 
 ablation: $(STAMP) ## benchmark: student with none, kd, ld, bckd, bckd cls/loc only -> runs/ablation/ablation.md (SEEDS=0,1,2: mean and paired gain over seeds)
-	$(PY) -m pipeline.ablation --config $(CONFIG) $(if $(TEACHER),--teacher $(TEACHER)) $(if $(SEEDS),--seeds $(SEEDS)) $(ARGS)
+	$(PY) -m pipeline.tools.ablation --config $(CONFIG) $(if $(TEACHER),--teacher $(TEACHER)) $(if $(SEEDS),--seeds $(SEEDS)) $(ARGS)
 
 detection-errors: $(STAMP) ## diagnostic: AP50 each error type costs (TIDE) for PRED='runs/ablation/*/predictions.json'
-	$(PY) -m pipeline.detection_errors $(or $(PRED),$(wildcard runs/ablation/*/predictions.json)) $(ARGS)
+	$(PY) -m pipeline.tools.detection_errors $(or $(PRED),$(wildcard runs/ablation/*/predictions.json)) $(ARGS)
 
 ablation-heads: $(STAMP) ## benchmark: RetinaNet, FCOS, ATSS teacher, student alone and BCKD -> runs/ablation-heads/
-	$(PY) -m pipeline.ablation_heads --config $(CONFIG) $(if $(HEADS),--heads $(HEADS)) $(ARGS)
+	$(PY) -m pipeline.tools.ablation_heads --config $(CONFIG) $(if $(HEADS),--heads $(HEADS)) $(ARGS)
 
 bench-train: $(STAMP) ## seconds per step, images/s and peak memory of teacher and student training
-	$(PY) -m pipeline.bench_train --config $(CONFIG) --json runs/bench-train.json $(ARGS)
+	$(PY) -m pipeline.tools.bench_train --config $(CONFIG) --json runs/bench-train.json $(ARGS)
 
 bench-openvino: $(STAMP) ## our OpenVINO latency vs benchmark_app on the quantize stage's IRs (RUN=default)
-	$(PY) -m pipeline.bench_openvino $(wildcard runs/$(or $(RUN),default)/quantize/openvino/model_*.xml) $(ARGS)
+	$(PY) -m pipeline.tools.bench_openvino $(wildcard runs/$(or $(RUN),default)/quantize/openvino/model_*.xml) $(ARGS)
 
 bench-openvino-layers: $(STAMP) ## where the OpenVINO FP32/FP16/INT8 IRs spend their time, per layer kind (RUN=default)
-	$(PY) -m pipeline.bench_openvino --layers --json runs/bench-openvino-layers.json \
+	$(PY) -m pipeline.tools.bench_openvino --layers --json runs/bench-openvino-layers.json \
 		$(addprefix runs/$(or $(RUN),default)/quantize/openvino/model_,fp32.xml fp16.xml int8.xml) $(ARGS)
 
 pipeline: $(STAMP) ## every stage, skipping those done, resuming the interrupted (FROM=stage reruns from it)

@@ -1,7 +1,7 @@
 """One training loop for teacher training and (with a distillation loss) for students.
 
-    python -m pipeline.train --config configs/pipelines/default.yaml --role teacher      # one process
-    torchrun --standalone --nproc_per_node=2 -m pipeline.train --role teacher ...         # DDP (gloo/NCCL)
+    python -m pipeline.stages.train --config configs/pipelines/default.yaml --role teacher      # one process
+    torchrun --standalone --nproc_per_node=2 -m pipeline.stages.train --role teacher ...         # DDP (gloo/NCCL)
 
 Per step: forward, the named loss terms (checked finite), backward, optional clipping, optimizer and
 per-step LR schedule (linear warm-up, then step or cosine decay). Rank 0 alone writes: a tqdm bar,

@@ -1,7 +1,7 @@
 """PyTorch checkpoint -> ONNX following the exported-model contract (../shared/DESIGN.md): input
 `images` float32 [N, 3, H, W] preprocessed as deploy/preprocess.py does; outputs `boxes` [N, A, 4]
 xyxy in input pixels and `scores` [N, A, C] sigmoid probabilities, the decode inside the graph.
-`make export` (pipeline/export.py) runs it on the pipeline's student.
+`make export` (pipeline/stages/export.py) runs it on the pipeline's student.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Resuming or reusing a run trained under other settings would report (or continue) a model of another
 configuration as this one. The pipeline sets such a stage aside itself (its config hash changed); the
-direct commands (`pipeline.train`, `pipeline.distill`) and the ablation's reuse of finished variants
+direct commands (`pipeline.stages.train`, `pipeline.stages.distill`) and the ablation's reuse of finished variants
 ask `changed_setting` instead, and refuse with the first setting that differs.
 """
 

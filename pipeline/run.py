@@ -23,16 +23,8 @@ from deploy.benchmark import split_artifact
 from deploy.errors import GateError, InputError
 from deploy.files import write_json, write_text
 from pipeline import paths
-from pipeline.benchmark import artifacts as benchmark_artifacts
-from pipeline.benchmark import run_benchmark
 from pipeline.config import STAGES, ConfigError, PipelineConfig, to_yaml
-from pipeline.distill import distill_student
-from pipeline.export import run_export
-from pipeline.export_trt import run_engines
 from pipeline.gates import GATE_KEYS, check_gate
-from pipeline.quantize import run_quantize
-from pipeline.report import write_report
-from pipeline.stage_data import load_split, run_data
 from pipeline.stage_state import (
     Status,
     config_hash,
@@ -46,7 +38,15 @@ from pipeline.stage_state import (
     versions,
     write_state,
 )
-from pipeline.train import train_role
+from pipeline.stages.benchmark import artifacts as benchmark_artifacts
+from pipeline.stages.benchmark import run_benchmark
+from pipeline.stages.data import load_split, run_data
+from pipeline.stages.distill import distill_student
+from pipeline.stages.engines import run_engines
+from pipeline.stages.export import run_export
+from pipeline.stages.quantize import run_quantize
+from pipeline.stages.report import write_report
+from pipeline.stages.train import train_role
 
 
 @dataclass
@@ -78,7 +78,7 @@ def _train_stage(role: str) -> Callable[[PipelineConfig, Path, bool], dict[str, 
 
 def write_profile(cfg: PipelineConfig, checkpoint: Path, out: Path) -> None:
     """Params, GFLOPs and PyTorch latency of a trained model, for the report."""
-    from pipeline.profile import profile_checkpoint  # torch profiling only where a stage trains
+    from pipeline.stages.profile import profile_checkpoint  # torch profiling only where a stage trains
 
     bc = cfg.benchmark
     profile = profile_checkpoint(checkpoint, load_split(cfg.data, "val"), bc.warmup, bc.iters, bc.threads)

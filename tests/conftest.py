@@ -14,7 +14,7 @@ from distill.data.fashion_scenes import FashionScenesConfig, generate
 from distill.models.detector import ModelConfig, build_detector
 from export.onnx import export_onnx
 from pipeline.config import DataConfig
-from pipeline.stage_data import load_split
+from pipeline.stages.data import load_split
 
 REPO = Path(__file__).resolve().parents[1]
 

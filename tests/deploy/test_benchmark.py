@@ -15,7 +15,7 @@ from distill.models.detector import build_detector
 from distill.trainer import TrainConfig, train
 from export.quantize import openvino_ir
 from pipeline.config import PipelineConfig
-from pipeline.export import run_export
+from pipeline.stages.export import run_export
 from tests.conftest import REPO, SMALL
 
 LATENCY_KEYS = {"mean", "std", "min", "p50", "p90", "p99"}
@@ -109,7 +109,7 @@ def test_a_batch_the_static_file_cannot_take_is_one_error(exported):
 
 def test_make_benchmark_runs_what_it_can_and_lists_engines_it_cannot(exported, tiny_scenes):
     from deploy.runtimes.tensorrt import available
-    from pipeline.benchmark import artifacts
+    from pipeline.stages.benchmark import artifacts
 
     if available() is None:
         pytest.skip("TensorRT is available here: engines would run")

@@ -103,12 +103,12 @@ def test_distill_cli_runs_a_few_steps(tiny_scenes, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     teacher = [*common, *(f"teacher.model.{k}={json.dumps(v)}" for k, v in {**small, "head_channels": 32}.items()),
                *(f"teacher.train.{k}={json.dumps(v)}" for k, v in train.items())]
-    proc = subprocess.run([sys.executable, "-m", "pipeline.train", "--no-progress", *teacher], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "pipeline.stages.train", "--no-progress", *teacher], capture_output=True,
                           text=True, cwd=REPO, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     student = [*common, *(f"student.model.{k}={json.dumps(v)}" for k, v in {**small, "head_channels": 16}.items()),
                *(f"student.train.{k}={json.dumps(v)}" for k, v in train.items())]
-    proc = subprocess.run([sys.executable, "-m", "pipeline.distill", "--no-progress", *student], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "pipeline.stages.distill", "--no-progress", *student], capture_output=True,
                           text=True, cwd=REPO, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = tmp_path / "default" / "distill"
@@ -119,7 +119,7 @@ def test_distill_cli_runs_a_few_steps(tiny_scenes, tmp_path):
     assert not any(k.startswith("teacher") for k in state["model"])  # only the student is saved
     assert (out / "metrics.json").is_file()
     # A teacher of another input size is refused before any training.
-    proc = subprocess.run([sys.executable, "-m", "pipeline.distill", "--no-progress", *student,
+    proc = subprocess.run([sys.executable, "-m", "pipeline.stages.distill", "--no-progress", *student,
                            "student.model.input_size=[160,160]", "run=other", f"teacher.checkpoint={tmp_path / 'default/teacher/last.pt'}"],
                           capture_output=True, text=True, cwd=REPO, env=env)
     assert proc.returncode == 2 and "differ in locations per level" in proc.stderr
@@ -128,7 +128,7 @@ def test_distill_cli_runs_a_few_steps(tiny_scenes, tmp_path):
 def test_distillation_steps_leave_the_teacher_bit_identical(tiny_scenes, tmp_path):
     from distill.trainer import TrainConfig, train
     from pipeline.config import DataConfig
-    from pipeline.stage_data import load_split
+    from pipeline.stages.data import load_split
 
     data = DataConfig(root=str(tiny_scenes))
     splits = load_split(data, "train"), load_split(data, "val")
@@ -158,13 +158,13 @@ def test_two_process_gloo_distillation(tiny_scenes, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     teacher = [*common, *(f"teacher.model.{k}={json.dumps(v)}" for k, v in {**small, "head_channels": 32}.items()),
                *(f"teacher.train.{k}={json.dumps(v)}" for k, v in train.items())]
-    proc = subprocess.run([sys.executable, "-m", "pipeline.train", "--no-progress", *teacher], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "pipeline.stages.train", "--no-progress", *teacher], capture_output=True,
                           text=True, cwd=REPO, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     student = [*common, *(f"student.model.{k}={json.dumps(v)}" for k, v in {**small, "head_channels": 16}.items()),
                *(f"student.train.{k}={json.dumps(v)}" for k, v in train.items())]
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "pipeline.distill", "--no-progress", *student],
+                           "-m", "pipeline.stages.distill", "--no-progress", *student],
                           capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "default" / "distill"
@@ -174,7 +174,7 @@ def test_two_process_gloo_distillation(tiny_scenes, tmp_path):
 
 def test_diagnose_bckd_term_mass_against_the_loss_functions():
     from distill.losses.bckd import bckd_cls_loss
-    from pipeline.diagnose_bckd import summary, term_mass
+    from pipeline.tools.diagnose_bckd import summary, term_mass
 
     teacher, student = pair()
     images, targets = batch()

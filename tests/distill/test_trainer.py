@@ -12,7 +12,7 @@ from distill.losses.gfl import make_gfl_loss
 from distill.models.detector import ModelConfig, build_detector
 from distill.trainer import NonFiniteLoss, TrainConfig, train
 from pipeline.config import DataConfig
-from pipeline.stage_data import load_split
+from pipeline.stages.data import load_split
 from tests.conftest import REPO
 
 SMALL = dict(backbone="efficientnet_lite0", pretrained="imagenet", input_size=[128, 128],
@@ -128,7 +128,7 @@ def test_two_process_gloo_ddp_writes_one_checkpoint(tiny_scenes, tmp_path):
                  "teacher.train.max_train_images=0", "teacher.train.log_every=1", "teacher.train.device=cpu",
                  "teacher.checkpoint=null"]  # train one, not the shipped teacher
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "pipeline.train", "--no-progress", "--role", "teacher", *overrides]
+           "-m", "pipeline.stages.train", "--no-progress", "--role", "teacher", *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

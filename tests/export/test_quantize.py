@@ -164,7 +164,7 @@ def test_keep_float_until_gives_up_beyond_the_limit():
 
 
 def test_tensorrt_int8_source_must_have_symmetric_activations(ort_int8, tiny_splits, tmp_path):
-    from pipeline.export_trt import symmetric_qdq
+    from pipeline.stages.engines import symmetric_qdq
 
     assert symmetric_qdq(ort_int8[0])
     u8 = quantize_onnxruntime(ort_int8[1], tmp_path / "u8.onnx", calibration_paths(tiny_splits[0], 16), (128, 128),
@@ -173,7 +173,7 @@ def test_tensorrt_int8_source_must_have_symmetric_activations(ort_int8, tiny_spl
 
 
 def test_layer_kinds_by_hand():
-    from pipeline.bench_openvino import layer_group
+    from pipeline.tools.bench_openvino import layer_group
 
     assert layer_group("Convolution", "brgconv_avx2_1x1_f32") == "1x1 conv"
     assert layer_group("Convolution", "jit_avx2_I8") == "kxk conv"
@@ -182,7 +182,7 @@ def test_layer_kinds_by_hand():
 
 
 def test_openvino_layer_profile_shows_int8_convolutions(ov_irs):
-    from pipeline.bench_openvino import layers_table
+    from pipeline.tools.bench_openvino import layers_table
 
     text, rows = layers_table([str(ov_irs["fp32"]), str(ov_irs["int8"])], iters=3)
     fp32, int8 = (r["layers"] for r in rows)
@@ -260,7 +260,7 @@ def test_the_executed_precision_of_a_hand_built_ir(tmp_path):
 def test_inference_precision_bad_inputs(ov_irs, monkeypatch):
     from deploy.runtimes import openvino as ov_runner
     from export.quantize import QuantizeConfig
-    from pipeline.quantize import openvino_inference
+    from pipeline.stages.quantize import openvino_inference
 
     with pytest.raises(InputError, match=r"unknown inference precision 'f64'; valid: f32, bf16, f16"):
         open_runner(str(ov_irs["fp32"]), inference_precision="f64")
@@ -294,7 +294,7 @@ def test_onnxruntime_reports_the_int8_kernels_it_fused(ort_int8, tiny_splits, tm
 
 
 def test_layer_profile_of_a_missing_ir_is_a_one_line_error(tmp_path, capsys):
-    from pipeline.bench_openvino import main
+    from pipeline.tools.bench_openvino import main
 
     missing = tmp_path / "model_fp16.xml"
     assert main(["--layers", "--json", str(tmp_path / "l.json"), str(missing)]) == 2

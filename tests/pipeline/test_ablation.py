@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from deploy.errors import InputError
-from pipeline.ablation import run_seeds, seeds_table, summarise
 from pipeline.config import load_config
+from pipeline.tools.ablation import run_seeds, seeds_table, summarise
 from tests.conftest import REPO
 
 DEFAULT = REPO / "configs" / "pipelines" / "default.yaml"

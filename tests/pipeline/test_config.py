@@ -89,7 +89,7 @@ def test_every_shipped_pipeline_config_loads(path):
 def test_each_embedded_default_head_pair_is_distillable(head):
     from distill.distiller import check_pair
     from distill.models.detector import build_detector
-    from pipeline.ablation_heads import head_overrides
+    from pipeline.tools.ablation_heads import head_overrides
 
     cfg = load_config(DEFAULT, [*head_overrides(head), "teacher.model.pretrained=none", "student.model.pretrained=none"])
     assert cfg.teacher.model.name == cfg.student.model.name == head and cfg.run == f"head-{head}"
@@ -102,7 +102,7 @@ def test_every_ablation_variant_sets_real_distill_settings():
     import dataclasses
 
     from distill.distiller import DistillConfig
-    from pipeline.ablation import DEFAULT_VARIANTS, VARIANTS
+    from pipeline.tools.ablation import DEFAULT_VARIANTS, VARIANTS
 
     fields = {f.name for f in dataclasses.fields(DistillConfig)}
     assert set(DEFAULT_VARIANTS) <= set(VARIANTS) and "bckd_loc_locpos" not in DEFAULT_VARIANTS

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pipeline.detection_errors import breakdown, main, table
+from pipeline.tools.detection_errors import breakdown, main, table
 
 pytest.importorskip("tidecv", reason="tidecv not installed (`make setup` installs it with the dev tools)")
 

@@ -7,8 +7,8 @@ import pytest
 from deploy.errors import GateError
 from pipeline.config import PipelineConfig
 from pipeline.gates import check_gate
-from pipeline.plots import pareto_front
-from pipeline.report import collect_rows, report_table
+from pipeline.stages.report import collect_rows, report_table
+from pipeline.stages.report_plots import pareto_front
 
 
 def test_pareto_front_by_hand():

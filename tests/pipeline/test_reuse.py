@@ -4,7 +4,7 @@ import pytest
 
 from deploy.errors import InputError
 from pipeline.config import load_config
-from pipeline.train import train_role
+from pipeline.stages.train import train_role
 from tests.conftest import REPO
 
 DEFAULT = REPO / "configs" / "pipelines" / "default.yaml"
@@ -19,7 +19,7 @@ def config(tiny_scenes, tmp_path, *extra):
 
 
 def test_a_finished_teacher_with_other_settings_is_refused_not_reported(tiny_scenes, tmp_path, capsys):
-    """Before: `python -m pipeline.train --role teacher --resume teacher.train.lr=0.5` on a finished run said
+    """Before: `python -m pipeline.stages.train --role teacher --resume teacher.train.lr=0.5` on a finished run said
     "already trained" and kept the old model (rc 0)."""
     train_role(config(tiny_scenes, tmp_path), "teacher", resume=True, progress=False)
     with pytest.raises(InputError, match=r"teacher/last.pt: trained with other settings \(teacher.train.lr: 0.001 there, 0.5 now\)"):

@@ -1,7 +1,7 @@
 """`make benchmark`: deploy/benchmark.py over every artifact of the run that this machine can execute;
 the others are listed as skipped, with the reason.
 
-    python -m pipeline.benchmark --config configs/pipelines/default.yaml [benchmark.evaluate=true] [key=value ...]
+    python -m pipeline.stages.benchmark --config configs/pipelines/default.yaml [benchmark.evaluate=true] [key=value ...]
 
 Writes runs/<run>/benchmark/benchmark.{json,md}; latency only unless benchmark.evaluate (each stage
 measured its artifacts' AP already).
@@ -24,7 +24,7 @@ from pipeline import paths
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
 
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "benchmark.py"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "benchmark.py"
 
 
 def artifacts(cfg: PipelineConfig) -> tuple[list[str], list[tuple[str, str]]]:
@@ -74,7 +74,7 @@ def run_benchmark(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common_arguments(argparse.ArgumentParser(prog="python -m pipeline.benchmark", description=__doc__.split("\n")[0]))
+    parser = common_arguments(argparse.ArgumentParser(prog="python -m pipeline.stages.benchmark", description=__doc__.split("\n")[0]))
     args = parser.parse_args(argv)
 
     def body() -> None:

@@ -3,7 +3,7 @@
 default threads and the LATENCY hint. The two alternate for --rounds rounds and each reports its
 median round, so drift of a shared machine hits both alike.
 
-    python -m pipeline.bench_openvino MODEL.xml [MODEL.xml@bf16 ...] [--seconds 10] [--rounds 3] [--json runs/bench-openvino.json]
+    python -m pipeline.tools.bench_openvino MODEL.xml [MODEL.xml@bf16 ...] [--seconds 10] [--rounds 3] [--json runs/bench-openvino.json]
 
 Every IR compiles with an explicit inference precision: f32 unless the argument says @bf16 or @f16.
 
@@ -128,7 +128,7 @@ def layers_table(models: list[str], iters: int, threads: int | None = None) -> t
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.bench_openvino", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.tools.bench_openvino", description=__doc__.split("\n")[0])
     parser.add_argument("models", nargs="+")
     parser.add_argument("--seconds", type=int, default=10, help="per round and tool")
     parser.add_argument("--rounds", type=int, default=3)

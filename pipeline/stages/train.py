@@ -1,9 +1,9 @@
 """Train the pipeline's teacher (or its student alone, as the no-distillation baseline).
 
-    python -m pipeline.train --config configs/pipelines/default.yaml --role teacher [--resume] [key=value ...]
-    torchrun --standalone --nproc_per_node=2 -m pipeline.train --role teacher --resume   # DDP, gloo on CPU
+    python -m pipeline.stages.train --config configs/pipelines/default.yaml --role teacher [--resume] [key=value ...]
+    torchrun --standalone --nproc_per_node=2 -m pipeline.stages.train --role teacher --resume   # DDP, gloo on CPU
     torchrun --nnodes=2 --node_rank=0 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 \\
-        --nproc_per_node=8 -m pipeline.train --role teacher                                  # multi-node
+        --nproc_per_node=8 -m pipeline.stages.train --role teacher                                  # multi-node
 
 Writes runs/<run>/<role>/: last.pt, best.pt, log.jsonl, metrics.json, predictions.json.
 """
@@ -28,7 +28,7 @@ from distill.weights_file import check_weights
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
 from pipeline.reuse import refuse_other_settings
-from pipeline.stage_data import load_split, run_data
+from pipeline.stages.data import load_split, run_data
 
 
 def train_role(cfg: PipelineConfig, role: str, resume: bool = True, progress: bool = True) -> dict[str, Any]:
@@ -61,7 +61,7 @@ def train_role(cfg: PipelineConfig, role: str, resume: bool = True, progress: bo
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common_arguments(argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__.split("\n")[0]))
+    parser = common_arguments(argparse.ArgumentParser(prog="python -m pipeline.stages.train", description=__doc__.split("\n")[0]))
     parser.add_argument("--role", choices=("teacher", "student"), default="teacher")
     parser.add_argument("--resume", action="store_true", help="continue from <run>/<role>/last.pt if it exists")
     args = parser.parse_args(argv)

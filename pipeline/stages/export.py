@@ -1,7 +1,7 @@
 """The export stage: the pipeline's student (or export.checkpoint) -> runs/<run>/export/model.onnx,
 gated on ONNX Runtime vs PyTorch parity, with both measured by the deploy/ evaluator.
 
-    python -m pipeline.export --config configs/pipelines/default.yaml [key=value ...]
+    python -m pipeline.stages.export --config configs/pipelines/default.yaml [key=value ...]
 
 Writes model.onnx, metrics.json ({"pytorch": ..., "onnxruntime_fp32": ..., "parity": ...}),
 predictions.json (the ONNX model's) and predictions_pytorch.json.
@@ -26,8 +26,8 @@ from export.torch_runner import TorchRunner
 from pipeline import paths
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
-from pipeline.profile import count_gflops
-from pipeline.stage_data import load_split
+from pipeline.stages.data import load_split
+from pipeline.stages.profile import count_gflops
 
 
 def run_export(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
@@ -67,11 +67,11 @@ def run_export(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common_arguments(argparse.ArgumentParser(prog="python -m pipeline.export", description=__doc__.split("\n")[0]))
+    parser = common_arguments(argparse.ArgumentParser(prog="python -m pipeline.stages.export", description=__doc__.split("\n")[0]))
     args = parser.parse_args(argv)
 
     def body() -> None:
-        from pipeline.quantize import format_table  # one table format for every artifact
+        from pipeline.stages.quantize import format_table  # one table format for every artifact
 
         cfg = load_config(args.config, args.overrides)
         metrics = run_export(cfg, paths.stage_dir(cfg, "export"), progress=not args.no_progress)

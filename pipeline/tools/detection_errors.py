@@ -1,7 +1,7 @@
 """Where a detector's AP goes (a diagnostic, not a test): TIDE's error breakdown (Bolya et al., ECCV 2020,
 the `tidecv` package) of stored predictions.json files against the val annotations.
 
-    python -m pipeline.detection_errors runs/ablation/*/predictions.json [--config C | --annotations A] [--json J]
+    python -m pipeline.tools.detection_errors runs/ablation/*/predictions.json [--config C | --annotations A] [--json J]
 
 For each file: AP at IoU 0.5, and the AP50 points each error type costs, found by TIDE's oracle fixing
 that type alone. Cls: right box (IoU >= 0.5), wrong class. Loc: right class, IoU 0.1 to 0.5. Both:
@@ -151,7 +151,7 @@ def table(results: dict[str, dict[str, float]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.detection_errors", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.tools.detection_errors", description=__doc__.split("\n")[0])
     parser.add_argument("predictions", nargs="+", type=Path, help="COCO results files (a stage's predictions.json)")
     parser.add_argument("--config", default="configs/pipelines/default.yaml", help="for the val annotations")
     parser.add_argument("--annotations", type=Path, help="COCO annotation file (default: the config's val split)")

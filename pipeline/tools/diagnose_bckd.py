@@ -3,7 +3,7 @@ student checkpoints, on training images without augmentation, the share of each 
 positive (ATSS-assigned) locations, the IoU-term weight there and elsewhere, and whether the teacher's
 boxes are better than the student's where a ground-truth box says what "better" means.
 
-    python -m pipeline.diagnose_bckd --teacher runs/default/teacher/last.pt \\
+    python -m pipeline.tools.diagnose_bckd --teacher runs/default/teacher/last.pt \\
         --student init --student runs/ablation/none/last.pt [--images 96] [--json runs/diagnose-bckd.json]
 
 `init` is the student as training starts (seed 0, its pretrained backbone), built from the first
@@ -29,7 +29,7 @@ from distill.losses.detection import head_loss
 from distill.models.detector import ModelConfig, build_detector, load_detector
 from pipeline.cli import guarded
 from pipeline.config import load_config
-from pipeline.stage_data import load_split
+from pipeline.stages.data import load_split
 
 
 @torch.no_grad()
@@ -87,7 +87,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.diagnose_bckd", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.tools.diagnose_bckd", description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="configs/pipelines/default.yaml", help="for the dataset")
     parser.add_argument("--teacher", required=True)
     parser.add_argument("--student", action="append", required=True, help="a checkpoint, or `init`; repeatable")

@@ -2,7 +2,7 @@
 box or on the Jetson itself): fp32/fp16 from export/model.onnx, int8 from quantize/model.int8.onnx
 (explicit quantization). Each engine is measured by the deploy/ evaluator like every artifact.
 
-    python -m pipeline.export_trt --config configs/pipelines/default.yaml --precision fp16 [key=value ...]
+    python -m pipeline.stages.engines --config configs/pipelines/default.yaml --precision fp16 [key=value ...]
 
 Writes runs/<run>/engines/model_<precision>.engine, its .json, timing.cache and metrics_<precision>.json.
 """
@@ -23,7 +23,7 @@ from export.tensorrt import EngineConfig, build_engine
 from pipeline import paths
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
-from pipeline.stage_data import load_split
+from pipeline.stages.data import load_split
 
 
 def engine_source(cfg: PipelineConfig, precision: str) -> Path:
@@ -89,7 +89,7 @@ def run_engines(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common_arguments(argparse.ArgumentParser(prog="python -m pipeline.export_trt", description=__doc__.split("\n")[0]))
+    parser = common_arguments(argparse.ArgumentParser(prog="python -m pipeline.stages.engines", description=__doc__.split("\n")[0]))
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16")
     parser.add_argument("--dla-core", type=int, help="Jetson DLA core (GPU fallback on)")
     parser.add_argument("--workspace-mb", type=int, default=2048)

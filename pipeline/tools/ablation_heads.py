@@ -2,7 +2,7 @@
 train the embedded-default teacher of that head, then its student without distillation and with
 BCKD, same seed, data and schedule as the GFL ablation.
 
-    python -m pipeline.ablation_heads [--heads retinanet,fcos,atss,gfl] [--variants none,bckd] [key=value ...]
+    python -m pipeline.tools.ablation_heads [--heads retinanet,fcos,atss,gfl] [--variants none,bckd] [key=value ...]
 
 Each head's run lives in runs/head-<head>/ (teacher) and runs/ablation-heads/<head>/ (students);
 finished parts are reused. Writes runs/ablation-heads/ablation-heads.{md,json}: per head the teacher,
@@ -21,10 +21,10 @@ from deploy.files import write_json, write_text
 from deploy.tables import markdown_table
 from distill.models.heads import HEAD_NAMES
 from pipeline import paths
-from pipeline.ablation import COLUMNS, run_ablation
 from pipeline.cli import guarded
 from pipeline.config import load_config
-from pipeline.train import train_role
+from pipeline.stages.train import train_role
+from pipeline.tools.ablation import COLUMNS, run_ablation
 
 
 def head_overrides(head: str) -> list[str]:
@@ -50,7 +50,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.ablation_heads", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.tools.ablation_heads", description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="configs/pipelines/default.yaml")
     parser.add_argument("--heads", default="retinanet,fcos,atss")
     parser.add_argument("--variants", default="none,bckd")

@@ -1,7 +1,7 @@
 """Training speed of the pipeline's teacher, student and distillation step on this machine (a
 benchmark, not a test).
 
-    python -m pipeline.bench_train --config configs/pipelines/default.yaml [--steps 10] [key=value ...]
+    python -m pipeline.tools.bench_train --config configs/pipelines/default.yaml [--steps 10] [key=value ...]
 
 Runs a few warm-up steps then timed steps of forward + loss + backward + SGD on random images of the
 model's input size with fixed boxes: the teacher and the student alone (GFL losses), and the student
@@ -59,7 +59,7 @@ def bench(role_cfg, num_classes: int, steps: int, warmup: int, distill_from=None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.bench_train", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.tools.bench_train", description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="configs/pipelines/default.yaml")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)

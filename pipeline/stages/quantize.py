@@ -1,7 +1,7 @@
 """The quantize stage: the exported FP32 ONNX -> ONNX Runtime INT8 (QDQ), OpenVINO FP32 / FP16 / INT8
 (NNCF), each measured on val by the deploy/ evaluator, timed, and gated on its INT8 AP drop.
 
-    python -m pipeline.quantize --config configs/pipelines/default.yaml [key=value ...]
+    python -m pipeline.stages.quantize --config configs/pipelines/default.yaml [key=value ...]
 
 Writes runs/<run>/quantize/: model.int8.onnx (and model.int8.cpu.onnx on request),
 openvino/model_{fp32,fp16,int8}.xml (+ .bin; openvino_bf16 is model_fp32.xml compiled for bf16 arithmetic,
@@ -46,7 +46,7 @@ from pipeline import paths
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
 from pipeline.gates import check_gate
-from pipeline.stage_data import load_split
+from pipeline.stages.data import load_split
 
 
 def format_table(rows: dict[str, dict[str, Any]], reference_ap: float) -> str:
@@ -170,7 +170,7 @@ def run_quantize(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common_arguments(argparse.ArgumentParser(prog="python -m pipeline.quantize", description=__doc__.split("\n")[0]))
+    parser = common_arguments(argparse.ArgumentParser(prog="python -m pipeline.stages.quantize", description=__doc__.split("\n")[0]))
     args = parser.parse_args(argv)
 
     def body() -> None:

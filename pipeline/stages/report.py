@@ -22,8 +22,8 @@ from deploy.machine import machine_info, machine_line
 from deploy.tables import markdown_table
 from pipeline import paths
 from pipeline.config import PipelineConfig
-from pipeline.plots import pareto_front, plot_ap_bars, plot_ap_latency, plot_training
 from pipeline.stage_state import read_state, versions
+from pipeline.stages.report_plots import pareto_front, plot_ap_bars, plot_ap_latency, plot_training
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # Which row each artifact is compared with as "the previous stage".

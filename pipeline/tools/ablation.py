@@ -2,7 +2,7 @@
 KD, LD, BCKD, and BCKD's classification or localization term alone, with the same seed, data and
 schedule, against one teacher.
 
-    python -m pipeline.ablation --config configs/pipelines/default.yaml [--variants none,bckd] [--seeds 0,1,2] [key=value ...]
+    python -m pipeline.tools.ablation --config configs/pipelines/default.yaml [--variants none,bckd] [--seeds 0,1,2] [key=value ...]
 
 Writes runs/ablation/<variant>/ (each a distill stage folder), and runs/ablation/ablation.md and
 ablation.json: AP, AP50, AP75, APs/m/l per variant and the share of the teacher-student gap closed,
@@ -37,8 +37,8 @@ from distill.validate import predict
 from pipeline import paths, reuse
 from pipeline.cli import guarded
 from pipeline.config import PipelineConfig, load_config
-from pipeline.distill import distill_student, load_teacher
-from pipeline.stage_data import load_split
+from pipeline.stages.data import load_split
+from pipeline.stages.distill import distill_student, load_teacher
 
 VARIANTS = {  # name -> distill overrides
     "none": {"method": "none"},
@@ -205,7 +205,7 @@ def _train_variants(cfg: PipelineConfig, path: Path, names: list[str], out: Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.ablation", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.tools.ablation", description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="configs/pipelines/default.yaml")
     parser.add_argument("--teacher", help="teacher checkpoint (default: runs/<run>/teacher/last.pt)")
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")

@@ -1,7 +1,7 @@
 """Distil the pipeline's student from its teacher (BCKD by default; KD, LD or none for comparison).
 
-    python -m pipeline.distill --config configs/pipelines/default.yaml [--teacher PATH] [key=value ...]
-    torchrun --standalone --nproc_per_node=2 -m pipeline.distill --resume     # DDP, gloo on CPU
+    python -m pipeline.stages.distill --config configs/pipelines/default.yaml [--teacher PATH] [key=value ...]
+    torchrun --standalone --nproc_per_node=2 -m pipeline.stages.distill --resume     # DDP, gloo on CPU
 
 The teacher is runs/<run>/teacher/last.pt unless --teacher or teacher.checkpoint names another.
 Writes runs/<run>/distill/: last.pt and best.pt (the student only), log.jsonl with every raw and
@@ -27,7 +27,7 @@ from pipeline import paths
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
 from pipeline.reuse import refuse_other_settings
-from pipeline.stage_data import load_split, run_data
+from pipeline.stages.data import load_split, run_data
 
 
 def load_teacher(path: Path):
@@ -64,7 +64,7 @@ def distill_student(cfg: PipelineConfig, teacher_file: str | None = None, resume
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common_arguments(argparse.ArgumentParser(prog="python -m pipeline.distill", description=__doc__.split("\n")[0]))
+    parser = common_arguments(argparse.ArgumentParser(prog="python -m pipeline.stages.distill", description=__doc__.split("\n")[0]))
     parser.add_argument("--teacher", help="teacher checkpoint (default: runs/<run>/teacher/last.pt)")
     parser.add_argument("--resume", action="store_true", help="continue from <run>/distill/last.pt if it exists")
     args = parser.parse_args(argv)

@@ -1,0 +1,1 @@
+"""Benchmarks and diagnostics around the pipeline: ablations, timing, error breakdowns, shipping a teacher."""
