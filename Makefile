@@ -13,8 +13,9 @@ ARGS   ?=
 NPROC  ?= 1
 PYTEST_ARGS ?=
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-# A training module runs as `python -m` for one process and under torchrun for several.
-TRAIN_RUN = $(if $(filter 1,$(NPROC)),$(PY) -m,$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m)
+EDGEKD := $(VENV)/bin/edgekd
+# A training command runs as `edgekd` for one process and under torchrun (`-m pipeline`, the same CLI) for several.
+TRAIN_RUN = $(if $(filter 1,$(NPROC)),$(EDGEKD),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m pipeline)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup fashion-mnist data teacher student distill export quantize ablation detection-errors ablation-heads pipeline status report bench-train bench-openvino bench-openvino-layers export-trt benchmark test lint clean
@@ -46,56 +47,56 @@ fashion-mnist: ## install Debian's dataset-fashion-mnist when running as root an
 	fi
 
 data: $(STAMP) ## write the dataset the config names (fashion-scenes by default) and validate it
-	$(PY) -m pipeline run --config $(CONFIG) --stages data $(ARGS)
+	$(EDGEKD) run --config $(CONFIG) --stages data $(ARGS)
 
 teacher: $(STAMP) ## train (or resume) the config's teacher from scratch, whatever teacher.checkpoint says: runs/<run>/teacher/
-	$(TRAIN_RUN) pipeline.stages.train --config $(CONFIG) --role teacher --resume teacher.checkpoint=null $(ARGS)
+	$(TRAIN_RUN) train --config $(CONFIG) --role teacher --resume teacher.checkpoint=null $(ARGS)
 
 student: $(STAMP) ## train the student alone (the no-distillation baseline): runs/<run>/student/
-	$(TRAIN_RUN) pipeline.stages.train --config $(CONFIG) --role student --resume $(ARGS)
+	$(TRAIN_RUN) train --config $(CONFIG) --role student --resume $(ARGS)
 
 distill: $(STAMP) ## distil the student from the teacher (TEACHER=path to pick one): runs/<run>/distill/
-	$(TRAIN_RUN) pipeline.stages.distill --config $(CONFIG) --resume $(if $(TEACHER),--teacher $(TEACHER)) $(ARGS)
+	$(TRAIN_RUN) distill --config $(CONFIG) --resume $(if $(TEACHER),--teacher $(TEACHER)) $(ARGS)
 
 export: $(STAMP) ## student checkpoint -> runs/<run>/export/model.onnx, parity-gated, PyTorch and ORT FP32 measured
-	$(PY) -m pipeline.stages.export --config $(CONFIG) $(ARGS)
+	$(EDGEKD) export --config $(CONFIG) $(ARGS)
 
 quantize: $(STAMP) ## ORT INT8 (QDQ), OpenVINO FP32/FP16/INT8 (NNCF), each measured; prints the table
-	$(PY) -m pipeline.stages.quantize --config $(CONFIG) $(ARGS)
+	$(EDGEKD) quantize --config $(CONFIG) $(ARGS)
 
 export-trt: $(STAMP) ## TensorRT engine (PRECISION=fp32|fp16|int8) on a GPU box or Jetson -> runs/<run>/engines/
-	$(PY) -m pipeline.stages.engines --config $(CONFIG) --precision $(or $(PRECISION),fp16) $(ARGS)
+	$(EDGEKD) engines --config $(CONFIG) --precision $(or $(PRECISION),fp16) $(ARGS)
 
 benchmark: $(STAMP) ## deploy/benchmark.py over every artifact of the run this machine can run -> runs/<run>/benchmark/
-	$(PY) -m pipeline.stages.benchmark --config $(CONFIG) $(ARGS)
+	$(EDGEKD) benchmark --config $(CONFIG) $(ARGS)
 
 ablation: $(STAMP) ## benchmark: student with none, kd, ld, bckd, bckd cls/loc only -> runs/ablation/ablation.md (SEEDS=0,1,2: mean and paired gain over seeds)
-	$(PY) -m pipeline.tools.ablation --config $(CONFIG) $(if $(TEACHER),--teacher $(TEACHER)) $(if $(SEEDS),--seeds $(SEEDS)) $(ARGS)
+	$(EDGEKD) ablation --config $(CONFIG) $(if $(TEACHER),--teacher $(TEACHER)) $(if $(SEEDS),--seeds $(SEEDS)) $(ARGS)
 
 detection-errors: $(STAMP) ## diagnostic: AP50 each error type costs (TIDE) for PRED='runs/ablation/*/predictions.json'
-	$(PY) -m pipeline.tools.detection_errors $(or $(PRED),$(wildcard runs/ablation/*/predictions.json)) $(ARGS)
+	$(EDGEKD) detection-errors $(or $(PRED),$(wildcard runs/ablation/*/predictions.json)) $(ARGS)
 
 ablation-heads: $(STAMP) ## benchmark: RetinaNet, FCOS, ATSS teacher, student alone and BCKD -> runs/ablation-heads/
-	$(PY) -m pipeline.tools.ablation_heads --config $(CONFIG) $(if $(HEADS),--heads $(HEADS)) $(ARGS)
+	$(EDGEKD) ablation-heads --config $(CONFIG) $(if $(HEADS),--heads $(HEADS)) $(ARGS)
 
 bench-train: $(STAMP) ## seconds per step, images/s and peak memory of teacher and student training
-	$(PY) -m pipeline.tools.bench_train --config $(CONFIG) --json runs/bench-train.json $(ARGS)
+	$(EDGEKD) bench-train --config $(CONFIG) --json runs/bench-train.json $(ARGS)
 
 bench-openvino: $(STAMP) ## our OpenVINO latency vs benchmark_app on the quantize stage's IRs (RUN=default)
-	$(PY) -m pipeline.tools.bench_openvino $(wildcard runs/$(or $(RUN),default)/quantize/openvino/model_*.xml) $(ARGS)
+	$(EDGEKD) bench-openvino $(wildcard runs/$(or $(RUN),default)/quantize/openvino/model_*.xml) $(ARGS)
 
 bench-openvino-layers: $(STAMP) ## where the OpenVINO FP32/FP16/INT8 IRs spend their time, per layer kind (RUN=default)
-	$(PY) -m pipeline.tools.bench_openvino --layers --json runs/bench-openvino-layers.json \
+	$(EDGEKD) bench-openvino --layers --json runs/bench-openvino-layers.json \
 		$(addprefix runs/$(or $(RUN),default)/quantize/openvino/model_,fp32.xml fp16.xml int8.xml) $(ARGS)
 
 pipeline: $(STAMP) ## every stage, skipping those done, resuming the interrupted (FROM=stage reruns from it)
-	$(PY) -m pipeline run --config $(CONFIG) $(if $(FROM),--from $(FROM)) $(ARGS)
+	$(EDGEKD) run --config $(CONFIG) $(if $(FROM),--from $(FROM)) $(ARGS)
 
 status: $(STAMP) ## each stage of the run: done, stale (settings or inputs changed), failed or pending
-	$(PY) -m pipeline status --config $(CONFIG) $(ARGS)
+	$(EDGEKD) status --config $(CONFIG) $(ARGS)
 
 report: $(STAMP) ## rewrite runs/<run>/report.{md,json,html} and its plots from the stages' files
-	$(PY) -m pipeline run --config $(CONFIG) --stages report $(ARGS)
+	$(EDGEKD) run --config $(CONFIG) --stages report $(ARGS)
 
 lint: $(STAMP) ## ruff over the project
 	$(VENV)/bin/ruff check .

@@ -1,28 +1,54 @@
-"""edgekd's command line.
+"""edgekd's command line: `edgekd <command>` (or `python -m pipeline <command>`).
 
-    python -m pipeline run --config configs/pipelines/default.yaml [--stages a,b | --from stage] [key.sub=value ...]
-    python -m pipeline status --config configs/pipelines/default.yaml [key.sub=value ...]
+    edgekd run --config configs/pipelines/default.yaml [--stages a,b | --from stage] [key.sub=value ...]
+    edgekd status --config configs/pipelines/default.yaml [key.sub=value ...]
+    edgekd train --role teacher|student | distill | export | quantize | engines | benchmark   one stage alone
+    edgekd ablation | ablation-heads | detection-errors | diagnose-bckd | bench-train | bench-openvino | ship-teacher
 
 `run` skips every stage whose settings and inputs are unchanged since it finished, resumes an
 interrupted one and reruns the rest; `--from stage` reruns that stage and every one after it.
 `status` lists each stage as done, stale (settings or inputs changed), failed or pending.
 Bad input (config, dataset, checkpoint) ends with one line naming the file and the field, exit 2;
 a failed gate names the stage, the figure and the limit, exit 3; `--debug` shows the traceback instead.
+Every other command is its module's own command line (`edgekd quantize --help`).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import load_config, to_yaml
 from pipeline.run import format_status, pipeline_status, run_pipeline
 
+# edgekd <command> -> the module whose main(argv) takes the rest of the line. Imported only when called, so
+# `edgekd status` does not load training code.
+COMMANDS = {
+    "train": "pipeline.stages.train",
+    "distill": "pipeline.stages.distill",
+    "export": "pipeline.stages.export",
+    "quantize": "pipeline.stages.quantize",
+    "engines": "pipeline.stages.engines",
+    "benchmark": "pipeline.stages.benchmark",
+    "ablation": "pipeline.tools.ablation",
+    "ablation-heads": "pipeline.tools.ablation_heads",
+    "detection-errors": "pipeline.tools.detection_errors",
+    "diagnose-bckd": "pipeline.tools.diagnose_bckd",
+    "bench-train": "pipeline.tools.bench_train",
+    "bench-openvino": "pipeline.tools.bench_openvino",
+    "ship-teacher": "pipeline.tools.ship_teacher",
+}
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline", description="edgekd: distil, export, quantize, measure.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS:
+        return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+    parser = argparse.ArgumentParser(prog="edgekd", description="edgekd: distil, export, quantize, measure.",
+                                     epilog="one stage or tool alone: " + ", ".join(COMMANDS) + " (each with --help)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,status," + ",".join(COMMANDS) + "}")
     run = common_arguments(sub.add_parser("run", help="run the pipeline's stages"))
     chosen = run.add_mutually_exclusive_group()
     chosen.add_argument("--stages", help="comma-separated stages to run (default: the config's list)")

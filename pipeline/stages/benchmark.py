@@ -74,7 +74,7 @@ def run_benchmark(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common_arguments(argparse.ArgumentParser(prog="python -m pipeline.stages.benchmark", description=__doc__.split("\n")[0]))
+    parser = common_arguments(argparse.ArgumentParser(prog="edgekd benchmark", description=__doc__.split("\n")[0]))
     args = parser.parse_args(argv)
 
     def body() -> None:

@@ -64,7 +64,7 @@ def distill_student(cfg: PipelineConfig, teacher_file: str | None = None, resume
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common_arguments(argparse.ArgumentParser(prog="python -m pipeline.stages.distill", description=__doc__.split("\n")[0]))
+    parser = common_arguments(argparse.ArgumentParser(prog="edgekd distill", description=__doc__.split("\n")[0]))
     parser.add_argument("--teacher", help="teacher checkpoint (default: runs/<run>/teacher/last.pt)")
     parser.add_argument("--resume", action="store_true", help="continue from <run>/distill/last.pt if it exists")
     args = parser.parse_args(argv)

@@ -89,7 +89,7 @@ def run_engines(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common_arguments(argparse.ArgumentParser(prog="python -m pipeline.stages.engines", description=__doc__.split("\n")[0]))
+    parser = common_arguments(argparse.ArgumentParser(prog="edgekd engines", description=__doc__.split("\n")[0]))
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16")
     parser.add_argument("--dla-core", type=int, help="Jetson DLA core (GPU fallback on)")
     parser.add_argument("--workspace-mb", type=int, default=2048)

@@ -67,7 +67,7 @@ def run_export(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common_arguments(argparse.ArgumentParser(prog="python -m pipeline.stages.export", description=__doc__.split("\n")[0]))
+    parser = common_arguments(argparse.ArgumentParser(prog="edgekd export", description=__doc__.split("\n")[0]))
     args = parser.parse_args(argv)
 
     def body() -> None:

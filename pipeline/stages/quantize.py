@@ -170,7 +170,7 @@ def run_quantize(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common_arguments(argparse.ArgumentParser(prog="python -m pipeline.stages.quantize", description=__doc__.split("\n")[0]))
+    parser = common_arguments(argparse.ArgumentParser(prog="edgekd quantize", description=__doc__.split("\n")[0]))
     args = parser.parse_args(argv)
 
     def body() -> None:

@@ -61,7 +61,7 @@ def train_role(cfg: PipelineConfig, role: str, resume: bool = True, progress: bo
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common_arguments(argparse.ArgumentParser(prog="python -m pipeline.stages.train", description=__doc__.split("\n")[0]))
+    parser = common_arguments(argparse.ArgumentParser(prog="edgekd train", description=__doc__.split("\n")[0]))
     parser.add_argument("--role", choices=("teacher", "student"), default="teacher")
     parser.add_argument("--resume", action="store_true", help="continue from <run>/<role>/last.pt if it exists")
     args = parser.parse_args(argv)

@@ -205,7 +205,7 @@ def _train_variants(cfg: PipelineConfig, path: Path, names: list[str], out: Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.tools.ablation", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="edgekd ablation", description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="configs/pipelines/default.yaml")
     parser.add_argument("--teacher", help="teacher checkpoint (default: runs/<run>/teacher/last.pt)")
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")

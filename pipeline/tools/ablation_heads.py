@@ -50,7 +50,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.tools.ablation_heads", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="edgekd ablation-heads", description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="configs/pipelines/default.yaml")
     parser.add_argument("--heads", default="retinanet,fcos,atss")
     parser.add_argument("--variants", default="none,bckd")

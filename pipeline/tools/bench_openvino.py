@@ -128,7 +128,7 @@ def layers_table(models: list[str], iters: int, threads: int | None = None) -> t
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.tools.bench_openvino", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="edgekd bench-openvino", description=__doc__.split("\n")[0])
     parser.add_argument("models", nargs="+")
     parser.add_argument("--seconds", type=int, default=10, help="per round and tool")
     parser.add_argument("--rounds", type=int, default=3)

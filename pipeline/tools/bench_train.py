@@ -59,7 +59,7 @@ def bench(role_cfg, num_classes: int, steps: int, warmup: int, distill_from=None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.tools.bench_train", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="edgekd bench-train", description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="configs/pipelines/default.yaml")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)

@@ -151,7 +151,7 @@ def table(results: dict[str, dict[str, float]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.tools.detection_errors", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="edgekd detection-errors", description=__doc__.split("\n")[0])
     parser.add_argument("predictions", nargs="+", type=Path, help="COCO results files (a stage's predictions.json)")
     parser.add_argument("--config", default="configs/pipelines/default.yaml", help="for the val annotations")
     parser.add_argument("--annotations", type=Path, help="COCO annotation file (default: the config's val split)")

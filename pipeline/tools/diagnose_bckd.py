@@ -87,7 +87,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.tools.diagnose_bckd", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="edgekd diagnose-bckd", description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="configs/pipelines/default.yaml", help="for the dataset")
     parser.add_argument("--teacher", required=True)
     parser.add_argument("--student", action="append", required=True, help="a checkpoint, or `init`; repeatable")

@@ -89,7 +89,7 @@ def ship(run_dir: Path, out: Path, command: str, note: str = "") -> dict[str, An
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.tools.ship_teacher", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="edgekd ship-teacher", description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", type=Path, help="the teacher's run folder (last.pt, metrics.json, log.jsonl)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--command", required=True, help="the command that trained it, for the model card")

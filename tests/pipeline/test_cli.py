@@ -166,3 +166,24 @@ def test_a_setting_the_data_refutes_stops_before_any_stage_trains(tmp_path):
         f"error: student.train.batch_size: 8 exceeds the 1 training images ({tmp_path}/annotations/instances_train.json); "
         "lower it, or add images")
     assert not (tmp_path / "runs" / "default" / "teacher").exists()
+
+
+def test_the_edgekd_command_is_installed_and_runs(tmp_path):
+    exe = os.path.join(os.path.dirname(sys.executable), "edgekd")
+    assert os.path.isfile(exe), "`make setup` (pip install -e .) installs the edgekd console script"
+    proc = subprocess.run([exe, "status", "--config", DEFAULT, f"runs_dir={tmp_path}"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert [line.split()[0] for line in proc.stdout.splitlines()[1:]] == [
+        "data", "teacher", "distill", "export", "quantize", "engines", "benchmark", "report"]
+
+
+@pytest.mark.parametrize("command", ["train", "distill", "export", "quantize", "engines", "benchmark", "ablation",
+                                     "ablation-heads", "detection-errors", "diagnose-bckd", "bench-train",
+                                     "bench-openvino", "ship-teacher"])
+def test_every_edgekd_subcommand_is_its_module_command_line(command, capsys):
+    from pipeline.__main__ import main
+
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: edgekd {command} ")
