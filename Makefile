@@ -18,7 +18,7 @@ EDGEKD := $(VENV)/bin/edgekd
 TRAIN_RUN = $(if $(filter 1,$(NPROC)),$(EDGEKD),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m pipeline)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup fashion-mnist data teacher student distill export quantize ablation detection-errors ablation-heads pipeline status report bench-train bench-openvino bench-openvino-layers export-trt benchmark test lint clean
+.PHONY: help setup fashion-mnist data teacher student distill export quantize ablation detection-errors ablation-heads pipeline status report bench-train bench-openvino bench-openvino-layers bench-nms export-trt benchmark test lint clean
 
 help: ## list the targets
 	@echo "edgekd targets (stage targets take ARGS=\"key.sub=value ...\", CONFIG=path, NPROC=N):"
@@ -88,6 +88,9 @@ bench-openvino: $(STAMP) ## our OpenVINO latency vs benchmark_app on the quantiz
 bench-openvino-layers: $(STAMP) ## where the OpenVINO FP32/FP16/INT8 IRs spend their time, per layer kind (RUN=default)
 	$(EDGEKD) bench-openvino --layers --json runs/bench-openvino-layers.json \
 		$(addprefix runs/$(or $(RUN),default)/quantize/openvino/model_,fp32.xml fp16.xml int8.xml) $(ARGS)
+
+bench-nms: $(STAMP) ## deploy/'s numpy NMS against torchvision's, same kept set checked -> runs/bench-nms.json
+	$(EDGEKD) bench-nms $(ARGS)
 
 pipeline: $(STAMP) ## every stage, skipping those done, resuming the interrupted (FROM=stage reruns from it)
 	$(EDGEKD) run --config $(CONFIG) $(if $(FROM),--from $(FROM)) $(ARGS)

@@ -23,33 +23,52 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(union, np.finfo(np.float32).tiny)
 
 
+NMS_BLOCK = 64  # boxes resolved together: 32 to 128 measured, 64 fastest on 300 and 1000 candidates
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy NMS; indices of kept boxes in decreasing score (a box goes when IoU > threshold),
-    the same rule as torchvision.ops.nms."""
-    boxes = boxes.astype(np.float64)  # torchvision compares in the input dtype; float64 avoids ties
+    """Greedy NMS; indices of kept boxes in decreasing score (a box goes when IoU > threshold), the same
+    kept set and order as torchvision.ops.nms.
+
+    No Python step per box: the boxes, in score order, are resolved a block at a time. Within a block,
+    "kept = not overlapped by a kept higher box" is iterated to its fixed point, which is exactly greedy
+    NMS (Cluster-NMS, Zheng et al. 2020: position i is final once every position before it is); then the
+    block's kept boxes suppress every later box in one vectorised step. A block bounds the fixed point's
+    cost (a chain of boxes each overlapping the next needs as many passes as the chain is long).
+    """
     order = np.argsort(-scores, kind="stable")
-    areas = box_area(boxes)
-    keep = []
-    while order.size:
-        i = order[0]
-        keep.append(i)
-        rest = order[1:]
-        lt = np.maximum(boxes[i, :2], boxes[rest, :2])
-        rb = np.minimum(boxes[i, 2:], boxes[rest, 2:])
-        wh = np.clip(rb - lt, 0, None)
-        inter = wh[:, 0] * wh[:, 1]
-        iou = inter / np.maximum(areas[i] + areas[rest] - inter, np.finfo(np.float64).tiny)
-        order = rest[iou <= iou_threshold]
-    return np.asarray(keep, dtype=np.int64)
+    ordered = boxes[order].astype(np.float64)  # torchvision compares in the input dtype; float64 avoids ties
+    suppressed = np.zeros(len(ordered), dtype=bool)
+    for start in range(0, len(ordered), NMS_BLOCK):
+        stop = min(start + NMS_BLOCK, len(ordered))
+        alive = np.flatnonzero(~suppressed[start:stop]) + start
+        if alive.size == 0:
+            continue
+        overlaps = np.triu(box_iou(ordered[alive], ordered[alive]) > iou_threshold, 1)  # [higher, lower]
+        keep = np.ones(alive.size, dtype=bool)
+        while True:
+            settled = ~(overlaps & keep[:, None]).any(axis=0)
+            if np.array_equal(settled, keep):
+                break
+            keep = settled
+        suppressed[alive[~keep]] = True
+        later = np.flatnonzero(~suppressed[stop:]) + stop
+        if later.size:
+            suppressed[later[(box_iou(ordered[alive[keep]], ordered[later]) > iou_threshold).any(axis=0)]] = True
+    return order[~suppressed].astype(np.int64)
 
 
 def batched_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Class-aware NMS: boxes of different labels never suppress each other."""
+    """Class-aware NMS: boxes of different labels never suppress each other. Indices in decreasing score.
+
+    One NMS per label present (a loop over classes, not boxes): no IoU between classes is computed,
+    unlike torchvision's coordinate-offset trick, which costs K^2 across all classes.
+    """
     if boxes.size == 0:
         return np.zeros((0,), dtype=np.int64)
-    # Shift each class into its own region so one NMS pass handles all classes (torchvision's trick).
-    offsets = labels.astype(np.float64) * (float(boxes.max()) + 1.0)
-    return nms(boxes.astype(np.float64) + offsets[:, None], scores, iou_threshold)
+    keep = np.concatenate([members[nms(boxes[members], scores[members], iou_threshold)]
+                           for members in (np.flatnonzero(labels == c) for c in np.unique(labels))])
+    return keep[np.argsort(-scores[keep], kind="stable")]
 
 
 def select_detections(

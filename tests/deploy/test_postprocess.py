@@ -61,3 +61,51 @@ def test_select_detections_hand_case():
 def test_select_detections_empty():
     boxes, scores, labels = select_detections(np.zeros((5, 4), np.float32), np.zeros((5, 3), np.float32))
     assert boxes.shape == (0, 4) and scores.shape == (0,) and labels.shape == (0,)
+
+
+def torchvision_nms(boxes, scores, labels=None, iou=0.5):
+    b, s = torch.from_numpy(boxes), torch.from_numpy(scores)
+    if labels is None:
+        return tv_nms(b, s, iou).numpy().tolist()
+    return tv_batched_nms(b, s, torch.from_numpy(labels), iou).numpy().tolist()
+
+
+def chain(n, step=3.0):
+    """Boxes 10 px wide, each overlapping the next (IoU 7/13) but not the one after (4/16): greedy keeps
+    every other one, the worst case for resolving the order as a fixed point."""
+    x = np.arange(n, dtype=np.float32) * step
+    return np.stack([x, np.zeros(n, np.float32), x + 10, np.full(n, 10, np.float32)], axis=1)
+
+
+@pytest.mark.parametrize("case", ["equal_scores", "duplicates", "chain", "one_box", "no_box", "nested", "many_classes"])
+def test_nms_matches_torchvision_on_adversarial_inputs(case):
+    rng = np.random.default_rng(7)
+    if case == "equal_scores":  # ties everywhere: the order among equals must be torchvision's too
+        boxes, scores = random_boxes(rng, 300), np.full(300, 0.5, np.float32)
+    elif case == "duplicates":  # the same box many times over, with tied and distinct scores
+        boxes = np.repeat(random_boxes(rng, 20), 15, axis=0)
+        scores = rng.choice([0.2, 0.5, 0.9], size=300).astype(np.float32)
+    elif case == "chain":
+        boxes, scores = chain(1000), np.linspace(1, 0.01, 1000).astype(np.float32)
+    elif case == "one_box":
+        boxes, scores = random_boxes(rng, 1), np.array([0.3], np.float32)
+    elif case == "no_box":
+        boxes, scores = np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
+    elif case == "nested":  # boxes inside boxes around one centre
+        r = rng.uniform(5, 100, 200)
+        boxes = np.stack([100 - r, 100 - r, 100 + r, 100 + r], axis=1).astype(np.float32)
+        scores = rng.random(200).astype(np.float32)
+    else:  # 1000 candidates over 80 classes, overlapping within and across classes
+        boxes, scores = random_boxes(rng, 1000), rng.random(1000).astype(np.float32)
+    labels = rng.integers(0, 80 if case == "many_classes" else 3, size=len(boxes))
+    assert nms(boxes, scores, 0.5).tolist() == torchvision_nms(boxes, scores)
+    assert sorted(batched_nms(boxes, scores, labels, 0.5).tolist()) == sorted(torchvision_nms(boxes, scores, labels))
+    if case == "chain":
+        assert nms(boxes, scores, 0.5).tolist() == list(range(0, 1000, 2))
+
+
+def test_batched_nms_returns_decreasing_scores():
+    rng = np.random.default_rng(3)
+    boxes, scores, labels = random_boxes(rng, 500), rng.random(500).astype(np.float32), rng.integers(0, 10, 500)
+    kept = batched_nms(boxes, scores, labels, 0.5)
+    assert np.all(np.diff(scores[kept]) <= 0)  # select_detections cuts at max_detections from the top

@@ -179,7 +179,7 @@ def test_the_edgekd_command_is_installed_and_runs(tmp_path):
 
 @pytest.mark.parametrize("command", ["train", "distill", "export", "quantize", "engines", "benchmark", "ablation",
                                      "ablation-heads", "detection-errors", "diagnose-bckd", "bench-train",
-                                     "bench-openvino", "ship-teacher"])
+                                     "bench-openvino", "bench-nms", "ship-teacher"])
 def test_every_edgekd_subcommand_is_its_module_command_line(command, capsys):
     from pipeline.__main__ import main
 
