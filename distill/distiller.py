@@ -42,6 +42,12 @@ class DistillConfig:
     # Not the paper's method, a diagnostic (README, issue 4): the IoU term only at positive locations. On
     # the embedded default 94% of its mass lies on background locations, where boxes have no target.
     loc_positives_only: bool = False
+    # Diagnostics for issue 17 (not the paper's method). loc_detached_features: the IoU term's student
+    # boxes come from the head run a second time on detached FPN features, so that term trains the
+    # regression branch only and cannot pull the small shared FPN and backbone. until_epoch: the
+    # distillation terms only in the first `until_epoch` epochs; the student trains alone after.
+    loc_detached_features: bool = False
+    until_epoch: int | None = None
     # Pipeline gate: when the student-alone stage runs too, the distilled student must reach its AP plus
     # this many AP points (null: no gate).
     min_gain_over_baseline: float | None = 0.0
@@ -95,11 +101,23 @@ class Distiller:
         self.half = cfg.teacher_half and device.type == "cuda"
         if self.half:
             self.teacher.half()
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The trainer's epoch (0-based), for distill.until_epoch."""
+        self.epoch = epoch
 
     def __call__(self, student: nn.Module, images: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
-        out = student(images)
+        detached_loc = self.cfg.method == "bckd" and "loc" in self.cfg.terms and self.cfg.loc_detached_features
+        if detached_loc:
+            if isinstance(student, nn.parallel.DistributedDataParallel):
+                raise InputError("distill.loc_detached_features: a single-process diagnostic (run with one process)")
+            features = student.features(images)
+            out = student.head(features)
+        else:
+            out = student(images)
         losses, assigned = self.loss(out, targets)
-        if self.cfg.method == "none":
+        if self.cfg.method == "none" or (self.cfg.until_epoch is not None and self.epoch >= self.cfg.until_epoch):
             return losses
         with torch.no_grad():
             t_out = self.teacher(images.half() if self.half else images)
@@ -114,7 +132,8 @@ class Distiller:
             if "cls" in self.cfg.terms:
                 terms["bckd_cls"] = (bckd_cls_loss(s_logits, t_logits, weight, assigned.num_pos, self.cfg.beta), self.cfg.cls_weight)
             if "loc" in self.cfg.terms:
-                s_boxes, t_boxes = self._boxes(student, out), self._boxes(self.teacher, t_out)
+                s_loc = student.head([f.detach() for f in features]) if detached_loc else out
+                s_boxes, t_boxes = self._boxes(student, s_loc), self._boxes(self.teacher, t_out)
                 loc_weight = weight
                 if self.cfg.loc_positives_only:
                     pos = (assigned.labels >= 0).float()

@@ -313,6 +313,8 @@ def train(model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, train_set: CocoDa
         epoch, skip = divmod(s.step, steps_per_epoch)
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
+        if hasattr(loss_fn, "set_epoch"):  # the distiller's until_epoch
+            loss_fn.set_epoch(epoch)
         indices = list(sampler)[skip * cfg.batch_size : steps_per_epoch * cfg.batch_size]
         loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=indices, collate_fn=collate,
                             num_workers=cfg.workers, pin_memory=cuda, drop_last=True)

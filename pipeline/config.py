@@ -266,7 +266,7 @@ RANGES = [(f"{role}.train.{key}", low, strict) for role in ("teacher", "student"
                                    ("weight_decay", 0.0, False), ("warmup_steps", 0, False), ("max_steps", 0, False),
                                    ("max_train_images", 0, False), ("max_val_images", 0, False), ("grad_clip", 0.0, False),
                                    ("eval_every", 1, False), ("save_every_steps", 0, False), ("workers", 0, False))]
-RANGES += [("quantize.calib_images", 8, False), ("quantize.max_map_drop", 0.0, False), ("export.iters", 1, False)]
+RANGES += [("distill.until_epoch", 0, False), ("quantize.calib_images", 8, False), ("quantize.max_map_drop", 0.0, False), ("export.iters", 1, False)]
 
 
 def check_ranges(config: PipelineConfig, source: str) -> None:
@@ -277,6 +277,8 @@ def check_ranges(config: PipelineConfig, source: str) -> None:
         value: Any = config
         for part in dotted.split("."):
             value = getattr(value, part)
+        if value is None:  # an optional setting left unset
+            continue
         if value < low or (strict and value == low):
             bound = f"> {low}" if strict else f">= {low}"
             raise ConfigError(f"{source}: '{dotted}' must be {bound}, got {value!r}")

@@ -30,9 +30,12 @@ class Detector(nn.Module):
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """images [N, 3, H, W] (deploy/preprocess.py normalisation) -> raw head outputs (see heads/)."""
+        return self.head(self.features(images))
+
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The FPN's maps, finest first: what the head reads."""
         feats = self.backbone(images)
-        pyramid = self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
-        return self.head(list(pyramid.values()))
+        return list(self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats))).values())
 
     def decode(self, outputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw outputs -> (boxes [N, A, 4] xyxy input pixels, scores [N, A, C] probabilities)."""

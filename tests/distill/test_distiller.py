@@ -95,6 +95,42 @@ def test_loc_positives_only_keeps_the_positive_locations_share():
     torch.testing.assert_close(b["raw_bckd_cls"], a["raw_bckd_cls"])  # the cls term is untouched
 
 
+def test_loc_detached_features_trains_the_regression_branch_only():
+    """Same loss values as the plain term; its gradient reaches the head's regression branch and stops
+    at the FPN, where the plain term's does not."""
+    teacher, student = pair()
+    student.eval()  # no BatchNorm update between the two forwards
+    images, targets = batch()
+    grads = {}
+    for detached in (False, True):
+        student.zero_grad()
+        cfg = DistillConfig(terms=["loc"], loc_detached_features=detached)
+        losses = Distiller(teacher, ModelConfig(**STUDENT), cfg, torch.device("cpu"))(student, images, targets)
+        losses["loss_bckd_loc"].backward()
+        grads[detached] = ({n: p.grad.abs().sum().item() if p.grad is not None else 0.0
+                            for n, p in student.named_parameters()}, losses["raw_bckd_loc"])
+    (plain, plain_loss), (detached, detached_loss) = grads[False], grads[True]
+    torch.testing.assert_close(plain_loss, detached_loss)
+    for name in ("fpn.inner_blocks.0.0.weight", "fpn.layer_blocks.0.0.weight"):
+        assert plain[name] > 0 and detached[name] == 0
+    assert sum(v for n, v in detached.items() if n.startswith("backbone.")) == 0
+    assert detached["head.reg_out.weight"] > 0 and detached["head.reg_tower.0.weight"] > 0
+    assert detached["head.cls_out.weight"] == 0  # the IoU term's weight v_i is detached
+
+
+def test_until_epoch_drops_the_distillation_terms_and_the_teacher_after_epoch_k():
+    teacher, student = pair()
+    calls = []
+    teacher.register_forward_hook(lambda *_: calls.append(1))
+    distiller = Distiller(teacher, ModelConfig(**STUDENT), DistillConfig(until_epoch=2), torch.device("cpu"))
+    for epoch, distilled, teacher_calls in ((0, True, 1), (1, True, 2), (2, False, 2), (5, False, 2)):
+        distiller.set_epoch(epoch)
+        losses = distiller(student.train(), *batch())
+        assert ("loss_bckd_cls" in losses) is distilled and ("loss_bckd_loc" in losses) is distilled
+        assert len(calls) == teacher_calls  # no teacher forward once distillation stops
+        assert {"loss_qfl", "loss_dfl", "loss_giou"} <= set(losses)
+
+
 def test_distill_cli_runs_a_few_steps(tiny_scenes, tmp_path):
     # teacher.checkpoint=null: train the tiny teacher and distil from it, not from the shipped one
     common = [f"data.root={tiny_scenes}", "data.generator.size=tiny", f"runs_dir={tmp_path}", "teacher.checkpoint=null"]

@@ -154,3 +154,24 @@ def test_a_seeded_build_does_not_depend_on_earlier_rng_draws():
     assert all(torch.equal(a[k], b[k]) for k in a)
     c = build_detector(cfg, 10, seed=4).state_dict()
     assert not torch.equal(a["head.cls_out.weight"], c["head.cls_out.weight"])
+
+
+def test_the_trainer_tells_the_loss_its_epoch(splits, tmp_path):
+    """The distiller's until_epoch depends on it: every step's loss sees the epoch it belongs to, also
+    after a resume in mid-epoch."""
+    seen = []
+
+    class Recording:
+        def __init__(self):
+            self.gfl, self.epoch = make_gfl_loss(), None
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+        def __call__(self, model, images, targets):
+            seen.append(self.epoch)
+            return self.gfl(model, images, targets)
+
+    run(splits, tmp_path, loss_fn=Recording(), epochs=2, max_steps=10, eval_every=2)
+    run(splits, tmp_path, resume=True, loss_fn=Recording(), epochs=2, max_steps=14, eval_every=2)
+    assert seen == [0] * 10 + [0, 0, 1, 1]  # 12 steps per epoch
