@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a script: make the `deploy` package impo
 import numpy as np  # noqa: E402
 
 from deploy.coco import image_dir_beside, load_coco  # noqa: E402
-from deploy.errors import InputError  # noqa: E402
+from deploy.errors import DeviceError, InputError  # noqa: E402
 from deploy.files import write_json, write_text  # noqa: E402
 from deploy.latency import time_calls  # noqa: E402
 from deploy.machine import RUNTIME_PACKAGES, machine_info, machine_line  # noqa: E402
@@ -216,6 +216,9 @@ def main(argv: list | None = None) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except DeviceError as e:
+        print(f"device error: {e}", file=sys.stderr)
+        return 4
     text = table(entries)
     summary_text, summary = rounds_summary(entries) if args.rounds > 1 else ("", [])
     if summary_text:

@@ -7,3 +7,8 @@ class InputError(ValueError):
 
 class GateError(RuntimeError):
     """A stage's result broke a declared limit (parity, mAP drop): the message names the figure and the limit."""
+
+
+class DeviceError(RuntimeError):
+    """The device or its runtime failed a call (a CUDA or TensorRT call returned an error): the message
+    names the file, the call and the code, so a failed launch never passes off old outputs as new."""

@@ -30,7 +30,7 @@ from deploy.preprocess import load_image, preprocess
 MIN_CALIBRATION_IMAGES = 8
 SENSITIVITY_IMAGES = 32  # calibration images the per-layer sensitivity is measured on
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-ARTIFACTS = ("onnxruntime_int8", "openvino_fp32", "openvino_bf16", "openvino_fp16", "openvino_int8")
+ARTIFACTS = ("onnxruntime_int8", "onnxruntime_int8_trt", "openvino_fp32", "openvino_bf16", "openvino_fp16", "openvino_int8")
 # The inference precision (OpenVINO INFERENCE_PRECISION_HINT) each OpenVINO artifact compiles with unless
 # quantize.inference_precision says otherwise; openvino_bf16 is the FP32 IR run in bf16, no file of its own.
 OPENVINO_INFERENCE = {"openvino_fp32": "f32", "openvino_bf16": "bf16", "openvino_fp16": "f32", "openvino_int8": "f32"}
@@ -42,7 +42,9 @@ class QuantizeConfig:
     # not for TensorRT) is extra
     # openvino_bf16 (the FP32 IR compiled for bf16 arithmetic) is built where the CPU reports BF16, and
     # listed as skipped, with the reason, elsewhere.
-    artifacts: list[Literal["onnxruntime_int8", "onnxruntime_int8_cpu", "openvino_fp32", "openvino_bf16", "openvino_fp16",
+    # onnxruntime_int8_trt is the file TensorRT builds INT8 engines from (make export-trt PRECISION=int8),
+    # measured here in ONNX Runtime.
+    artifacts: list[Literal["onnxruntime_int8", "onnxruntime_int8_cpu", "onnxruntime_int8_trt", "openvino_fp32", "openvino_bf16", "openvino_fp16",
                             "openvino_int8"]] = field(default_factory=lambda: list(ARTIFACTS))
     # Per OpenVINO artifact, the inference precision to compile with (f32 | bf16 | f16), overriding
     # OPENVINO_INFERENCE: e.g. {openvino_fp16: f16} for f16 arithmetic on a CPU that has it.
@@ -52,7 +54,7 @@ class QuantizeConfig:
     seed: int = 0  # which training images calibrate
     # ORT QDQ activations: false = uint8 asymmetric (ORT's x86 fast path; after ReLU6 it keeps the bit
     # a symmetric int8 wastes on the sign: -0.6 AP on the default student where symmetric lost -3.5);
-    # true = int8 with zero point 0, which TensorRT's explicit quantization (make export-trt int8) needs.
+    # true = int8 with zero point 0 (TensorRT builds from onnxruntime_int8_trt, which is always symmetric).
     symmetric_activations: bool = False
     max_map_drop: float = 1.0  # gate: INT8 AP may fall at most this far (AP points) below FP32
     accuracy_aware: bool = True  # over the gate: keep the most sensitive layers in float until it holds
@@ -153,11 +155,13 @@ class _Reader(CalibrationDataReader):
 
 
 def quantize_onnxruntime(prepared: str | Path, out: str | Path, paths: Sequence[str], input_size: tuple[int, int],
-                         keep_float: Sequence[str] = (), method: str = "minmax", symmetric: bool = True) -> Path:
+                         keep_float: Sequence[str] = (), method: str = "minmax", symmetric: bool = True,
+                         tensorrt: bool = False) -> Path:
     """QDQ INT8 of a quant_pre_process'ed FP32 model; the decode and `keep_float` nodes stay float.
-    symmetric: int8 activations with zero point 0, which TensorRT's explicit quantization requires;
-    otherwise uint8 asymmetric activations (ONNX Runtime CPU's own fast path, a bit more accurate
-    after ReLUs, whose outputs waste the sign bit of a symmetric int8)."""
+    symmetric: int8 activations with zero point 0; otherwise uint8 asymmetric activations (ONNX Runtime
+    CPU's own fast path, a bit more accurate after ReLUs, whose outputs waste the sign bit of a
+    symmetric int8). tensorrt: the form TensorRT's parser takes (deploy/qdq_check.py): symmetric, a
+    Q/DQ pair on each float weight instead of stored int8 weights, and float biases."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -168,6 +172,10 @@ def quantize_onnxruntime(prepared: str | Path, out: str | Path, paths: Sequence[
     if method not in CALIBRATION_METHODS:
         raise InputError(f"quantize.calibration={method}: valid methods are {', '.join(CALIBRATION_METHODS)}")
     reader = _Reader(paths, input_size)
+    symmetric = symmetric or tensorrt
+    options = {"ActivationSymmetric": symmetric, "WeightSymmetric": True}
+    if tensorrt:  # onnx-tensorrt refuses a DequantizeLinear on stored int8/int32 (onnx-tensorrt#850)
+        options.update(QuantizeBias=False, AddQDQPairToWeight=True)
     exclude = onnx_decode_nodes(onnx.load(str(prepared))) + list(keep_float)
     calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                  "percentile": CalibrationMethod.Percentile}[method]
@@ -175,7 +183,7 @@ def quantize_onnxruntime(prepared: str | Path, out: str | Path, paths: Sequence[
         quantize_static(str(prepared), str(tmp), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                         weight_type=QuantType.QInt8, nodes_to_exclude=exclude, calibrate_method=calibrate,
-                        extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True})
+                        extra_options=options)
         model = strip_decode_qdq(onnx.load(str(tmp)))
         onnx.save(model, str(tmp))
     return Path(out)
@@ -294,7 +302,7 @@ def keep_float_until(ranked: Sequence[str], evaluate: Callable[[list[str]], floa
 
 def onnxruntime_accuracy_aware(prepared: str | Path, out: str | Path, paths: Sequence[str], input_size: tuple[int, int],
                                evaluate: Callable[[Path], float], float_ap: float, max_drop: float, max_layers: int = 32,
-                               method: str = "minmax", symmetric: bool = False) -> dict[str, Any]:
+                               method: str = "minmax", symmetric: bool = False, tensorrt: bool = False) -> dict[str, Any]:
     """Requantize `out` with its most sensitive convolutions (lowest SQNR on the first calibration images)
     kept in float, the fewest that bring evaluate(model file) -> AP within max_drop points of float_ap.
     Returns what to record: the layers kept in float with their SQNR, and every trial of the search."""
@@ -303,13 +311,14 @@ def onnxruntime_accuracy_aware(prepared: str | Path, out: str | Path, paths: Seq
 
     def trial(kept: list[str]) -> float:
         with tempfile.TemporaryDirectory() as tmp:
-            ap = evaluate(quantize_onnxruntime(prepared, Path(tmp) / "trial.onnx", paths, input_size, kept, method, symmetric))
+            ap = evaluate(quantize_onnxruntime(prepared, Path(tmp) / "trial.onnx", paths, input_size, kept, method, symmetric,
+                                               tensorrt))
         print(f"[quantize]   {len(kept)} layers in float: AP {ap:.2f}", flush=True)
         return ap
 
     kept, trials = keep_float_until([name for name, _ in ranked], trial, float_ap, max_drop, max_layers)
     if kept:
-        quantize_onnxruntime(prepared, out, paths, input_size, kept, method, symmetric)
+        quantize_onnxruntime(prepared, out, paths, input_size, kept, method, symmetric, tensorrt)
     sqnr = dict(ranked)
     return {"kept_float": [{"layer": n, "sqnr_db": round(sqnr[n], 2)} for n in kept], "search": trials}
 

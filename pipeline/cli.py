@@ -9,14 +9,14 @@ from collections.abc import Callable
 
 import torch.distributed as dist
 
-from deploy.errors import GateError, InputError
+from deploy.errors import DeviceError, GateError, InputError
 from distill.trainer import NonFiniteLoss
 
 
 def guarded(body: Callable[[], None], debug: bool = False,
             on_interrupt: str = "interrupted: rerun the same command to continue") -> int:
     """Run body(); map failures to exit codes: 2 for bad input, a non-finite loss or a file system error,
-    3 for a failed gate, 130 for Ctrl-C."""
+    3 for a failed gate, 4 for a failed device call, 130 for Ctrl-C."""
     try:
         body()
     except (InputError, NonFiniteLoss) as e:
@@ -30,6 +30,11 @@ def guarded(body: Callable[[], None], debug: bool = False,
         where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f)
         print(f"error: {where + ': ' if where else ''}{e.strerror or e}", file=sys.stderr)
         return 2
+    except DeviceError as e:  # a CUDA or TensorRT call failed on the device
+        if debug:
+            raise
+        print(f"device error: {e}", file=sys.stderr)
+        return 4
     except GateError as e:  # the artifacts stay for inspection
         if debug:
             raise

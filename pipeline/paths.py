@@ -43,8 +43,13 @@ def onnx_model(cfg: PipelineConfig) -> Path:
 
 
 def onnxruntime_int8(cfg: PipelineConfig, cpu: bool = False) -> Path:
-    """The quantize stage's QDQ ONNX: the TensorRT form, or (cpu) the uint8 form ONNX Runtime runs fastest."""
+    """The quantize stage's QDQ ONNX for ONNX Runtime (cpu: always uint8 activations, its fastest x86 path)."""
     return stage_dir(cfg, "quantize") / ("model.int8.cpu.onnx" if cpu else "model.int8.onnx")
+
+
+def tensorrt_int8_onnx(cfg: PipelineConfig) -> Path:
+    """The quantize stage's QDQ ONNX in the form TensorRT builds INT8 engines from (deploy/qdq_check.py)."""
+    return stage_dir(cfg, "quantize") / "model.int8.trt.onnx"
 
 
 def openvino_dir(cfg: PipelineConfig) -> Path:

@@ -76,3 +76,24 @@ def tiny_model(tmp_path_factory, tiny_splits):
 def tiny_onnx(tmp_path_factory, tiny_model):
     detector, classes, path = tiny_model
     return export_onnx(detector, classes, tmp_path_factory.mktemp("onnx") / "model.onnx", (128, 128), source=str(path))
+
+
+def hand_qdq_model(zero=0, axis=0, act_scale=0.1, with_zero=True, batch=1, zero_dtype=np.int8):
+    """x -> Q/DQ -> Conv(w behind its own Q/DQ pair, per output channel) -> y: the form TensorRT takes,
+    unless an argument breaks it (a uint8 (zero_dtype) or non-zero zero point, another axis, per-channel activations)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "w")
+    ws = numpy_helper.from_array(np.full(4, 0.01, np.float32), "ws")
+    wz = numpy_helper.from_array(np.zeros(4, np.int8), "wz")
+    xs = numpy_helper.from_array(np.asarray(act_scale, np.float32), "xs")
+    xz = numpy_helper.from_array(np.asarray(zero, zero_dtype), "xz")
+    x_zero = ["xz"] if with_zero else []
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", *x_zero], ["xq"], name="q_x"),
+             helper.make_node("DequantizeLinear", ["xq", "xs", *x_zero], ["xd"], name="dq_x"),
+             helper.make_node("QuantizeLinear", ["w", "ws", "wz"], ["wq"], name="q_w", axis=axis),
+             helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], name="dq_w", axis=axis),
+             helper.make_node("Conv", ["xd", "wd"], ["y"], name="conv")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4, 4, 4])], [w, ws, wz, xs, xz])
+    return helper.make_model(graph)

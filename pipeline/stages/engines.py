@@ -1,6 +1,7 @@
 """TensorRT engines from the run's ONNX files (what `make export-trt PRECISION=fp16|int8` runs, on a GPU
-box or on the Jetson itself): fp32/fp16 from export/model.onnx, int8 from quantize/model.int8.onnx
-(explicit quantization). Each engine is measured by the deploy/ evaluator like every artifact.
+box or on the Jetson itself): fp32/fp16 from export/model.onnx, int8 from quantize/model.int8.trt.onnx
+(explicit quantization, its Q/DQ form checked first). The builder is deploy/build_engine.py, the same
+code a board runs from the copied deploy/ folder. Each engine is measured by the deploy/ evaluator.
 
     python -m pipeline.stages.engines --config configs/pipelines/default.yaml --precision fp16 [key=value ...]
 
@@ -14,12 +15,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from deploy.build_engine import EngineConfig, build_engine
 from deploy.errors import InputError
 from deploy.files import write_json
 from deploy.measure import measure_artifact, sample_images
+from deploy.qdq_check import check_tensorrt_qdq
 from deploy.runtimes import open_runner
 from deploy.runtimes.tensorrt import available
-from export.tensorrt import EngineConfig, build_engine
 from pipeline import paths
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
@@ -28,23 +30,7 @@ from pipeline.stages.data import load_split
 
 def engine_source(cfg: PipelineConfig, precision: str) -> Path:
     """The ONNX an engine of this precision is built from."""
-    return paths.onnxruntime_int8(cfg) if precision == "int8" else paths.onnx_model(cfg)
-
-
-def symmetric_qdq(path: Path) -> bool:
-    """Whether every QuantizeLinear of a QDQ model is int8 with zero point 0 (TensorRT's requirement)."""
-    import numpy as np
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(path), load_external_data=False)
-    zero_points = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "QuantizeLinear" and len(node.input) > 2:
-            zp = zero_points.get(node.input[2])
-            if zp is None or zp.dtype != np.int8 or np.any(zp != 0):
-                return False
-    return True
+    return paths.tensorrt_int8_onnx(cfg) if precision == "int8" else paths.onnx_model(cfg)
 
 
 def run_export_trt(cfg: PipelineConfig, precision: str, dla_core: int | None = None,
@@ -55,10 +41,10 @@ def run_export_trt(cfg: PipelineConfig, precision: str, dla_core: int | None = N
         raise InputError(f"cannot build TensorRT engines here: {reason}")
     source = engine_source(cfg, precision)
     if not source.is_file():
-        raise InputError(f"{source} not found: run `make {'quantize' if precision == 'int8' else 'export'}` first")
-    if precision == "int8" and not symmetric_qdq(source):
-        raise InputError(f"{source}: its activations are uint8 with zero points; TensorRT's explicit quantization "
-                         "needs int8 with zero point 0: rerun the quantize stage with quantize.symmetric_activations=true")
+        stage = "quantize` (with onnxruntime_int8_trt in quantize.artifacts)" if precision == "int8" else "export`"
+        raise InputError(f"{source} not found: run `make {stage} first")
+    if precision == "int8":
+        check_tensorrt_qdq(source)
     out_dir = paths.engines_dir(cfg)
     engine = build_engine(source, out_dir / f"model_{precision}.engine",
                           EngineConfig(precision=precision, workspace_mb=workspace_mb, dla_core=dla_core,

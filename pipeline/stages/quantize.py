@@ -3,7 +3,8 @@
 
     python -m pipeline.stages.quantize --config configs/pipelines/default.yaml [key=value ...]
 
-Writes runs/<run>/quantize/: model.int8.onnx (and model.int8.cpu.onnx on request),
+Writes runs/<run>/quantize/: model.int8.onnx, model.int8.trt.onnx (the Q/DQ form TensorRT builds from,
+checked by deploy/qdq_check.py), model.int8.cpu.onnx on request,
 openvino/model_{fp32,fp16,int8}.xml (+ .bin; openvino_bf16 is model_fp32.xml compiled for bf16 arithmetic,
 where the CPU has it),
 predictions_<artifact>.json, metrics.json ({"artifacts": {name: metrics}, ...}) and table.md, the
@@ -27,6 +28,7 @@ from deploy.evaluate import coco_eval
 from deploy.files import check_writable, write_json, write_text
 from deploy.measure import measure_artifact, sample_images
 from deploy.predict import predict, runner_infer
+from deploy.qdq_check import check_tensorrt_qdq
 from deploy.runtimes import open_runner
 from deploy.runtimes.openvino import check_inference_precision
 from deploy.tables import markdown_table
@@ -122,7 +124,7 @@ def run_quantize(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> d
               f"infer p50 {metrics['latency_ms']['infer']['p50']:.2f} ms", flush=True)
         return metrics
 
-    if {"onnxruntime_int8", "onnxruntime_int8_cpu"} & set(qc.artifacts):
+    if {"onnxruntime_int8", "onnxruntime_int8_cpu", "onnxruntime_int8_trt"} & set(qc.artifacts):
         with tempfile.TemporaryDirectory() as work:
             prepared = preprocess_for_quantization(fp32, Path(work) / "prepared.onnx")
             if "onnxruntime_int8" in qc.artifacts:
@@ -136,6 +138,16 @@ def run_quantize(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> d
             if "onnxruntime_int8_cpu" in qc.artifacts:
                 measure("onnxruntime_int8_cpu", quantize_onnxruntime(prepared, paths.onnxruntime_int8(cfg, cpu=True), calib,
                                                                      input_size, method=qc.calibration, symmetric=False))
+            if "onnxruntime_int8_trt" in qc.artifacts:  # what make export-trt PRECISION=int8 builds from
+                trt_int8 = quantize_onnxruntime(prepared, paths.tensorrt_int8_onnx(cfg), calib, input_size,
+                                                method=qc.calibration, tensorrt=True)
+                check_tensorrt_qdq(trt_int8)
+                m = measure("onnxruntime_int8_trt", trt_int8)
+                if float_ap - 100 * m["AP"] > qc.max_map_drop and qc.accuracy_aware:
+                    measure("onnxruntime_int8_trt", trt_int8, onnxruntime_accuracy_aware(
+                        prepared, trt_int8, calib, input_size, lambda path: _file_ap(path, val, input_size), float_ap,
+                        qc.max_map_drop, qc.max_float_layers, qc.calibration, tensorrt=True))
+                    check_tensorrt_qdq(trt_int8)
     if {"openvino_fp32", "openvino_bf16", "openvino_int8"} & set(qc.artifacts):
         fp32_xml = openvino_ir(fp32, paths.openvino_ir(cfg, "fp32"))
         measure("openvino_fp32", fp32_xml)

@@ -29,7 +29,8 @@ METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # Which row each artifact is compared with as "the previous stage".
 PREVIOUS = {"onnxruntime_fp32": "distill", "onnxruntime_int8": "onnxruntime_fp32", "onnxruntime_int8_cpu": "onnxruntime_fp32",
             "openvino_fp32": "onnxruntime_fp32", "openvino_bf16": "openvino_fp32", "openvino_fp16": "openvino_fp32", "openvino_int8": "openvino_fp32",
-            "tensorrt_fp32": "onnxruntime_fp32", "tensorrt_fp16": "onnxruntime_fp32", "tensorrt_int8": "onnxruntime_int8"}
+            "tensorrt_fp32": "onnxruntime_fp32", "tensorrt_fp16": "onnxruntime_fp32", "tensorrt_int8": "onnxruntime_int8_trt",
+            "onnxruntime_int8_trt": "onnxruntime_fp32"}
 
 
 def _read(path: Path) -> dict[str, Any]:

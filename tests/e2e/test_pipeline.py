@@ -11,6 +11,7 @@ import time
 
 import openvino as ov
 
+from deploy.qdq_check import check_tensorrt_qdq
 from deploy.runtimes.openvino import device_capabilities
 from tests.conftest import REPO
 
@@ -59,8 +60,10 @@ def test_tiny_pipeline_caches_reruns_what_changed_and_gates(tiny_scenes, tmp_pat
     quantize_json = json.loads((run / "quantize" / "metrics.json").read_text())
     bf16 = "openvino_bf16" not in quantize_json["skipped"]  # built where the CPU has bf16, else skipped, with why
     assert bf16 == ("BF16" in device_capabilities(ov.Core(), "CPU")) or "cannot compile" in quantize_json["skipped"]["openvino_bf16"]
-    assert list(rows) == ["teacher", "student", "distill", "onnxruntime_fp32", "onnxruntime_int8", "openvino_fp32",
-                          *(["openvino_bf16"] if bf16 else []), "openvino_fp16", "openvino_int8"]
+    assert list(rows) == ["teacher", "student", "distill", "onnxruntime_fp32", "onnxruntime_int8", "onnxruntime_int8_trt",
+                          "openvino_fp32", *(["openvino_bf16"] if bf16 else []), "openvino_fp16", "openvino_int8"]
+    check_tensorrt_qdq(run / "quantize" / "model.int8.trt.onnx")  # the file make export-trt PRECISION=int8 builds from
+    assert rows["onnxruntime_int8_trt"]["previous"] == "onnxruntime_fp32"
     for name in ("openvino_fp32", "openvino_fp16"):  # what ran is what the artifact says, on every CPU
         assert rows[name]["executed_precision"] == "fp32" and not rows[name]["precision_warning"]
     if bf16:

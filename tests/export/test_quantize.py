@@ -4,6 +4,7 @@ import pytest
 
 from deploy.errors import InputError
 from deploy.preprocess import preprocess_batch
+from deploy.qdq_check import check_tensorrt_qdq, tensorrt_qdq_problems
 from deploy.runtimes import open_runner
 from export.quantize import (
     calibration_paths,
@@ -18,6 +19,7 @@ from export.quantize import (
     quantized_nodes,
     tail_nodes,
 )
+from tests.conftest import hand_qdq_model
 from tests.cpu_isa import float_kernel_family, kernel_family
 
 DECODE_OPS = {"Sigmoid", "Softmax", "ReduceSum", "Concat", "Sub"}
@@ -91,6 +93,45 @@ def test_onnxruntime_int8_scores_follow_fp32(ort_int8, tiny_onnx, tiny_splits, v
     print(f"ORT INT8 (symmetric={symmetric}) vs FP32: scores corr {corr:.4f}, boxes mean abs err {box_err:.3f} px")
     assert corr > min_corr, corr
     assert box_err < 1.0, box_err  # pixels, at 128 x 128
+
+
+@pytest.fixture(scope="module")
+def trt_int8(ort_int8, tiny_splits, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trt") / "model.int8.trt.onnx"
+    return quantize_onnxruntime(ort_int8[1], out, calibration_paths(tiny_splits[0], 16), (128, 128), tensorrt=True)
+
+
+def test_the_tensorrt_file_passes_the_qdq_check_and_the_default_form_fails_naming_the_node(trt_int8, ort_int8):
+    check_tensorrt_qdq(trt_int8)
+    model = onnx.load(str(trt_int8))
+    stored = {t.name for t in model.graph.initializer}
+    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert dq and not any(n.input[0] in stored for n in dq)  # every DQ reads a Q: pairs on the float weights
+    convs = [n for n in model.graph.node if n.op_type == "Conv" and len(n.input) > 2]
+    assert convs and all(n.input[2] in stored for n in convs)  # float biases, stored as they are
+    default = onnx.load(str(ort_int8[0]))  # ONNX Runtime's default: stored int8 weights and int32 biases
+    problems = tensorrt_qdq_problems(default)
+    first_lone = next(n for n in default.graph.node if n.op_type == "DequantizeLinear"
+                      and n.input[0] in {t.name for t in default.graph.initializer})
+    assert first_lone.name in problems[0] and "only activation types allowed" in problems[0]
+    assert any("a quantized bias" in p for p in problems) and any("its bias is quantized" in p for p in problems)
+    with pytest.raises(InputError, match=rf"model.int8.onnx: not a Q/DQ file TensorRT can build: DequantizeLinear "
+                                         rf"'{first_lone.name}'.*\(and {len(problems) - 1} more\)"):
+        check_tensorrt_qdq(ort_int8[0])
+
+
+def test_the_qdq_check_against_hand_made_graphs():
+    graph = hand_qdq_model
+    assert tensorrt_qdq_problems(graph()) == []
+    assert "zero point 'xz' is uint8" in tensorrt_qdq_problems(graph(zero_dtype=np.uint8))[0]
+    assert "values [3]" in tensorrt_qdq_problems(graph(zero=3))[0]
+    assert "no zero point, which means uint8" in tensorrt_qdq_problems(graph(with_zero=False))[0]
+    assert "QuantizeLinear 'q_w': a Conv weight quantized along axis 1" in tensorrt_qdq_problems(graph(axis=1))[0]
+    assert "an activation quantized per channel" in tensorrt_qdq_problems(graph(act_scale=np.full(3, 0.1, np.float32)))[0]
+    float_model = graph()
+    del float_model.graph.node[:4]
+    float_model.graph.node[0].input[:] = ["x", "w"]
+    assert "no QuantizeLinear / DequantizeLinear nodes" in tensorrt_qdq_problems(float_model)[0]
 
 
 def test_openvino_fp32_matches_onnxruntime(ov_irs, tiny_onnx, val_images):
