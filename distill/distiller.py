@@ -24,6 +24,9 @@ from distill.models.detector import ModelConfig
 from distill.models.probe import probe
 
 METHODS = ("none", "bckd", "kd", "ld")
+# Anchor widths and heights may differ this much (relative) between teacher and student: torchvision
+# truncates its RetinaNet anchor sizes to integers (40 for 32 x 2^(1/3) = 40.3) and rounds the boxes.
+ANCHOR_TOLERANCE = 0.05
 
 
 @dataclass
@@ -74,10 +77,20 @@ def check_pair(teacher: nn.Module, student: nn.Module, teacher_classes: list[str
                              f"student {b.int().tolist()} (inputs {list(teacher_input_size or input_size)} and "
                              f"{list(input_size)}); BCKD pairs them location by location")
     if t["points"].shape != s["points"].shape or not torch.allclose(t["points"], s["points"]):
-        raise InputError(f"{teacher_source}: teacher and student place their locations differently")
-    if "anchors" in t and "anchors" in s and not torch.allclose(t["anchors"], s["anchors"]):
-        raise InputError(f"{teacher_source}: teacher and student anchors differ in size or ratio (model.octave_base_scale, "
-                         "model.scales_per_octave, model.anchor_scale); BCKD pairs them anchor by anchor")
+        offset = (t["points"] - s["points"]).abs().max().item() if t["points"].shape == s["points"].shape else None
+        raise InputError(f"{teacher_source}: teacher and student place their locations differently"
+                         + (f" (by up to {offset:g} px: set student.model.point_offset to the teacher's, 0.0 for "
+                            "mmdetection and torchvision teachers)" if offset is not None else ""))
+    if t_k > 1:  # several anchors per location: the i-th of the teacher's must be the i-th of the student's
+        if "anchors" not in t or "anchors" not in s:
+            raise InputError(f"{teacher_source}: {t_k} anchors per location, but one side reports no anchor boxes to "
+                             "compare; BCKD pairs them anchor by anchor")
+        t_wh, s_wh = (t["anchors"][:, 2:] - t["anchors"][:, :2]), (s["anchors"][:, 2:] - s["anchors"][:, :2])
+        worst = ((t_wh - s_wh).abs() / s_wh.clamp(min=1e-6)).max().item()
+        if worst > ANCHOR_TOLERANCE:
+            raise InputError(f"{teacher_source}: teacher and student anchors differ in width or height by up to "
+                             f"{100 * worst:.0f}% (allowed {100 * ANCHOR_TOLERANCE:.0f}%; model.octave_base_scale, "
+                             "model.scales_per_octave); BCKD pairs them anchor by anchor")
     if t["cls_logits"].shape[-1] != s["cls_logits"].shape[-1]:
         raise InputError(f"{teacher_source}: teacher has {t['cls_logits'].shape[-1]} classes, student {s['cls_logits'].shape[-1]}")
 

@@ -3,7 +3,7 @@
     edgekd run --config configs/pipelines/default.yaml [--stages a,b | --from stage] [key.sub=value ...]
     edgekd status --config configs/pipelines/default.yaml [key.sub=value ...]
     edgekd train --role teacher|student | distill | export | quantize | engines | benchmark   one stage alone
-    edgekd ablation | ablation-heads | detection-errors | diagnose-bckd | bench-train | bench-openvino | bench-nms | ship-teacher
+    edgekd ablation | ablation-heads | detection-errors | diagnose-bckd | bench-train | bench-openvino | bench-nms | ship-teacher | convert-mmdet
 
 `run` skips every stage whose settings and inputs are unchanged since it finished, resumes an
 interrupted one and reruns the rest; `--from stage` reruns that stage and every one after it.
@@ -40,6 +40,7 @@ COMMANDS = {
     "bench-openvino": "pipeline.tools.bench_openvino",
     "bench-nms": "pipeline.tools.bench_nms",
     "ship-teacher": "pipeline.tools.ship_teacher",
+    "convert-mmdet": "pipeline.tools.convert_mmdet",
 }
 
 

@@ -60,6 +60,13 @@ class RoleConfig:
     # architecture (against `model`) and preprocessing are checked before anything uses it.
     checkpoint: str | None = None
     checkpoint_sha256: str | None = None  # when set, the checkpoint's SHA-256 must equal it
+    # The checkpoint's kind: edgekd (a trainer checkpoint or weights file) or mmdet (an mmdetection GFL
+    # checkpoint, mapped onto `model`, e.g. configs/models/gfl_r101_mmdet.yaml). Teacher only.
+    format: Literal["edgekd", "mmdet"] = "edgekd"
+    # A torchvision COCO detector as the teacher: torchvision:retinanet_resnet50_fpn_v2,
+    # torchvision:retinanet_resnet50_fpn or torchvision:fcos_resnet50_fpn; `checkpoint` then optionally
+    # names its torchvision weights file (without one, torchvision downloads them). Teacher only.
+    source: str | None = None
 
 
 @dataclass

@@ -46,7 +46,7 @@ from pipeline.stages.engines import run_engines
 from pipeline.stages.export import run_export
 from pipeline.stages.quantize import run_quantize
 from pipeline.stages.report import write_report
-from pipeline.stages.train import train_role
+from pipeline.stages.train import external_teacher, load_role_teacher, train_role
 
 
 @dataclass
@@ -63,6 +63,11 @@ def _annotations(cfg: PipelineConfig) -> list[Path]:
     return [cfg.data.split_paths("train")[0], cfg.data.split_paths("val")[0]]
 
 
+def _teacher_files(cfg: PipelineConfig) -> list[Path]:
+    """The teacher file the distill stage reads: none for a torchvision teacher without a weights file."""
+    return [] if cfg.teacher.source and not cfg.teacher.checkpoint else [paths.teacher_checkpoint(cfg)]
+
+
 def _train_stage(role: str) -> Callable[[PipelineConfig, Path, bool], dict[str, Any]]:
     def run(cfg: PipelineConfig, out: Path, progress: bool) -> dict[str, Any]:
         if role == "distill":
@@ -71,6 +76,14 @@ def _train_stage(role: str) -> Callable[[PipelineConfig, Path, bool], dict[str, 
         else:
             metrics = train_role(cfg, role, resume=True, progress=progress)
             checkpoint = paths.trained_checkpoint(cfg, role)
+            if role == "teacher" and external_teacher(cfg):  # no edgekd checkpoint to profile: the built model
+                from pipeline.stages.profile import profile_model
+
+                val, bc = load_split(cfg.data, "val"), cfg.benchmark
+                model = load_role_teacher(cfg, val.class_names)
+                write_json(out / "profile.json", profile_model(model, cfg.teacher.source or str(checkpoint), val,
+                                                              bc.warmup, bc.iters, bc.threads))
+                return metrics
         write_profile(cfg, checkpoint, out)
         return metrics
     return run
@@ -104,7 +117,7 @@ STAGE_TABLE: dict[str, Stage] = {
                      ("data",)),
     "student": Stage(_train_stage("student"), lambda cfg: {"student": cfg.student}, _annotations, ("data",)),
     "distill": Stage(_train_stage("distill"), lambda cfg: {"student": cfg.student, "distill": cfg.distill},
-                     lambda cfg: _annotations(cfg) + [paths.teacher_checkpoint(cfg)], ("data", "teacher")),
+                     lambda cfg: _annotations(cfg) + _teacher_files(cfg), ("data", "teacher")),
     "export": Stage(run_export, lambda cfg: {"export": cfg.export},
                     lambda cfg: _annotations(cfg) + [paths.export_source(cfg)], ("data", "distill")),
     "quantize": Stage(run_quantize, lambda cfg: {"quantize": cfg.quantize, "export": cfg.export},

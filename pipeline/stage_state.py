@@ -33,14 +33,27 @@ def versions() -> dict[str, str]:
     return out
 
 
+# Settings added after runs existed, with the default that reproduces what those runs did: left out of
+# the hash while at that default, so that upgrading edgekd does not redo finished stages.
+ADDED_AT_DEFAULT = {"point_offset": 0.5, "relu_before_p7": True, "format": "edgekd", "source": None,
+                    "until_epoch": None, "loc_detached_features": False}
+
+
+def _without_added_defaults(values: Any) -> Any:
+    if isinstance(values, dict):
+        return {k: _without_added_defaults(v) for k, v in values.items()
+                if not (k in ADDED_AT_DEFAULT and v == ADDED_AT_DEFAULT[k])}
+    return values
+
+
 def config_hash(sections: dict[str, Any], exclude: dict[str, set[str]] | None = None) -> str:
     """Hash of named config sections (dataclasses), leaving out `exclude[section]` keys (gate limits:
-    tightening a gate must not retrain anything)."""
+    tightening a gate must not retrain anything) and later-added settings at their defaults."""
     exclude = exclude or {}
     data = {}
     for name, section in sections.items():
         values = dataclasses.asdict(section) if dataclasses.is_dataclass(section) else section
-        data[name] = {k: v for k, v in values.items() if k not in exclude.get(name, set())}
+        data[name] = _without_added_defaults({k: v for k, v in values.items() if k not in exclude.get(name, set())})
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -29,3 +29,10 @@ class ModelConfig:
     # RetinaNet [focal, box] = [1.0, 1.0]; FCOS [focal, GIoU, centerness] = [1.0, 1.0, 1.0]; ATSS [1.0, 2.0, 1.0].
     loss_weights: list[float] | None = None
     freeze_bn: bool = True  # backbone BatchNorm statistics stay at their pretrained values
+    # Where a level's locations sit: (x + point_offset) * stride. 0.5 (cell centres) is edgekd's and
+    # torchvision's FCOS; mmdetection's anchor generators use 0.0 (center_offset=0), so its checkpoints
+    # decode right only with 0.0.
+    point_offset: float = 0.5
+    # P7 = conv(ReLU(P6)) as torchvision's LastLevelP6P7; mmdetection's FPN (relu_before_extra_convs=False)
+    # has no ReLU there.
+    relu_before_p7: bool = True

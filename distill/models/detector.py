@@ -18,12 +18,25 @@ from distill.models.config import ModelConfig
 from distill.models.heads import build_head
 
 
+class P6P7WithoutReLU(LastLevelP6P7):
+    """P6 = conv(P5), P7 = conv(P6): mmdetection's FPN with add_extra_convs='on_output' and
+    relu_before_extra_convs=False (its GFL, ATSS and RetinaNet configs), where torchvision applies a
+    ReLU before P7. Same modules and keys as LastLevelP6P7."""
+
+    def forward(self, p: list[torch.Tensor], c: list[torch.Tensor], names: list[str]):
+        p6 = self.p6(p[-1] if self.use_P5 else c[-1])
+        return [*p, p6, self.p7(p6)], [*names, "p6", "p7"]
+
+
 class Detector(nn.Module):
     def __init__(self, cfg: ModelConfig, num_classes: int):
         super().__init__()
         self.cfg, self.num_classes = cfg, num_classes
         self.backbone = build_backbone(cfg.backbone, cfg.pretrained)
-        extra = LastLevelP6P7(cfg.fpn_channels, cfg.fpn_channels) if cfg.extra_levels == 2 else None
+        extra = None
+        if cfg.extra_levels == 2:
+            p6p7 = LastLevelP6P7 if cfg.relu_before_p7 else P6P7WithoutReLU
+            extra = p6p7(cfg.fpn_channels, cfg.fpn_channels)
         self.fpn = FeaturePyramidNetwork(self.backbone.channels, cfg.fpn_channels, extra_blocks=extra)
         self.strides = tuple(self.backbone.strides) + ((64, 128) if extra else ())
         self.head = build_head(cfg, num_classes, cfg.fpn_channels, self.strides)

@@ -21,19 +21,15 @@ import torch.distributed as dist
 from deploy.errors import InputError
 from deploy.evaluate import format_metrics
 from distill.distiller import Distiller, check_pair
-from distill.models.detector import build_detector, load_detector
+from distill.models.detector import build_detector
+from distill.teachers import load_teacher
 from distill.trainer import setup_distributed, train
 from pipeline import paths
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
 from pipeline.reuse import refuse_other_settings
 from pipeline.stages.data import load_split, run_data
-
-
-def load_teacher(path: Path):
-    """(teacher detector, its classes) rebuilt from a checkpoint's own model config."""
-    teacher, classes, _ = load_detector(path)
-    return teacher, classes
+from pipeline.stages.train import external_teacher, load_role_teacher
 
 
 def distill_student(cfg: PipelineConfig, teacher_file: str | None = None, resume: bool = True,
@@ -45,12 +41,18 @@ def distill_student(cfg: PipelineConfig, teacher_file: str | None = None, resume
     if info.world > 1:
         dist.barrier()
     train_set, val_set = load_split(cfg.data, "train"), load_split(cfg.data, "val")
-    path = paths.teacher_checkpoint(cfg, teacher_file)
-    if not path.is_file():
-        raise InputError(f"teacher checkpoint not found: {path} (run `make teacher` first, or pass TEACHER=path)")
-    if resume:
-        refuse_other_settings(cfg.run_dir / out_name, "student", cfg.student.train, cfg.student.model, cfg.distill, path)
-    teacher, teacher_classes = load_teacher(path)
+    if external_teacher(cfg) and not teacher_file:  # mmdetection or torchvision: built from teacher.model
+        path = Path(cfg.teacher.source or cfg.teacher.checkpoint)
+        if resume:
+            refuse_other_settings(cfg.run_dir / out_name, "student", cfg.student.train, cfg.student.model, cfg.distill, path)
+        teacher, teacher_classes = load_role_teacher(cfg, train_set.class_names), train_set.class_names
+    else:
+        path = paths.teacher_checkpoint(cfg, teacher_file)
+        if not path.is_file():
+            raise InputError(f"teacher checkpoint not found: {path} (run `make teacher` first, or pass TEACHER=path)")
+        if resume:
+            refuse_other_settings(cfg.run_dir / out_name, "student", cfg.student.train, cfg.student.model, cfg.distill, path)
+        teacher, teacher_classes = load_teacher(path)
     teacher_size = tuple(teacher.cfg.input_size)
     # Seeded after the teacher is built: every variant (and `make student`) starts from the same init.
     student = build_detector(cfg.student.model, num_classes=len(train_set.categories), seed=cfg.student.train.seed)

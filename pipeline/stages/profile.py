@@ -28,10 +28,16 @@ def count_gflops(model: nn.Module, input_size: tuple[int, int]) -> float:
 def profile_checkpoint(path: Path, val: CocoDataset, warmup: int, iters: int, threads: int = 0) -> dict[str, Any]:
     """{params, gflops, input_size, size_mb, latency_ms{infer, end_to_end}} of a detector checkpoint."""
     detector, _, _ = load_detector(path)
+    return profile_model(detector, str(path), val, warmup, iters, threads)
+
+
+def profile_model(detector: nn.Module, name: str, val: CocoDataset, warmup: int, iters: int,
+                  threads: int = 0) -> dict[str, Any]:
+    """profile_checkpoint's figures for a detector already built (a teacher from mmdetection or torchvision)."""
     input_size = tuple(detector.cfg.input_size)
-    runner = TorchRunner(detector, str(path), 1, threads)
+    runner = TorchRunner(detector, name, 1, threads)
     return {
-        "artifact": str(path), "backend": "pytorch", "precision": "fp32", "input_size": list(input_size),
+        "artifact": name, "backend": "pytorch", "precision": "fp32", "input_size": list(input_size),
         "params": sum(p.numel() for p in detector.parameters()),
         "gflops": count_gflops(detector, input_size),
         # The weights alone: the checkpoint file also holds the optimizer state for a resume.

@@ -22,6 +22,7 @@ from deploy.evaluate import format_metrics, write_evaluation
 from distill.checkpoint import load_model_state
 from distill.losses.detection import make_detection_loss
 from distill.models.detector import build_detector
+from distill.teachers import load_teacher
 from distill.trainer import setup_distributed, train
 from distill.validate import evaluate_model
 from distill.weights_file import check_weights
@@ -29,6 +30,17 @@ from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
 from pipeline.reuse import refuse_other_settings
 from pipeline.stages.data import load_split, run_data
+
+
+def external_teacher(cfg: PipelineConfig) -> bool:
+    """Whether the teacher comes from outside edgekd (an mmdetection checkpoint or a torchvision detector)."""
+    return bool(cfg.teacher.source) or cfg.teacher.format != "edgekd"
+
+
+def load_role_teacher(cfg: PipelineConfig, dataset_classes: list[str]):
+    """The configured external teacher, built and cut to the dataset's classes (distill/teachers.py)."""
+    t = cfg.teacher
+    return load_teacher(t.checkpoint, t.format, t.source, t.model, dataset_classes, t.checkpoint_sha256)[0]
 
 
 def train_role(cfg: PipelineConfig, role: str, resume: bool = True, progress: bool = True) -> dict[str, Any]:
@@ -41,8 +53,15 @@ def train_role(cfg: PipelineConfig, role: str, resume: bool = True, progress: bo
     if info.world > 1:
         dist.barrier()
     train_set, val_set = load_split(cfg.data, "train"), load_split(cfg.data, "val")
-    model = build_detector(role_cfg.model, num_classes=len(train_set.categories), seed=role_cfg.train.seed)
     input_size = tuple(role_cfg.model.input_size)
+    if role == "teacher" and external_teacher(cfg):
+        model = load_role_teacher(cfg, train_set.class_names)
+        metrics, results = evaluate_model(model, val_set, input_size, role_cfg.train.batch_size, info.device, progress)
+        if info.main:
+            write_evaluation(str(out_dir), metrics, results)
+            print(f"teacher (from {role_cfg.source or role_cfg.checkpoint}, {role_cfg.format}): val {format_metrics(metrics)}")
+        return metrics
+    model = build_detector(role_cfg.model, num_classes=len(train_set.categories), seed=role_cfg.train.seed)
     if role_cfg.checkpoint:
         state = check_weights(role_cfg.checkpoint, role_cfg.model, train_set.class_names, role_cfg.checkpoint_sha256,
                               f"{role}.checkpoint")

@@ -33,12 +33,13 @@ from deploy.errors import InputError
 from deploy.evaluate import coco_eval
 from deploy.files import write_json, write_text
 from deploy.tables import markdown_table
+from distill.teachers import load_teacher
 from distill.validate import predict
 from pipeline import paths, reuse
 from pipeline.cli import guarded
 from pipeline.config import PipelineConfig, load_config
 from pipeline.stages.data import load_split
-from pipeline.stages.distill import distill_student, load_teacher
+from pipeline.stages.distill import distill_student
 
 VARIANTS = {  # name -> distill overrides
     "none": {"method": "none"},

@@ -24,6 +24,21 @@ def test_config_hash_follows_settings_but_not_gate_limits():
     assert base == config_hash({"distill": DistillConfig(min_gain_over_baseline=5.0)}, GATE_KEYS)
 
 
+def test_settings_added_later_leave_the_hash_of_older_runs_alone():
+    """A run made before distill.until_epoch and model.point_offset existed hashed the sections without
+    them; at their defaults they still hash the same, so upgrading redoes no stage; set, they count."""
+    from dataclasses import asdict
+
+    from distill.models.config import ModelConfig
+
+    older = {k: v for k, v in asdict(DistillConfig()).items() if k not in ("until_epoch", "loc_detached_features")}
+    older_model = {k: v for k, v in asdict(ModelConfig()).items() if k not in ("point_offset", "relu_before_p7")}
+    assert config_hash({"distill": DistillConfig()}) == config_hash({"distill": older})
+    assert config_hash({"student": {"model": older_model}}) != config_hash({"student": {"model": asdict(ModelConfig(point_offset=0.0))}})
+    assert config_hash({"student": {"model": asdict(ModelConfig())}}) == config_hash({"student": {"model": older_model}})
+    assert config_hash({"distill": DistillConfig(until_epoch=2)}) != config_hash({"distill": older})
+
+
 def test_inputs_hash_follows_file_contents(tmp_path):
     a = tmp_path / "a.bin"
     a.write_bytes(b"one")

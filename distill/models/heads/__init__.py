@@ -22,11 +22,14 @@ def build_head(cfg, num_classes: int, in_channels: int, strides: tuple[int, ...]
     common = {"num_classes": num_classes, "in_channels": in_channels, "channels": cfg.head_channels,
               "convs": cfg.head_convs, "norm_groups": cfg.norm_groups, "strides": strides}
     if cfg.name == "gfl":
-        return GFLHead(reg_max=cfg.reg_max, **common)
-    if cfg.name == "retinanet":
-        return RetinaNetHead(octave_base_scale=cfg.octave_base_scale, scales_per_octave=cfg.scales_per_octave, **common)
-    if cfg.name == "fcos":
-        return FCOSHead(**common)
-    if cfg.name == "atss":
-        return ATSSHead(anchor_scale=cfg.anchor_scale, **common)
-    raise ValueError(f"model.name: unknown head '{cfg.name}'; valid: {', '.join(HEAD_NAMES)}")
+        head = GFLHead(reg_max=cfg.reg_max, **common)
+    elif cfg.name == "retinanet":
+        head = RetinaNetHead(octave_base_scale=cfg.octave_base_scale, scales_per_octave=cfg.scales_per_octave, **common)
+    elif cfg.name == "fcos":
+        head = FCOSHead(**common)
+    elif cfg.name == "atss":
+        head = ATSSHead(anchor_scale=cfg.anchor_scale, **common)
+    else:
+        raise ValueError(f"model.name: unknown head '{cfg.name}'; valid: {', '.join(HEAD_NAMES)}")
+    head.point_offset = cfg.point_offset  # read by forward's anchor_points: not a parameter or buffer
+    return head

@@ -50,12 +50,13 @@ def flatten_level(x: torch.Tensor, per_location: int) -> torch.Tensor:
 
 
 def anchor_points(sizes: list[tuple[int, int]], strides: tuple[int, ...], device: torch.device,
-                  dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Centres ((x + 0.5) * stride, (y + 0.5) * stride) of every location, level by level: [A, 2], [A]."""
+                  dtype: torch.dtype = torch.float32, offset: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Locations ((x + offset) * stride, (y + offset) * stride), level by level: [A, 2], [A]. offset 0.5
+    puts them at cell centres; mmdetection's anchor generators use 0 (model.point_offset)."""
     points, all_strides = [], []
     for (h, w), stride in zip(sizes, strides):
-        ys = (torch.arange(h, device=device, dtype=dtype) + 0.5) * stride
-        xs = (torch.arange(w, device=device, dtype=dtype) + 0.5) * stride
+        ys = (torch.arange(h, device=device, dtype=dtype) + offset) * stride
+        xs = (torch.arange(w, device=device, dtype=dtype) + offset) * stride
         yy, xx = torch.meshgrid(ys, xs, indexing="ij")
         points.append(torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1))
         all_strides.append(torch.full((h * w,), float(stride), device=device, dtype=dtype))
@@ -65,6 +66,7 @@ def anchor_points(sizes: list[tuple[int, int]], strides: tuple[int, ...], device
 class CenternessHead(nn.Module):
     """The layers FCOS and ATSS share: class and regression towers, C class logits, 4 box values with a
     per-level scale, and a centerness logit on the regression tower (mmdet's centerness_on_reg)."""
+    point_offset = 0.5  # locations at (x + point_offset) * stride; build_head sets model.point_offset
 
     anchors_per_location = 1
 
@@ -91,6 +93,6 @@ class CenternessHead(nn.Module):
             reg_all.append(flatten_level(torch.relu(box) if relu else box, 1))
             ctr_all.append(flatten_level(self.centerness_out(reg_feat), 1))
             sizes.append(tuple(feat.shape[-2:]))
-        points, strides = anchor_points(sizes, self.strides, features[0].device, features[0].dtype)
+        points, strides = anchor_points(sizes, self.strides, features[0].device, features[0].dtype, self.point_offset)
         return {"cls_logits": torch.cat(cls_all, 1), "box": torch.cat(reg_all, 1),
                 "centerness": torch.cat(ctr_all, 1)[..., 0], "points": points, "strides": strides}

@@ -19,6 +19,7 @@ from distill.models.heads.common import Scale, anchor_points, init_head, tower
 
 
 class GFLHead(nn.Module):
+    point_offset = 0.5  # locations at (x + point_offset) * stride; build_head sets model.point_offset
     anchors_per_location = 1
 
     def __init__(self, num_classes: int, in_channels: int, channels: int = 96, convs: int = 2,
@@ -43,7 +44,7 @@ class GFLHead(nn.Module):
             cls_all.append(cls.permute(0, 2, 3, 1).reshape(n, h * w, self.num_classes))
             reg_all.append(reg.permute(0, 2, 3, 1).reshape(n, h * w, 4, self.reg_max + 1))
             sizes.append((h, w))
-        points, strides = anchor_points(sizes, self.strides, features[0].device, features[0].dtype)
+        points, strides = anchor_points(sizes, self.strides, features[0].device, features[0].dtype, self.point_offset)
         return {"cls_logits": torch.cat(cls_all, 1), "bbox_dists": torch.cat(reg_all, 1),
                 "points": points, "strides": strides}
 

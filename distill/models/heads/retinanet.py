@@ -40,6 +40,7 @@ def level_anchors(points: torch.Tensor, shapes: torch.Tensor) -> torch.Tensor:
 
 
 class RetinaNetHead(nn.Module):
+    point_offset = 0.5  # locations at (x + point_offset) * stride; build_head sets model.point_offset
     def __init__(self, num_classes: int, in_channels: int, channels: int = 96, convs: int = 2, norm_groups: int = 16,
                  strides: tuple[int, ...] = (8, 16, 32), octave_base_scale: float = 4.0, scales_per_octave: int = 3,
                  prior_prob: float = 0.01):
@@ -61,7 +62,7 @@ class RetinaNetHead(nn.Module):
             cls_all.append(flatten_level(self.cls_out(self.cls_tower(feat)), k))
             reg_all.append(flatten_level(self.reg_out(self.reg_tower(feat)), k))
             sizes.append(tuple(feat.shape[-2:]))
-        points, strides = anchor_points(sizes, self.strides, features[0].device, features[0].dtype)
+        points, strides = anchor_points(sizes, self.strides, features[0].device, features[0].dtype, self.point_offset)
         per_level = [h * w for h, w in sizes]
         anchors = torch.cat([level_anchors(p, self.shapes[s])
                              for p, s in zip(points.split(per_level), self.strides)])

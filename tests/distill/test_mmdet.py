@@ -1,0 +1,186 @@
+"""mmdetection GFL checkpoints as teachers: the key mapping (always runs), and parity with mmdetection's
+own forward where mmdet is installed (the optional extra `mmdet`; it skips with the reason elsewhere)."""
+
+import importlib.util
+import sys
+import types
+
+import pytest
+import torch
+
+from deploy.errors import InputError
+from distill.models.detector import ModelConfig, build_detector
+from distill.models.mmdet import mmdet_to_edgekd, read_mmdet_checkpoint
+from distill.teachers import class_rows, load_teacher
+from pipeline.config import load_config
+from tests.conftest import REPO
+
+R101 = load_config(REPO / "configs/pipelines/coco_gfl_r101_r50_mmdet.yaml").teacher.model
+
+
+def mmdet_names(edgekd_state: dict, convs: int) -> dict:
+    """An edgekd GFL state dict under the names mmdetection gives the same tensors (written from mmdet's
+    module structure: ResNet as torchvision's, FPN lateral_convs / fpn_convs with ConvModule's .conv,
+    GFLHead's cls_convs / reg_convs with .conv and .gn, gfl_cls, gfl_reg, scales, integral.project)."""
+    out = {}
+    for key, value in edgekd_state.items():
+        parts = key.split(".")
+        if key.startswith("backbone.body."):
+            name = "backbone." + key.removeprefix("backbone.body.")
+        elif key.startswith("fpn.inner_blocks."):
+            name = f"neck.lateral_convs.{parts[2]}.conv.{parts[4]}"
+        elif key.startswith("fpn.layer_blocks."):
+            name = f"neck.fpn_convs.{parts[2]}.conv.{parts[4]}"
+        elif key.startswith("fpn.extra_blocks."):
+            name = f"neck.fpn_convs.{3 if parts[2] == 'p6' else 4}.conv.{parts[3]}"
+        elif key.startswith("head.") and "_tower." in key:
+            branch, index = parts[1].removesuffix("_tower"), int(parts[2])
+            name = f"bbox_head.{branch}_convs.{index // 3}.{'conv' if index % 3 == 0 else 'gn'}.{parts[3]}"
+        elif key.startswith("head.cls_out."):
+            name = f"bbox_head.gfl_cls.{parts[2]}"
+        elif key.startswith("head.reg_out."):
+            name = f"bbox_head.gfl_reg.{parts[2]}"
+        elif key.startswith("head.scales."):
+            name = f"bbox_head.scales.{parts[2]}.scale"
+        else:
+            raise AssertionError(key)
+        out[name] = value
+    out["bbox_head.integral.project"] = torch.linspace(0, 16, 17)
+    return out
+
+
+def test_the_mmdetection_r101_keys_all_map_and_load_strictly():
+    edgekd = build_detector(R101, num_classes=80)
+    state = edgekd.state_dict()
+    named = mmdet_names(state, R101.head_convs)
+    assert len(named) == 674  # as the feasibility study counted: 673 after integral.project
+    mapped = mmdet_to_edgekd(named, "gfl.pth")
+    assert len(mapped) == 673 and mapped.keys() == state.keys()
+    assert all(mapped[k] is state[k] for k in state)  # every tensor lands where it came from
+    build_detector(R101, num_classes=80).load_state_dict(mapped, strict=True)
+
+
+def test_keys_that_do_not_map_are_named():
+    named = {"backbone.layer2.0.conv2.conv_offset.weight": torch.zeros(1), "bbox_head.gfl_cls.weight": torch.zeros(1)}
+    with pytest.raises(InputError, match=r"dcn.pth: 1 mmdetection keys have no counterpart .*conv_offset"):
+        mmdet_to_edgekd(named, "dcn.pth")
+
+
+def _save(path, obj):
+    torch.save(obj, path)
+    return path
+
+
+def test_checkpoint_files_classes_and_what_cannot_be_read(tmp_path):
+    small = ModelConfig(name="gfl", backbone="resnet18", pretrained="none", input_size=[128, 128], fpn_channels=32,
+                        extra_levels=2, head_channels=32, head_convs=1, norm_groups=8, point_offset=0.0,
+                        relu_before_p7=False)
+    named = mmdet_names(build_detector(small, 4).state_dict(), 1)
+    v2 = _save(tmp_path / "v2.pth", {"state_dict": named, "meta": {"CLASSES": ("cat", "dog", "bird", "fish")}})
+    v3 = _save(tmp_path / "v3.pth", {"state_dict": named, "meta": {"dataset_meta": {"classes": ["cat", "dog", "bird", "fish"]}}})
+    for path in (v2, v3):
+        assert read_mmdet_checkpoint(path)[1] == ["cat", "dog", "bird", "fish"]
+    # The dataset's classes are picked by name, in the dataset's order.
+    teacher, classes = load_teacher(v3, "mmdet", model=small, dataset_classes=["fish", "cat"])
+    assert classes == ["fish", "cat"] and teacher.head.cls_out.out_channels == 2
+    torch.testing.assert_close(teacher.head.cls_out.bias, named["bbox_head.gfl_cls.bias"][[3, 0]])
+    with pytest.raises(InputError, match=r"v3.pth: the teacher does not know the dataset's class 'horse'"):
+        load_teacher(v3, "mmdet", model=small, dataset_classes=["cat", "horse"])
+    no_classes = _save(tmp_path / "nometa.pth", {"state_dict": named, "meta": {}})
+    with pytest.raises(InputError, match=r"nometa.pth: its meta holds no classes"):
+        read_mmdet_checkpoint(no_classes)
+    mmengine_style = _save(tmp_path / "mmengine.pth", {"state_dict": named, "message_hub": MessageHub()})
+    with pytest.raises(InputError, match=r"mmengine.pth: not readable with weights_only=True .*python -m "
+                                         r"pipeline.tools.convert_mmdet"):
+        read_mmdet_checkpoint(mmengine_style)
+    with pytest.raises(InputError, match="teacher.format: mmdet maps GFL checkpoints only"):
+        load_teacher(v2, "mmdet", model=ModelConfig(name="atss"), dataset_classes=["cat"])
+
+
+class MessageHub:  # an mmengine object pickled into a checkpoint: weights_only=True refuses it
+    pass
+
+
+def test_class_rows():
+    assert class_rows(["a", "b", "c"], ["c", "a"], "t") == [2, 0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Against mmdetection itself
+
+MMDET_MISSING = None if importlib.util.find_spec("mmdet") else "mmdetection is not installed (pip install -e .[mmdet])"
+
+
+@pytest.fixture
+def mmdet_models(monkeypatch):
+    # mmcv-lite has no compiled ops (mmcv._ext); importing mmdet.models loads them by name, and a dense
+    # head's forward never calls one: stand in a module that raises if any op is called.
+    ext = types.ModuleType("mmcv._ext")
+
+    def any_op(name):
+        if name.startswith("__"):  # module attributes (__file__, __path__) stay absent
+            raise AttributeError(name)
+
+        def op(*args, **kwargs):
+            raise RuntimeError(f"mmcv._ext.{name} called: the parity test must not need compiled ops")
+        return op
+
+    ext.__getattr__ = any_op
+    monkeypatch.setitem(sys.modules, "mmcv._ext", ext)
+    import mmdet.models  # noqa: F401
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    register_all_modules()
+    return MODELS
+
+
+@pytest.mark.skipif(MMDET_MISSING is not None, reason=MMDET_MISSING or "")
+def test_raw_outputs_and_boxes_match_mmdetections_own_forward(mmdet_models):
+    from mmdet.structures.bbox import distance2bbox
+
+    cfg = dict(
+        type="GFL", data_preprocessor=dict(type="DetDataPreprocessor"),
+        backbone=dict(type="ResNet", depth=18, num_stages=4, out_indices=(0, 1, 2, 3), frozen_stages=-1,
+                      norm_cfg=dict(type="BN", requires_grad=True), norm_eval=True, style="pytorch"),
+        neck=dict(type="FPN", in_channels=[64, 128, 256, 512], out_channels=64, start_level=1,
+                  add_extra_convs="on_output", num_outs=5),
+        bbox_head=dict(type="GFLHead", num_classes=3, in_channels=64, stacked_convs=2, feat_channels=64,
+                       anchor_generator=dict(type="AnchorGenerator", ratios=[1.0], octave_base_scale=8,
+                                             scales_per_octave=1, strides=[8, 16, 32, 64, 128]),
+                       loss_cls=dict(type="QualityFocalLoss", use_sigmoid=True, beta=2.0, loss_weight=1.0),
+                       loss_dfl=dict(type="DistributionFocalLoss", loss_weight=0.25), reg_max=16,
+                       loss_bbox=dict(type="GIoULoss", loss_weight=2.0)),
+    )
+    torch.manual_seed(0)
+    theirs = mmdet_models.build(cfg).eval()
+    for p in theirs.parameters():  # away from the init's zeros and constants, so every tensor matters
+        p.data.normal_(0, 0.05)
+    ours_cfg = ModelConfig(name="gfl", backbone="resnet18", pretrained="none", input_size=[256, 256], fpn_channels=64,
+                           extra_levels=2, head_channels=64, head_convs=2, norm_groups=32, reg_max=16,
+                           point_offset=0.0, relu_before_p7=False)
+    ours = build_detector(ours_cfg, num_classes=3).eval()
+    ours.load_state_dict(mmdet_to_edgekd(theirs.state_dict(), "mmdet"), strict=True)
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        cls_scores, bbox_preds = theirs.bbox_head(theirs.neck(theirs.backbone(x)))
+        out = ours(x)
+        start = 0
+        worst_raw = 0.0
+        for cls, reg in zip(cls_scores, bbox_preds):
+            n, c, h, w = cls.shape
+            ours_cls = out["cls_logits"][:, start : start + h * w].reshape(n, h, w, c).permute(0, 3, 1, 2)
+            ours_reg = out["bbox_dists"][:, start : start + h * w].reshape(n, h, w, -1).permute(0, 3, 1, 2)
+            worst_raw = max(worst_raw, (ours_cls - cls).abs().max().item(), (ours_reg - reg).abs().max().item())
+            start += h * w
+        priors = theirs.bbox_head.prior_generator.grid_priors([c.shape[-2:] for c in cls_scores], device="cpu")
+        boxes = []
+        for anchors, reg, stride in zip(priors, bbox_preds, theirs.bbox_head.prior_generator.strides):
+            centers = theirs.bbox_head.anchor_center(anchors)
+            distances = theirs.bbox_head.integral(reg.permute(0, 2, 3, 1).reshape(-1, 68)) * stride[0]
+            boxes.append(distance2bbox(centers, distances))
+        ours_boxes = ours.decode(out)[0][0]
+    box_err = (ours_boxes - torch.cat(boxes)).abs().max().item()
+    print(f"mmdet {sys.modules['mmdet'].__version__} parity: raw outputs max |diff| {worst_raw:.2e}, boxes {box_err:.2e} px")
+    assert start == out["cls_logits"].shape[1] and worst_raw < 1e-5
+    assert box_err < 1e-3
