@@ -46,7 +46,9 @@ def mmdet_teacher(path: str | Path, model: ModelConfig, dataset_classes: list[st
     """An edgekd GFL detector holding an mmdetection GFL checkpoint's weights, cut to the dataset's classes."""
     path = Path(path)
     if model.name != "gfl":
-        raise InputError(f"teacher.format: mmdet maps GFL checkpoints only; teacher.model.name is {model.name}")
+        raise InputError(f"teacher.format: mmdet maps GFL checkpoints only; teacher.model.name is {model.name} "
+                         "(mmdetection's RetinaHead has no GroupNorm where edgekd's towers have one; its ATSS and FCOS "
+                         "heads are not verified against edgekd's): train that teacher with edgekd, or use GFL")
     weights, classes = read_mmdet_checkpoint(path)
     check_sha256(path, expected_sha256, "teacher.checkpoint")
     state = mmdet_to_edgekd(weights, str(path))

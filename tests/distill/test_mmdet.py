@@ -101,6 +101,35 @@ class MessageHub:  # an mmengine object pickled into a checkpoint: weights_only=
     pass
 
 
+def test_distilling_from_an_mmdetection_teacher_changes_only_the_student(tmp_path):
+    from distill.distiller import DistillConfig, Distiller, check_pair
+
+    small = ModelConfig(name="gfl", backbone="resnet18", pretrained="none", input_size=[128, 128], fpn_channels=32,
+                        extra_levels=2, head_channels=32, head_convs=1, norm_groups=8, point_offset=0.0,
+                        relu_before_p7=False)
+    path = _save(tmp_path / "t.pth", {"state_dict": mmdet_names(build_detector(small, 3).state_dict(), 1),
+                                      "meta": {"CLASSES": ["a", "b", "c"]}})
+    teacher, classes = load_teacher(path, "mmdet", model=small, dataset_classes=["c", "a"])
+    student_cfg = ModelConfig(**{**small.__dict__, "backbone": "efficientnet_lite0", "fpn_channels": 16,
+                                 "head_channels": 16, "norm_groups": 4})
+    student = build_detector(student_cfg, 2, seed=0)
+    check_pair(teacher, student, classes, ["c", "a"], (128, 128), str(path))
+    frozen = {k: v.clone() for k, v in teacher.state_dict().items()}
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    distiller = Distiller(teacher, student_cfg, DistillConfig(method="bckd"), torch.device("cpu"))
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.01)
+    targets = [{"boxes": torch.tensor([[4.0, 4, 60, 50]]), "labels": torch.tensor([1])}]
+    student.train()
+    for _ in range(2):
+        losses = distiller(student, torch.randn(1, 3, 128, 128), targets)
+        optimizer.zero_grad()
+        sum(v for k, v in losses.items() if k.startswith("loss_")).backward()
+        optimizer.step()
+    assert losses["raw_bckd_cls"] > 0 and losses["raw_bckd_loc"] > 0
+    assert all(torch.equal(frozen[k], v) for k, v in teacher.state_dict().items())
+    assert any(not torch.equal(before[k], v) for k, v in student.state_dict().items())
+
+
 def test_class_rows():
     assert class_rows(["a", "b", "c"], ["c", "a"], "t") == [2, 0]
 
