@@ -109,7 +109,8 @@ def benchmark(spec: str, args: argparse.Namespace, coco, images, threads: int | 
         raise InputError(f"{path}: its batch is fixed at {runner.batch}; --batch {args.batch} needs a dynamic-batch export")
     _, _, height, width = runner.inputs[runner.input_name]
     metrics, _ = measure_artifact(runner, coco, (height, width), args.warmup, args.iters, images, args.batch)
-    entry = {k: metrics[k] for k in ("artifact", "backend", "precision", "batch", "latency_ms", "throughput_ips", "size_mb")}
+    entry = {k: metrics[k] for k in ("artifact", "backend", "precision", "batch", "latency_ms", "throughput_ips", "size_mb",
+                                     "e2e_over_infer")}
     entry.update(inference_precision=precision, executed_precision=runner.executed_precision,
                  execution=runner.execution, threads=runner.threads, threads_setting=threads or "default")
     if runner.precision_warning:
@@ -124,7 +125,7 @@ def benchmark(spec: str, args: argparse.Namespace, coco, images, threads: int | 
 def table(entries: list) -> str:
     """Markdown table of the entries."""
     header = ["artifact", "backend", "precision", "executed", "threads", "batch", "AP", "AP50", "infer p50 ms", "infer p99 ms",
-              "e2e p50 ms", "e2e p99 ms", "images/s", "W", "mJ/image"]
+              "e2e p50 ms", "e2e p99 ms", "pre p50 ms", "post p50 ms", "e2e/infer", "images/s", "W", "mJ/image"]
     rows = []
     for e in entries:
         inf, e2e, power = e["latency_ms"]["infer"], e["latency_ms"]["end_to_end"], e.get("power", {})
@@ -133,7 +134,8 @@ def table(entries: list) -> str:
         executed = e.get("executed_precision", "-") + (" (!)" if e.get("precision_warning") else "")
         rows.append([name, e["backend"], e["precision"], executed, e.get("threads") or "-", e["batch"], *ap,
                      f"{inf['p50']:.2f}", f"{inf['p99']:.2f}", f"{e2e['p50']:.2f}", f"{e2e['p99']:.2f}",
-                     f"{e['throughput_ips']:.1f}", power.get("mean_w", "-"), power.get("energy_per_image_mj", "-")])
+                     f"{e['latency_ms']['preprocess']['p50']:.2f}", f"{e['latency_ms']['postprocess']['p50']:.2f}",
+                     f"{e['e2e_over_infer']:.2f}", f"{e['throughput_ips']:.1f}", power.get("mean_w", "-"), power.get("energy_per_image_mj", "-")])
     return markdown_table(header, rows)
 
 

@@ -42,6 +42,7 @@ def _read(path: Path) -> dict[str, Any]:
 
 def _row(stage: str, name: str, metrics: dict[str, Any], latency: dict[str, Any] | None, model: dict[str, Any]) -> dict[str, Any]:
     infer, e2e = (latency or {}).get("infer"), (latency or {}).get("end_to_end")
+    pre, post = (latency or {}).get("preprocess"), (latency or {}).get("postprocess")
     return {
         "stage": stage, "name": name, "artifact": metrics.get("artifact"), "runtime": metrics.get("backend", "pytorch"),
         "precision": metrics.get("precision", "fp32"),
@@ -49,6 +50,9 @@ def _row(stage: str, name: str, metrics: dict[str, Any], latency: dict[str, Any]
         "precision_warning": metrics.get("precision_warning"), **{k: metrics.get(k) for k in METRICS},
         "latency_ms": {"p50": infer["p50"], "p99": infer["p99"]} if infer else None,
         "e2e_latency_ms": {"p50": e2e["p50"], "p99": e2e["p99"]} if e2e else None,
+        # where end-to-end time goes besides the model (older runs did not time the parts alone)
+        "preprocess_ms": pre["p50"] if pre else None, "postprocess_ms": post["p50"] if post else None,
+        "e2e_over_infer": round(e2e["p50"] / infer["p50"], 3) if infer and e2e else None,
         "throughput_ips": infer["throughput_ips"] if infer else None,
         "size_mb": metrics.get("size_mb"), "params": model.get("params"), "gflops": model.get("gflops"),
     }
@@ -108,11 +112,13 @@ def table_cells(r: dict[str, Any]) -> list[str]:
             _fmt(r["delta_AP_previous"], ".2f", 100, True) + (f" ({r['previous']})" if r["previous"] else ""),
             _fmt(r["delta_AP_teacher"], ".2f", 100, True),
             _fmt(lat.get("p50"), ".2f"), _fmt(lat.get("p99"), ".2f"), _fmt(e2e.get("p50"), ".2f"), _fmt(e2e.get("p99"), ".2f"),
+            _fmt(r.get("preprocess_ms"), ".2f"), _fmt(r.get("postprocess_ms"), ".2f"), _fmt(r.get("e2e_over_infer"), ".2f"),
             _fmt(r["throughput_ips"], ".1f"), _fmt(r["size_mb"], ".2f"), _fmt(r["params"], ".2f", 1e-6), _fmt(r["gflops"], ".2f")]
 
 
 HEADER = ["artifact", "runtime", "precision", "executed", "AP", "AP50", "AP75", "APs", "ΔAP vs previous", "ΔAP vs teacher",
-          "infer p50 ms", "infer p99 ms", "e2e p50 ms", "e2e p99 ms", "images/s", "size MB", "params M", "GFLOPs"]
+          "infer p50 ms", "infer p99 ms", "e2e p50 ms", "e2e p99 ms", "pre p50 ms", "post p50 ms", "e2e/infer", "images/s",
+          "size MB", "params M", "GFLOPs"]
 
 
 def report_table(rows: list[dict[str, Any]]) -> str:

@@ -1,5 +1,7 @@
-"""NMS benchmark (not a test): deploy/'s numpy NMS against the per-box loop it replaced and torchvision's
-C++ one, on the same candidates, side by side in one process, after checking all three keep one set.
+"""NMS benchmark (not a test): deploy/'s numpy NMS against the per-box loop it replaced, torchvision's
+C++ one and OpenCV's (cv2.dnn.NMSBoxesBatched, where cv2 imports: JetPack ships it), on the same
+candidates, side by side in one process, after checking they keep one set. OpenCV could serve deploy/
+as a fast path only if it keeps exactly the same set on every case; the table says whether it does.
 
     edgekd bench-nms [--json runs/bench-nms.json] [--repeats 50]
 
@@ -66,6 +68,15 @@ def loop_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou: flo
     return np.asarray(keep, dtype=np.int64)
 
 
+def opencv_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou: float) -> np.ndarray:
+    """OpenCV's class-aware NMS on xywh boxes, every candidate above score 0 (deploy/ thresholds before NMS)."""
+    import cv2
+
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1).astype(np.float64)
+    return np.asarray(cv2.dnn.NMSBoxesBatched(xywh, scores.astype(np.float64), labels.astype(np.int64), 0.0, iou),
+                      dtype=np.int64).reshape(-1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edgekd bench-nms", description=__doc__.split("\n")[0])
     parser.add_argument("--json", default="runs/bench-nms.json")
@@ -76,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     cases = [(f"{n} candidates, {c} classes", scene(rng, n, c)) for n, c in CASES] + [("chain of 1000, 1 class", chain(1000))]
     rows, cells = [], []
+    try:
+        import cv2  # noqa: F401
+        cv2_here = True
+    except ImportError:
+        cv2_here = False
     for name, (boxes, scores, labels) in cases:
         tensors = tuple(map(torch.from_numpy, (boxes, scores, labels)))
         kept = {"numpy": batched_nms(boxes, scores, labels, args.iou), "loop": loop_nms(boxes, scores, labels, args.iou),
@@ -86,13 +102,19 @@ def main(argv: list[str] | None = None) -> int:
         ms = {"numpy": median_ms(batched_nms, (boxes, scores, labels, args.iou), args.repeats),
               "loop": median_ms(loop_nms, (boxes, scores, labels, args.iou), args.repeats),
               "torchvision": median_ms(tv_batched_nms, (*tensors, args.iou), args.repeats)}
-        rows.append({"case": name, "kept": len(kept["numpy"]), **{f"{k}_ms": v for k, v in ms.items()}})
+        row = {"case": name, "kept": len(kept["numpy"]), **{f"{k}_ms": v for k, v in ms.items()}}
+        opencv = ["-", "-"]
+        if cv2_here:
+            same = set(opencv_nms(boxes, scores, labels, args.iou).tolist()) == set(kept["numpy"].tolist())
+            row.update(opencv_ms=median_ms(opencv_nms, (boxes, scores, labels, args.iou), args.repeats), opencv_same_set=same)
+            opencv = [f"{row['opencv_ms']:.2f}", "yes" if same else "no"]
+        rows.append(row)
         cells.append([name, len(kept["numpy"]), f"{ms['loop']:.2f}", f"{ms['numpy']:.2f}", f"{ms['loop'] / ms['numpy']:.1f}x",
-                      f"{ms['torchvision']:.2f}"])
+                      f"{ms['torchvision']:.2f}", *opencv])
     machine = machine_info()
     print(f"{machine_line(machine)}; IoU {args.iou}; median of {args.repeats} calls\n")
-    print(markdown_table(["case", "kept", "per-box loop ms (before)", "deploy numpy ms (now)", "speed-up", "torchvision C++ ms"],
-                         cells, numbers_right=True))
+    print(markdown_table(["case", "kept", "per-box loop ms (before)", "deploy numpy ms (now)", "speed-up", "torchvision C++ ms",
+                          "OpenCV ms", "OpenCV same set"], cells, numbers_right=True))
     write_json(args.json, {"machine": machine, "iou": args.iou, "repeats": args.repeats, "rows": rows})
     return 0
 

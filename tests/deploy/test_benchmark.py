@@ -60,8 +60,12 @@ def test_benchmark_reports_every_field_and_the_export_stage_map(exported, tiny_s
     assert (onnx_entry["backend"], ov_entry["backend"]) == ("onnxruntime", "openvino")
     for entry in (onnx_entry, ov_entry):
         assert entry["precision"] == "fp32" and entry["batch"] == 1 and entry["throughput_ips"] > 0
-        for kind in ("infer", "end_to_end"):
+        for kind in ("infer", "end_to_end", "preprocess", "postprocess"):
             assert set(entry["latency_ms"][kind]) >= LATENCY_KEYS
+        lat = entry["latency_ms"]
+        assert entry["e2e_over_infer"] == pytest.approx(lat["end_to_end"]["p50"] / lat["infer"]["p50"], abs=1e-3)
+        # end-to-end is its three parts in sequence: more than each alone (medians of noisy timings; min is steadier)
+        assert lat["end_to_end"]["min"] > max(lat["infer"]["min"], lat["preprocess"]["min"], lat["postprocess"]["min"])
     expected = export_metrics["onnxruntime_fp32"]["AP"]
     assert expected > 0
     assert onnx_entry["AP"] == pytest.approx(expected, abs=1e-9)

@@ -5,7 +5,11 @@ from torchvision.ops import batched_nms as tv_batched_nms
 from torchvision.ops import box_iou as tv_box_iou
 from torchvision.ops import nms as tv_nms
 
-from deploy.postprocess import batched_nms, box_iou, nms, select_detections
+from deploy.postprocess import _cv2, batched_nms, box_iou, nms, select_detections
+
+# batched_nms runs OpenCV's NMS where cv2 imports, numpy's otherwise: both must keep torchvision's set.
+PATHS = [pytest.param(False, id="numpy"),
+         pytest.param(True, id="opencv", marks=pytest.mark.skipif(_cv2 is None, reason="OpenCV is not installed"))]
 
 
 def random_boxes(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -30,12 +34,13 @@ def test_nms_keeps_the_same_set_as_torchvision(seed, iou):
     assert ours.tolist() == ref.tolist()  # same boxes, same (decreasing-score) order
 
 
+@pytest.mark.parametrize("use_opencv", PATHS)
 @pytest.mark.parametrize("seed", range(5))
-def test_batched_nms_keeps_the_same_set_as_torchvision(seed):
+def test_batched_nms_keeps_the_same_set_as_torchvision(seed, use_opencv):
     rng = np.random.default_rng(seed)
     boxes, scores = random_boxes(rng, 400), rng.random(400).astype(np.float32)
     labels = rng.integers(0, 5, size=400)
-    ours = batched_nms(boxes, scores, labels, 0.5)
+    ours = batched_nms(boxes, scores, labels, 0.5, use_opencv)
     ref = tv_batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels), 0.5).numpy()
     assert sorted(ours.tolist()) == sorted(ref.tolist())
     assert len(ours) < 400  # the case really suppresses something
@@ -77,8 +82,9 @@ def chain(n, step=3.0):
     return np.stack([x, np.zeros(n, np.float32), x + 10, np.full(n, 10, np.float32)], axis=1)
 
 
+@pytest.mark.parametrize("use_opencv", PATHS)
 @pytest.mark.parametrize("case", ["equal_scores", "duplicates", "chain", "one_box", "no_box", "nested", "many_classes"])
-def test_nms_matches_torchvision_on_adversarial_inputs(case):
+def test_nms_matches_torchvision_on_adversarial_inputs(case, use_opencv):
     rng = np.random.default_rng(7)
     if case == "equal_scores":  # ties everywhere: the order among equals must be torchvision's too
         boxes, scores = random_boxes(rng, 300), np.full(300, 0.5, np.float32)
@@ -99,13 +105,14 @@ def test_nms_matches_torchvision_on_adversarial_inputs(case):
         boxes, scores = random_boxes(rng, 1000), rng.random(1000).astype(np.float32)
     labels = rng.integers(0, 80 if case == "many_classes" else 3, size=len(boxes))
     assert nms(boxes, scores, 0.5).tolist() == torchvision_nms(boxes, scores)
-    assert sorted(batched_nms(boxes, scores, labels, 0.5).tolist()) == sorted(torchvision_nms(boxes, scores, labels))
+    assert sorted(batched_nms(boxes, scores, labels, 0.5, use_opencv).tolist()) == sorted(torchvision_nms(boxes, scores, labels))
     if case == "chain":
         assert nms(boxes, scores, 0.5).tolist() == list(range(0, 1000, 2))
 
 
-def test_batched_nms_returns_decreasing_scores():
+@pytest.mark.parametrize("use_opencv", PATHS)
+def test_batched_nms_returns_decreasing_scores(use_opencv):
     rng = np.random.default_rng(3)
     boxes, scores, labels = random_boxes(rng, 500), rng.random(500).astype(np.float32), rng.integers(0, 10, 500)
-    kept = batched_nms(boxes, scores, labels, 0.5)
+    kept = batched_nms(boxes, scores, labels, 0.5, use_opencv)
     assert np.all(np.diff(scores[kept]) <= 0)  # select_detections cuts at max_detections from the top

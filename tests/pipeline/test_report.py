@@ -43,7 +43,18 @@ def run(tmp_path):
     int8 = {**art, "AP": 0.22, "precision": "int8", "latency_ms": latency(5.0), "artifact": str(r / "quantize" / "m.onnx"),
             "executed_precision": "int8+fp32", "precision_warning": "warning: m.onnx: runs fp32"}
     write(r / "quantize" / "metrics.json", {"artifacts": {"onnxruntime_int8": int8}, "reference": {"fp32_AP": 0.235}})
+
     return cfg
+
+
+def test_rows_split_end_to_end_time_into_its_parts():
+    from pipeline.stages.report import _row
+
+    split = {**latency(5.0), "preprocess": {"p50": 0.4}, "postprocess": {"p50": 0.3}}
+    row = _row("quantize", "m", {"backend": "onnxruntime"}, split, {})
+    assert (row["preprocess_ms"], row["postprocess_ms"], row["e2e_over_infer"]) == (0.4, 0.3, 1.2)
+    assert "| 5.00 | 10.00 | 6.00 | 10.00 | 0.40 | 0.30 | 1.20 |" in report_table([{**row, "pareto": False, "previous": None,
+                                                                     "delta_AP_previous": None, "delta_AP_teacher": None}])
 
 
 def test_rows_carry_deltas_to_previous_stage_and_teacher(run):
@@ -54,6 +65,7 @@ def test_rows_carry_deltas_to_previous_stage_and_teacher(run):
     assert rows["onnxruntime_int8"]["delta_AP_teacher"] == pytest.approx(-0.08)
     assert rows["onnxruntime_int8"]["params"] == 3 and rows["teacher"]["params"] == 5
     assert rows["onnxruntime_int8"]["e2e_latency_ms"]["p50"] == 6.0
+    assert rows["onnxruntime_int8"]["e2e_over_infer"] == 1.2 and rows["onnxruntime_int8"]["preprocess_ms"] is None
     # Pareto: int8 (5 ms, 22.0) and fp32 (10 ms, 23.5) and the teacher (40 ms, 30.0); the PyTorch students lose.
     assert [n for n, r in rows.items() if r["pareto"]] == ["teacher", "onnxruntime_fp32", "onnxruntime_int8"]
     table = report_table(list(rows.values()))
