@@ -25,13 +25,14 @@ if __package__ in (None, ""):  # run as a script: make the `deploy` package impo
 
 import numpy as np  # noqa: E402
 
+import deploy.preprocess as preprocess_module  # noqa: E402
 from deploy.coco import image_dir_beside, load_coco  # noqa: E402
 from deploy.errors import DeviceError, InputError  # noqa: E402
 from deploy.files import write_json, write_text  # noqa: E402
 from deploy.latency import time_calls  # noqa: E402
 from deploy.machine import RUNTIME_PACKAGES, machine_info, machine_line  # noqa: E402
 from deploy.measure import measure_artifact, sample_images  # noqa: E402
-from deploy.runtimes import backend_for, check_detector, open_runner  # noqa: E402
+from deploy.runtimes import backend_for, check_detector, input_size, open_runner  # noqa: E402
 from deploy.tables import markdown_table  # noqa: E402
 from deploy.tegrastats import parse_line, summarize  # noqa: E402
 
@@ -68,7 +69,7 @@ class TegrastatsSampler:
 def measure_power(runner, batch: int, iters: int) -> dict:
     """Mean/peak watts and mJ per image over a timed infer-only run, sampled from tegrastats."""
     shape = [d if d > 0 else batch for d in runner.inputs[runner.input_name]]
-    x = np.zeros(shape, dtype=np.float32)
+    x = np.zeros(shape, dtype=np.uint8 if getattr(runner, "input_uint8", False) else np.float32)
     runs = max(iters, 50)
     with TegrastatsSampler() as sampler:
         start = time.perf_counter()
@@ -107,7 +108,7 @@ def benchmark(spec: str, args: argparse.Namespace, coco, images, threads: int | 
     check_detector(runner)
     if runner.batch and args.batch and args.batch != runner.batch:
         raise InputError(f"{path}: its batch is fixed at {runner.batch}; --batch {args.batch} needs a dynamic-batch export")
-    _, _, height, width = runner.inputs[runner.input_name]
+    height, width = input_size(runner)
     metrics, _ = measure_artifact(runner, coco, (height, width), args.warmup, args.iters, images, args.batch)
     entry = {k: metrics[k] for k in ("artifact", "backend", "precision", "batch", "latency_ms", "throughput_ips", "size_mb",
                                      "e2e_over_infer")}
@@ -194,6 +195,8 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", help="runtime threads, or a list (1,2) to time each artifact at each (default: the runtime's)")
     parser.add_argument("--rounds", type=int, default=1, help="time the whole list this many times, alternating (noisy machines)")
     parser.add_argument("--hint", default="LATENCY", help="OpenVINO performance hint")
+    parser.add_argument("--resize", choices=("pil", "opencv"), default="pil",
+                        help="the letterbox's resize: PIL (as training) or OpenCV (faster, where cv2 imports)")
     parser.add_argument("--cuda-graph", action="store_true", help="TensorRT: capture inference in a CUDA graph")
     parser.add_argument("--data", help="COCO annotations json; images in the folder the COCO layout puts them")
     parser.add_argument("--json", help="write the results here")
@@ -205,6 +208,12 @@ def main(argv: list | None = None) -> int:
     args = parse_args(argv)
     try:
         threads = thread_settings(args.threads)
+        if args.resize == "opencv":
+            try:
+                import cv2  # noqa: F401
+            except ImportError:
+                raise InputError("--resize opencv: OpenCV is not importable here (pip install opencv-python-headless)") from None
+        preprocess_module.resize_backend = args.resize
         coco = load_coco(args.data, image_dir_beside(args.data)) if args.data else None
         images = sample_images(coco, 8) if coco is not None else None
         entries = []
@@ -229,7 +238,7 @@ def main(argv: list | None = None) -> int:
     machine = machine_info()
     result = {"machine": machine, "results": entries, "summary": summary,
               "settings": {"warmup": args.warmup, "iters": args.iters, "threads": args.threads, "rounds": args.rounds,
-                           "data": args.data}}
+                           "data": args.data, "resize": args.resize}}
     if args.json:
         write_json(args.json, result)
     if args.markdown:

@@ -13,7 +13,7 @@ from deploy.coco import CocoDataset
 from deploy.evaluate import coco_eval
 from deploy.latency import latency_stats, time_calls
 from deploy.predict import detections, end_to_end, predict, runner_infer
-from deploy.preprocess import load_image, preprocess
+from deploy.preprocess import load_image, model_input
 
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -37,8 +37,9 @@ def measure_latency(runner: Any, images: list[np.ndarray], input_size: tuple[int
     threshold, top-k, NMS, rescale) are also timed alone, on the same images and the model's own outputs,
     so the split says where end-to-end time goes."""
     batch = runner.batch or batch or 1
+    uint8 = getattr(runner, "input_uint8", False)
     chosen = [images[i % len(images)] for i in range(batch)]
-    prepared = [preprocess(image, input_size) for image in chosen]
+    prepared = [model_input(image, input_size, uint8) for image in chosen]
     x = np.stack([p[0] for p in prepared])
     infer = runner_infer(runner)
     boxes, scores = infer(x)
@@ -50,8 +51,9 @@ def measure_latency(runner: Any, images: list[np.ndarray], input_size: tuple[int
 
     return {
         "infer": latency_stats(time_calls(lambda: runner.infer(x), iters, warmup), batch),
-        "end_to_end": latency_stats(time_calls(end_to_end(infer, chosen, input_size), iters, warmup), batch),
-        "preprocess": latency_stats(time_calls(lambda: [preprocess(im, input_size) for im in chosen], iters, warmup), batch),
+        "end_to_end": latency_stats(time_calls(end_to_end(infer, chosen, input_size, uint8), iters, warmup), batch),
+        "preprocess": latency_stats(time_calls(lambda: [model_input(im, input_size, uint8) for im in chosen], iters, warmup),
+                                    batch),
         "postprocess": latency_stats(time_calls(postprocess, iters, warmup), batch),
     }
 
@@ -73,7 +75,8 @@ def measure_artifact(runner: Any, coco: CocoDataset | None, input_size: tuple[in
                                "batch": batch, "size_mb": artifact_size_mb(runner.path)}
     results: list = []
     if coco is not None:
-        results = predict(runner_infer(runner), coco, input_size, batch_size=batch, fixed_batch=runner.batch)
+        results = predict(runner_infer(runner), coco, input_size, batch_size=batch, fixed_batch=runner.batch,
+                          uint8=getattr(runner, "input_uint8", False))
         evaluation = coco_eval(coco, results)
         metrics.update({k: evaluation[k] for k in METRIC_KEYS}, num_images=evaluation["num_images"])
     if images is None:

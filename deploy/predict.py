@@ -10,7 +10,7 @@ import numpy as np
 from deploy.coco import CocoDataset
 from deploy.evaluate import to_coco_results
 from deploy.postprocess import select_detections
-from deploy.preprocess import Letterbox, preprocess, preprocess_batch, unletterbox_boxes
+from deploy.preprocess import Letterbox, model_input, preprocess_batch, unletterbox_boxes
 
 # float32 [N, 3, H, W] -> (boxes [N, A, 4] xyxy input pixels, scores [N, A, C] probabilities)
 InferFn = Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]]
@@ -31,17 +31,18 @@ def detections(boxes: np.ndarray, scores: np.ndarray, lb: Letterbox) -> tuple[np
 
 
 def predict(infer: InferFn, coco: CocoDataset, input_size: tuple[int, int], batch_size: int = 8,
-            fixed_batch: int | None = None, on_batch: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+            fixed_batch: int | None = None, on_batch: Callable[[int], None] | None = None,
+            uint8: bool = False) -> list[dict[str, Any]]:
     """COCO results (xywh, original pixels, category ids) for every image of the dataset.
 
     With fixed_batch (a static-shape artifact), every batch is that size: the last is padded with
-    zero images whose outputs are dropped.
+    zero images whose outputs are dropped. uint8: the model takes uint8 HWC letterboxed images.
     """
     size = fixed_batch or batch_size
     results: list[dict[str, Any]] = []
     for start in range(0, len(coco.images), size):
         images = coco.images[start : start + size]
-        x, letterboxes = preprocess_batch([coco.image_path(i) for i in images], tuple(input_size))
+        x, letterboxes = preprocess_batch([coco.image_path(i) for i in images], tuple(input_size), uint8)
         if fixed_batch and len(images) < fixed_batch:
             x = np.concatenate([x, np.zeros((fixed_batch - len(images),) + x.shape[1:], x.dtype)])
         boxes, scores = infer(x)
@@ -53,13 +54,15 @@ def predict(infer: InferFn, coco: CocoDataset, input_size: tuple[int, int], batc
     return results
 
 
-def end_to_end(infer: InferFn, images: list[np.ndarray], input_size: tuple[int, int]) -> Callable[[], None]:
-    """A call that runs preprocess (letterbox, normalise), infer and NMS + rescale on a batch of decoded
-    HWC uint8 images: what a device does per frame, file decoding excluded."""
+def end_to_end(infer: InferFn, images: list[np.ndarray], input_size: tuple[int, int],
+               uint8: bool = False) -> Callable[[], None]:
+    """A call that runs preprocess (letterbox, normalise; only letterbox for a uint8-input model), infer
+    and NMS + rescale on a batch of decoded HWC uint8 images: what a device does per frame, file
+    decoding excluded."""
     def call() -> None:
         batch, lbs = [], []
         for image in images:
-            x, lb = preprocess(image, input_size)
+            x, lb = model_input(image, input_size, uint8)
             batch.append(x)
             lbs.append(lb)
         boxes, scores = infer(np.stack(batch))

@@ -16,6 +16,9 @@ from PIL import Image
 # ImageNet statistics in 0..255 RGB, as torchvision and timm's ImageNet weights expect.
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
+# A uint8-input model's letterbox padding: the mean colour as near as uint8 gets (the float path pads
+# with exactly 0 after normalisation; this pads with at most 0.5 / 57 off it).
+PAD_UINT8 = tuple(int(round(m)) for m in MEAN)
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,25 @@ def load_image(path: str) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
+def _resize_pil(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+
+
+def _resize_opencv(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    import cv2
+
+    # INTER_AREA when shrinking (it averages, as PIL's bilinear does on reduction), INTER_LINEAR when growing
+    shrink = width * height < image.shape[0] * image.shape[1]
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+# How the letterbox resizes. PIL is the default everywhere training and evaluation run, so that every
+# machine trains on the same pixels whether or not OpenCV is installed; a device may choose OpenCV
+# (deploy/benchmark.py --resize opencv): 1.5x faster on the default data at the same AP (docs/results.md).
+RESIZERS = {"pil": _resize_pil, "opencv": _resize_opencv}
+resize_backend = "pil"
+
+
 def letterbox(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
     """Resize an HWC uint8 image to fit (height, width) keeping its aspect ratio; return the resized
     image (not yet padded) and the mapping."""
@@ -43,7 +65,7 @@ def letterbox(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, Let
     scale = min(out_h / h, out_w / w)
     new_h, new_w = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
     if (new_h, new_w) != (h, w):
-        image = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+        image = RESIZERS[resize_backend](image, new_w, new_h)
     return image, Letterbox(scale, (out_w - new_w) // 2, (out_h - new_h) // 2, h, w)
 
 
@@ -57,12 +79,31 @@ def preprocess(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, Le
     return out, lb
 
 
-def preprocess_batch(paths: Sequence[str], size: tuple[int, int]) -> tuple[np.ndarray, list]:
-    """Image files -> [N, 3, H, W] float32 batch and one Letterbox per image."""
-    batch = np.zeros((len(paths), 3, size[0], size[1]), dtype=np.float32)
+def letterbox_uint8(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
+    """HWC uint8 RGB image -> HWC uint8 letterboxed to (height, width), padded with PAD_UINT8: the whole
+    host side of a model exported with a uint8 input (cast, mean/std and layout run in its graph)."""
+    resized, lb = letterbox(image, size)
+    out = np.empty((size[0], size[1], 3), dtype=np.uint8)
+    out[...] = PAD_UINT8
+    h, w = resized.shape[:2]
+    out[lb.pad_y : lb.pad_y + h, lb.pad_x : lb.pad_x + w] = resized
+    return out, lb
+
+
+def model_input(image: np.ndarray, size: tuple[int, int], uint8: bool = False) -> tuple[np.ndarray, Letterbox]:
+    """One image as the model takes it: float32 CHW normalised (the default contract), or, for a model
+    exported with a uint8 input, uint8 HWC letterboxed."""
+    return letterbox_uint8(image, size) if uint8 else preprocess(image, size)
+
+
+def preprocess_batch(paths: Sequence[str], size: tuple[int, int], uint8: bool = False) -> tuple[np.ndarray, list]:
+    """Image files -> a model-input batch ([N, 3, H, W] float32, or [N, H, W, 3] uint8) and one Letterbox
+    per image."""
+    shape = (len(paths), size[0], size[1], 3) if uint8 else (len(paths), 3, size[0], size[1])
+    batch = np.zeros(shape, dtype=np.uint8 if uint8 else np.float32)
     infos = []
     for i, path in enumerate(paths):
-        batch[i], lb = preprocess(load_image(path), size)
+        batch[i], lb = model_input(load_image(path), size, uint8)
         infos.append(lb)
     return batch, infos
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from deploy.errors import GateError, InputError
 from deploy.files import atomic_path, check_writable, sha256_file
-from deploy.preprocess import MEAN, STD
+from deploy.preprocess import MEAN, PAD_UINT8, STD
 from deploy.runtimes.onnxruntime import OrtRunner
 
 INPUT, OUTPUTS = "images", ("boxes", "scores")
@@ -39,6 +39,25 @@ class ExportConfig:
     warmup: int = 10  # latency: untimed calls, then timed ones
     iters: int = 100
     threads: int = 0  # runtime threads; 0 = the runtime's default (all cores)
+    # Also write model.uint8.onnx: input the letterboxed uint8 image [N, H, W, 3] as a camera or decoder
+    # gives it; the cast, mean/std and layout run inside the graph, so the host only letterboxes.
+    uint8_input: bool = False
+
+
+class UInt8Input(nn.Module):
+    """A detector behind a uint8 NHWC input: cast, layout and ImageNet normalisation as the first graph ops."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor):
+        return self.model((images.permute(0, 3, 1, 2).float() - self.mean) / self.std)
+
+    def decode(self, outputs):
+        return self.model.decode(outputs)
 
 
 class ExportModel(nn.Module):
@@ -52,13 +71,17 @@ class ExportModel(nn.Module):
         return self.detector.decode(self.detector(images))
 
 
-def metadata(classes: list[str], input_size: tuple[int, int], source: str | None) -> dict[str, str]:
+def metadata(classes: list[str], input_size: tuple[int, int], source: str | None, uint8_input: bool = False) -> dict[str, str]:
     """Model properties a device needs to use the file without our configs (all strings, as ONNX wants)."""
+    preprocess = ({"resize": "letterbox, centred, bilinear", "color": "RGB", "dtype": "uint8", "layout": "NHWC",
+                   "pad": list(PAD_UINT8), "in_graph": "cast, NHWC -> NCHW, (x - mean) / std", "mean": MEAN, "std": STD}
+                  if uint8_input else
+                  {"resize": "letterbox, centred, bilinear", "color": "RGB", "dtype": "float32", "layout": "NCHW",
+                   "mean": MEAN, "std": STD, "pad": "mean colour (0)"})
     return {
         "edgekd.classes": json.dumps(classes),
         "edgekd.input_size": json.dumps(list(input_size)),  # [height, width]
-        "edgekd.preprocess": json.dumps({"resize": "letterbox, centred, bilinear", "color": "RGB",
-                                         "layout": "NCHW", "mean": MEAN, "std": STD, "pad": "mean colour (0)"}),
+        "edgekd.preprocess": json.dumps(preprocess),
         "edgekd.outputs": "boxes [N,A,4] xyxy input pixels; scores [N,A,C] sigmoid",
         "edgekd.source_sha256": sha256_file(source) if source else "",
         "edgekd.source": str(source or ""),
@@ -76,12 +99,13 @@ def check_onnx(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
 
 def export_onnx(detector: nn.Module, classes: list[str], out: str | Path, input_size: tuple[int, int],
                 opset: int = 17, batch: int = 1, dynamic_batch: bool = False, slim: bool = True,
-                source: str | None = None) -> Path:
-    """Write the detector as ONNX to `out` (atomically: checked, slimmed and tagged, or nothing)."""
+                source: str | None = None, uint8_input: bool = False) -> Path:
+    """Write the detector as ONNX to `out` (atomically: checked, slimmed and tagged, or nothing); with
+    uint8_input its input is the letterboxed uint8 image [N, H, W, 3]."""
     out = Path(out)
     check_writable(out.parent)
-    model = ExportModel(detector).eval()
-    dummy = torch.zeros(batch, 3, *input_size)
+    model = ExportModel(UInt8Input(detector) if uint8_input else detector).eval()
+    dummy = torch.zeros(batch, *input_size, 3, dtype=torch.uint8) if uint8_input else torch.zeros(batch, 3, *input_size)
     dynamic = {INPUT: {0: "batch"}, **{o: {0: "batch"} for o in OUTPUTS}} if dynamic_batch else None
     with atomic_path(out) as tmp, warnings.catch_warnings():
         # The TorchScript exporter: the dynamo one needs onnxscript, and this graph is static anyway.
@@ -91,7 +115,7 @@ def export_onnx(detector: nn.Module, classes: list[str], out: str | Path, input_
         proto = check_onnx(onnx.load(str(tmp)), str(out))
         if slim:
             proto = check_onnx(onnxslim.slim(proto), f"{out} (after onnxslim)")
-        onnx.helper.set_model_props(proto, metadata(classes, input_size, source))
+        onnx.helper.set_model_props(proto, metadata(classes, input_size, source, uint8_input))
         onnx.save(proto, str(tmp))
     return out
 

@@ -25,7 +25,7 @@ from onnxruntime.quantization import CalibrationDataReader
 from deploy.coco import CocoDataset
 from deploy.errors import InputError
 from deploy.files import atomic_path
-from deploy.preprocess import load_image, preprocess
+from deploy.preprocess import MEAN, STD, load_image, preprocess
 
 MIN_CALIBRATION_IMAGES = 8
 SENSITIVITY_IMAGES = 32  # calibration images the per-layer sensitivity is measured on
@@ -33,7 +33,8 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 ARTIFACTS = ("onnxruntime_int8", "onnxruntime_int8_trt", "openvino_fp32", "openvino_bf16", "openvino_fp16", "openvino_int8")
 # The inference precision (OpenVINO INFERENCE_PRECISION_HINT) each OpenVINO artifact compiles with unless
 # quantize.inference_precision says otherwise; openvino_bf16 is the FP32 IR run in bf16, no file of its own.
-OPENVINO_INFERENCE = {"openvino_fp32": "f32", "openvino_bf16": "bf16", "openvino_fp16": "f32", "openvino_int8": "f32"}
+OPENVINO_INFERENCE = {"openvino_fp32": "f32", "openvino_bf16": "bf16", "openvino_fp16": "f32", "openvino_int8": "f32",
+                      "openvino_int8_uint8": "f32"}
 
 
 @dataclass
@@ -345,6 +346,21 @@ def save_ir(model: Any, out_xml: str | Path, fp16: bool) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_xml
+
+
+def openvino_uint8_input(xml: str | Path, out_xml: str | Path) -> Path:
+    """An IR taking the letterboxed uint8 image [N, H, W, 3] instead of the normalised float batch: the
+    cast, mean/std and layout added in front by OpenVINO's PrePostProcessor (they fuse into the first
+    convolution's input), so the host only letterboxes. Weights stay as they are (FP32 or INT8)."""
+    import openvino as ov
+    from openvino.preprocess import PrePostProcessor
+
+    model = ov.Core().read_model(str(xml))
+    ppp = PrePostProcessor(model)
+    ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
+    ppp.input().preprocess().convert_element_type(ov.Type.f32).mean(list(MEAN)).scale(list(STD))
+    ppp.input().model().set_layout(ov.Layout("NCHW"))
+    return save_ir(ppp.build(), out_xml, fp16=False)
 
 
 def openvino_ir(onnx_path: str | Path, out_xml: str | Path, fp16: bool = False) -> Path:

@@ -46,13 +46,22 @@ def open_runner(path: str, backend: str | None = None, **options: Any):
     return TensorRTRunner(path, **options)
 
 
+def input_size(runner: Any) -> tuple[int, int]:
+    """(height, width) of the model input: [N, 3, H, W] float, or [N, H, W, 3] for a uint8-input model."""
+    shape = runner.inputs[runner.input_name]
+    return (shape[1], shape[2]) if getattr(runner, "input_uint8", False) else (shape[2], shape[3])
+
+
 def check_detector(runner: Any) -> None:
     """Refuse, in one line naming the file, an artifact that is not an edgekd detector: the exported
-    model contract is one float image input [N, 3, H, W] and outputs `boxes` and `scores`."""
+    model contract is one image input, float [N, 3, H, W] (or uint8 [N, H, W, 3] when exported with a
+    uint8 input), and outputs `boxes` and `scores`."""
     shape = runner.inputs[runner.input_name]
-    if len(runner.inputs) != 1 or len(shape) != 4 or shape[1] != 3:
+    channels = shape[3] if getattr(runner, "input_uint8", False) and len(shape) == 4 else shape[1] if len(shape) > 1 else None
+    if len(runner.inputs) != 1 or len(shape) != 4 or channels != 3:
         found = ", ".join(f"'{n}' {s}" for n, s in runner.inputs.items())
-        raise InputError(f"{runner.path}: input {found}; an edgekd detector takes one image input [N, 3, H, W]")
+        raise InputError(f"{runner.path}: input {found}; an edgekd detector takes one image input [N, 3, H, W] "
+                         "(or uint8 [N, H, W, 3])")
     missing = [n for n in ("boxes", "scores") if n not in runner.outputs]
     if missing:
         raise InputError(f"{runner.path}: no '{missing[0]}' output (it has {', '.join(runner.outputs)}); an edgekd "

@@ -69,6 +69,7 @@ class OrtRunner:
         self.inputs = {i.name: _shape(i.shape) for i in self.session.get_inputs()}
         self.outputs = {o.name: _shape(o.shape) for o in self.session.get_outputs()}
         self.input_name = next(iter(self.inputs))
+        self.input_uint8 = self.session.get_inputs()[0].type == "tensor(uint8)"  # [N, H, W, 3] letterboxed image
         batch = self.inputs[self.input_name][0]
         self.batch = batch if batch > 0 else None
         self.precision = "int8" if qdq else "fp32"
@@ -85,7 +86,7 @@ class OrtRunner:
             print(self.precision_warning, file=sys.stderr, flush=True)
 
     def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """float32 [N, 3, H, W] -> {output name: array}."""
+        """float32 [N, 3, H, W] (uint8 [N, H, W, 3] for a uint8-input model) -> {output name: array}."""
         values = self.session.run(None, {self.input_name: images})
         return dict(zip(self.outputs, values))
 

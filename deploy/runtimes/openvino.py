@@ -125,6 +125,7 @@ class OpenVinoRunner:
         self.inputs = {p.get_any_name(): _shape(p.get_partial_shape()) for p in model.inputs}
         self.outputs = {p.get_any_name(): _shape(p.get_partial_shape()) for p in model.outputs}
         self.input_name = next(iter(self.inputs))
+        self.input_uint8 = model.inputs[0].get_element_type() == ov.Type.u8  # [N, H, W, 3] letterboxed image
         batch = self.inputs[self.input_name][0]
         self.batch = batch if batch > 0 else None
         self.stored_precision = stored

@@ -133,6 +133,7 @@ class TensorRTRunner:
             (self.inputs if is_input else self.outputs)[name] = shape
             self.dtypes[name] = dtype
         self.input_name = next(iter(self.inputs))
+        self.input_uint8 = np.dtype(self.dtypes[self.input_name]) == np.uint8
         batch = self.inputs[self.input_name][0]
         self.batch = batch if batch > 0 else None
         self.buffers: dict[str, tuple] = {}

@@ -20,7 +20,7 @@ from deploy.errors import InputError
 from deploy.files import write_json
 from deploy.measure import measure_artifact, sample_images
 from deploy.qdq_check import check_tensorrt_qdq
-from deploy.runtimes import open_runner
+from deploy.runtimes import input_size, open_runner
 from deploy.runtimes.tensorrt import available
 from pipeline import paths
 from pipeline.cli import common_arguments, guarded
@@ -51,7 +51,7 @@ def run_export_trt(cfg: PipelineConfig, precision: str, dla_core: int | None = N
                                        max_batch=cfg.export.batch, timing_cache=str(out_dir / "timing.cache")))
     val = load_split(cfg.data, "val")
     runner = open_runner(str(engine))
-    _, _, height, width = runner.inputs[runner.input_name]
+    height, width = input_size(runner)
     metrics, results = measure_artifact(runner, val, (height, width), cfg.export.warmup, cfg.export.iters,
                                         sample_images(val, 8))
     write_json(out_dir / f"predictions_{precision}.json", results)

@@ -14,14 +14,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from torch import nn
+
+from deploy.coco import CocoDataset
 from deploy.errors import InputError
 from deploy.evaluate import check_results
 from deploy.files import write_json
 from deploy.measure import measure_artifact, sample_images
-from deploy.preprocess import preprocess_batch
+from deploy.preprocess import model_input, preprocess_batch
 from deploy.runtimes.onnxruntime import OrtRunner
 from distill.models.detector import load_detector
-from export.onnx import check_parity, export_onnx, parity
+from export.onnx import ExportConfig, check_parity, export_onnx, parity
 from export.torch_runner import TorchRunner
 from pipeline import paths
 from pipeline.cli import common_arguments, guarded
@@ -57,13 +61,36 @@ def run_export(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> dic
                                              ec.warmup, ec.iters, decoded)
     onnx_metrics["delta_AP_vs_pytorch"] = onnx_metrics["AP"] - reference["AP"]
     check_results(val, results, str(path))
+    uint8 = uint8_artifact(detector, classes, out_dir, input_size, val, decoded, source, path, ec) if ec.uint8_input else {}
     model = {"params": sum(p.numel() for p in detector.parameters()), "gflops": count_gflops(detector, input_size)}
-    metrics = {"pytorch": reference, "onnxruntime_fp32": onnx_metrics, "parity": diff, "input_size": list(input_size),
+    metrics = {"pytorch": reference, "onnxruntime_fp32": onnx_metrics, **uint8, "parity": diff, "input_size": list(input_size),
                "classes": classes, "source": str(source), "model": model}
     write_json(out_dir / "predictions_pytorch.json", ref_results)
     write_json(out_dir / "predictions.json", results)
     write_json(out_dir / "metrics.json", metrics)
     return metrics
+
+
+def uint8_artifact(detector: nn.Module, classes: list[str], out_dir: Path, input_size: tuple[int, int],
+                   val: CocoDataset, decoded: list[np.ndarray], source: Path, float_path: Path,
+                   ec: ExportConfig) -> dict[str, Any]:
+    """model.uint8.onnx (export.uint8_input), measured like model.onnx, with its outputs against the float
+    file's on the same val images (the uint8 letterbox pads with the mean colour rounded to uint8)."""
+    path = export_onnx(detector, classes, out_dir / "model.uint8.onnx", input_size, ec.opset, ec.batch, ec.dynamic_batch,
+                       ec.slim, source=str(source), uint8_input=True)
+    runner, float_runner = OrtRunner(str(path), threads=ec.threads or None), OrtRunner(str(float_path))
+    worst = {"scores_max_abs": 0.0, "boxes_max_abs": 0.0}
+    for image in decoded:
+        got = runner.infer(np.stack([model_input(image, input_size, uint8=True)[0]] * ec.batch))
+        ref = float_runner.infer(np.stack([model_input(image, input_size)[0]] * ec.batch))
+        worst = {"scores_max_abs": max(worst["scores_max_abs"], float(np.abs(got["scores"] - ref["scores"]).max())),
+                 "boxes_max_abs": max(worst["boxes_max_abs"], float(np.abs(got["boxes"] - ref["boxes"]).max()))}
+    metrics, results = measure_artifact(runner, val, input_size, ec.warmup, ec.iters, decoded)
+    metrics["vs_float_input"] = worst
+    print(f"[export] model.uint8.onnx vs model.onnx on {len(decoded)} val images: scores {worst['scores_max_abs']:.2e}, "
+          f"boxes {worst['boxes_max_abs']:.2e} px; AP {100 * metrics['AP']:.2f}", flush=True)
+    write_json(out_dir / "predictions_uint8.json", results)
+    return {"onnxruntime_fp32_uint8": metrics}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = load_config(args.config, args.overrides)
         metrics = run_export(cfg, paths.stage_dir(cfg, "export"), progress=not args.no_progress)
-        print(format_table({"pytorch": metrics["pytorch"], "onnxruntime_fp32": metrics["onnxruntime_fp32"]},
-                           metrics["pytorch"]["AP"]))
+        rows = {k: metrics[k] for k in ("pytorch", "onnxruntime_fp32", "onnxruntime_fp32_uint8") if k in metrics}
+        print(format_table(rows, metrics["pytorch"]["AP"]))
 
     return guarded(body, args.debug)
 

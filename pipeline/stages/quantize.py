@@ -40,6 +40,7 @@ from export.quantize import (
     onnxruntime_accuracy_aware,
     openvino_accuracy_aware,
     openvino_ir,
+    openvino_uint8_input,
     preprocess_for_quantization,
     quantize_onnxruntime,
     quantize_openvino,
@@ -167,6 +168,8 @@ def run_quantize(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> d
                                       lambda compiled, items: _compiled_ap(compiled, replace(val, images=items), input_size),
                                       qc.max_map_drop)
             measure("openvino_int8", int8_xml, openvino_accuracy_aware(fp32, int8_xml, calib, input_size, control))
+        if cfg.export.uint8_input:  # the same INT8 IR taking the letterboxed uint8 image (PrePostProcessor)
+            measure("openvino_int8_uint8", openvino_uint8_input(int8_xml, paths.openvino_ir(cfg, "int8.uint8")))
 
     everything = {"pytorch": exported["pytorch"], "onnxruntime_fp32": exported["onnxruntime_fp32"], **rows}
     table = format_table(everything, exported["pytorch"]["AP"])

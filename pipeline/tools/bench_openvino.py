@@ -58,7 +58,8 @@ def ours(spec: str, seconds: int) -> dict[str, float]:
     """Our infer-only latency statistics for the same time budget."""
     xml, precision = split_spec(spec)
     runner = open_runner(xml, hint="LATENCY", inference_precision=precision)
-    x = np.zeros([d if d > 0 else 1 for d in runner.inputs[runner.input_name]], np.float32)
+    x = np.zeros([d if d > 0 else 1 for d in runner.inputs[runner.input_name]],
+                 np.uint8 if getattr(runner, "input_uint8", False) else np.float32)
     probe = latency_stats(time_calls(lambda: runner.infer(x), 20, 10))
     iters = max(50, int(seconds * 1000 / probe["mean"]))
     return latency_stats(time_calls(lambda: runner.infer(x), iters, 10))

@@ -28,3 +28,34 @@ def test_unletterbox_inverts_the_mapping_and_clips():
     np.testing.assert_allclose(unletterbox_boxes(in_input, lb), original, atol=1e-4)
     outside = np.array([[0, 0, 400, 400]], np.float32)  # reaches into the padding
     np.testing.assert_allclose(unletterbox_boxes(outside, lb), [[0, 0, 300, 200]])
+
+
+def test_the_uint8_letterbox_is_the_float_input_before_normalisation():
+    from deploy.preprocess import PAD_UINT8, letterbox_uint8, model_input
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (30, 60, 3), dtype=np.uint8)
+    u8, lb = letterbox_uint8(image, (40, 40))
+    x, lb_float = preprocess(image, (40, 40))
+    assert lb == lb_float and u8.dtype == np.uint8 and u8.shape == (40, 40, 3)
+    assert PAD_UINT8 == (124, 116, 104) and (u8[:lb.pad_y] == PAD_UINT8).all()  # the mean colour, rounded
+    inside = slice(lb.pad_y, 40 - lb.pad_y)
+    normalised = (u8[inside].astype(np.float32) - np.float32(MEAN)) / np.float32(STD)
+    np.testing.assert_allclose(normalised.transpose(2, 0, 1), x[:, inside], atol=1e-6)
+    assert model_input(image, (40, 40), uint8=True)[0].tobytes() == u8.tobytes()
+
+
+def test_the_opencv_resize_is_chosen_not_assumed(monkeypatch):
+    import pytest
+
+    import deploy.preprocess as pp
+
+    cv2 = pytest.importorskip("cv2")
+    yy, xx = np.mgrid[0:320, 0:240]  # a smooth image: filters differ on noise, not on photographs' gradients
+    image = np.stack([yy * 255 // 320, xx * 255 // 240, (yy + xx) * 255 // 560], axis=2).astype(np.uint8)
+    pil, _ = letterbox(image, (256, 256))  # the default: PIL, whatever is installed
+    monkeypatch.setattr(pp, "resize_backend", "opencv")
+    ocv, _ = letterbox(image, (256, 256))
+    assert pil.shape == ocv.shape == (256, 192, 3)
+    assert np.array_equal(ocv, cv2.resize(image, (192, 256), interpolation=cv2.INTER_AREA))  # shrinking: area
+    assert np.abs(ocv.astype(int) - pil.astype(int)).mean() < 2.0  # a different filter, nearly the same pixels

@@ -368,3 +368,27 @@ def test_onnxruntime_accuracy_aware_keeps_the_fewest_sensitive_convolutions_in_f
     assert float_convs(out) - baseline == 5  # the file on disk was requantized with those five in float
     sqnr = [k["sqnr_db"] for k in extra["kept_float"]]
     assert sqnr == sorted(sqnr)  # the most damaged (lowest SQNR) first
+
+
+def test_openvino_uint8_input_irs_follow_their_float_input_ones(ov_irs, tiny_splits, tmp_path):
+    """PrePostProcessor puts cast, mean/std and layout in front of the FP32 and the INT8 IR; on images
+    that fill the input (no padding to round) the outputs match the float-input IR's."""
+    from deploy.preprocess import load_image, model_input
+    from export.quantize import openvino_uint8_input
+
+    val = tiny_splits[1]
+    worst = {}
+    for name in ("fp32", "int8"):
+        u8 = openvino_uint8_input(ov_irs[name], tmp_path / f"{name}.uint8.xml")
+        runner, ref_runner = open_runner(str(u8)), open_runner(str(ov_irs[name]))
+        assert runner.input_uint8 and runner.inputs[runner.input_name] == [1, 128, 128, 3]
+        assert runner.precision == ref_runner.precision
+        diff = 0.0
+        for info in val.images[:6]:
+            image = load_image(val.image_path(info))[:128, :128]  # fills the 128 x 128 input: no padding
+            got = runner.infer(model_input(image, (128, 128), uint8=True)[0][None])
+            ref = ref_runner.infer(model_input(image, (128, 128))[0][None])
+            diff = max(diff, float(np.abs(got["scores"] - ref["scores"]).max()))
+        worst[name] = diff
+    print(f"OpenVINO uint8-input vs float-input IRs, scores max |diff|: {worst}")
+    assert worst["fp32"] < 1e-4 and worst["int8"] < 1e-4  # measured 2.7e-7 and 0.0
