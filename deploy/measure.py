@@ -12,7 +12,7 @@ import numpy as np
 from deploy.coco import CocoDataset
 from deploy.evaluate import coco_eval
 from deploy.latency import latency_stats, time_calls
-from deploy.predict import detections, end_to_end, predict, runner_infer
+from deploy.predict import end_to_end, image_detections, predict, runner_infer
 from deploy.preprocess import load_image, model_input
 
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -42,12 +42,11 @@ def measure_latency(runner: Any, images: list[np.ndarray], input_size: tuple[int
     prepared = [model_input(image, input_size, uint8) for image in chosen]
     x = np.stack([p[0] for p in prepared])
     infer = runner_infer(runner)
-    boxes, scores = infer(x)
-    scores = scores.astype(np.float32)
+    outputs = infer(x)
 
     def postprocess() -> None:
         for k, (_, lb) in enumerate(prepared):
-            detections(boxes[k], scores[k], lb)
+            image_detections(outputs, k, lb)
 
     return {
         "infer": latency_stats(time_calls(lambda: runner.infer(x), iters, warmup), batch),

@@ -28,6 +28,8 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(union, np.finfo(np.float32).tiny)
 
 
+# The detection settings host NMS uses, and the in-graph NMS of export.nms: graph bakes in (GFL/mmdet's test config)
+SCORE_THRESHOLD, IOU_THRESHOLD, MAX_DETECTIONS, PRE_NMS_TOPK = 0.05, 0.6, 100, 1000
 NMS_BLOCK = 64  # boxes resolved together: 32 to 128 measured, 64 fastest on 300 and 1000 candidates
 
 
@@ -93,10 +95,10 @@ def opencv_batched_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray
 def select_detections(
     boxes: np.ndarray,
     scores: np.ndarray,
-    score_threshold: float = 0.05,
-    iou_threshold: float = 0.6,
-    max_detections: int = 100,
-    pre_nms_topk: int = 1000,
+    score_threshold: float = SCORE_THRESHOLD,
+    iou_threshold: float = IOU_THRESHOLD,
+    max_detections: int = MAX_DETECTIONS,
+    pre_nms_topk: int = PRE_NMS_TOPK,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One image's boxes [A, 4] and scores [A, C] -> kept (boxes [K, 4], scores [K], labels [K]).
 

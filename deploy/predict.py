@@ -12,22 +12,43 @@ from deploy.evaluate import to_coco_results
 from deploy.postprocess import select_detections
 from deploy.preprocess import Letterbox, model_input, preprocess_batch, unletterbox_boxes
 
-# float32 [N, 3, H, W] -> (boxes [N, A, 4] xyxy input pixels, scores [N, A, C] probabilities)
-InferFn = Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]]
+# float32 [N, 3, H, W] -> (boxes [N, A, 4] xyxy input pixels, scores [N, A, C] probabilities), or for a
+# model with NMS in its graph the kept (boxes [N, K, 4], scores [N, K], labels [N, K])
+InferFn = Callable[[np.ndarray], Tuple[np.ndarray, ...]]
+
+
+GRAPH_NMS_OUTPUTS = ("det_boxes", "det_scores", "det_labels")  # a model exported with export.nms: graph
 
 
 def runner_infer(runner: Any) -> InferFn:
-    """A runner's infer as an InferFn (outputs named boxes and scores, as the export contract says)."""
+    """A runner's infer as an InferFn: (boxes, scores) as the export contract says, or, for a model with
+    NMS in its graph (batch 1), its kept (boxes [1, K, 4], scores [1, K], labels [1, K])."""
+    if GRAPH_NMS_OUTPUTS[0] in getattr(runner, "outputs", ()):
+        def infer_kept(images: np.ndarray) -> tuple[np.ndarray, ...]:
+            out = runner.infer(images)
+            return tuple(out[name][None] for name in GRAPH_NMS_OUTPUTS)
+        return infer_kept
+
     def infer(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out = runner.infer(images)
         return out["boxes"], out["scores"]
     return infer
 
 
-def detections(boxes: np.ndarray, scores: np.ndarray, lb: Letterbox) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One image's raw outputs -> (boxes [K, 4] xyxy original pixels, scores [K], labels [K])."""
-    kept_boxes, kept_scores, labels = select_detections(boxes, scores)
-    return unletterbox_boxes(kept_boxes, lb), kept_scores, labels
+def detections(boxes: np.ndarray, scores: np.ndarray, lb: Letterbox,
+               labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image's raw outputs -> (boxes [K, 4] xyxy original pixels, scores [K], labels [K]); with labels,
+    the model's graph already ran NMS and boxes, scores are what it kept."""
+    if labels is None:
+        boxes, scores, labels = select_detections(boxes, scores)
+    return unletterbox_boxes(boxes, lb), scores.astype(np.float32), labels.astype(np.int64)
+
+
+def image_detections(outputs: tuple[np.ndarray, ...], k: int, lb: Letterbox) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image k's detections from an InferFn's outputs, either form."""
+    if len(outputs) == 3:
+        return detections(outputs[0][k], outputs[1][k], lb, outputs[2][k])
+    return detections(outputs[0][k], outputs[1][k].astype(np.float32), lb)
 
 
 def predict(infer: InferFn, coco: CocoDataset, input_size: tuple[int, int], batch_size: int = 8,
@@ -45,9 +66,9 @@ def predict(infer: InferFn, coco: CocoDataset, input_size: tuple[int, int], batc
         x, letterboxes = preprocess_batch([coco.image_path(i) for i in images], tuple(input_size), uint8)
         if fixed_batch and len(images) < fixed_batch:
             x = np.concatenate([x, np.zeros((fixed_batch - len(images),) + x.shape[1:], x.dtype)])
-        boxes, scores = infer(x)
+        outputs = infer(x)
         for k, (info, lb) in enumerate(zip(images, letterboxes)):
-            kept_boxes, kept_scores, labels = detections(boxes[k], scores[k].astype(np.float32), lb)
+            kept_boxes, kept_scores, labels = image_detections(outputs, k, lb)
             results += to_coco_results(info["id"], kept_boxes, kept_scores, labels, coco.cat_ids)
         if on_batch:
             on_batch(len(images))
@@ -65,7 +86,7 @@ def end_to_end(infer: InferFn, images: list[np.ndarray], input_size: tuple[int, 
             x, lb = model_input(image, input_size, uint8)
             batch.append(x)
             lbs.append(lb)
-        boxes, scores = infer(np.stack(batch))
+        outputs = infer(np.stack(batch))
         for k, lb in enumerate(lbs):
-            detections(boxes[k], scores[k].astype(np.float32), lb)
+            image_detections(outputs, k, lb)
     return call

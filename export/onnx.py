@@ -10,7 +10,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -20,6 +20,8 @@ from torch import nn
 
 from deploy.errors import GateError, InputError
 from deploy.files import atomic_path, check_writable, sha256_file
+from deploy.postprocess import IOU_THRESHOLD, MAX_DETECTIONS, PRE_NMS_TOPK, SCORE_THRESHOLD
+from deploy.predict import GRAPH_NMS_OUTPUTS
 from deploy.preprocess import MEAN, PAD_UINT8, STD
 from deploy.runtimes.onnxruntime import OrtRunner
 
@@ -42,6 +44,10 @@ class ExportConfig:
     # Also write model.uint8.onnx: input the letterboxed uint8 image [N, H, W, 3] as a camera or decoder
     # gives it; the cast, mean/std and layout run inside the graph, so the host only letterboxes.
     uint8_input: bool = False
+    # Also write model.nms.onnx (batch 1): the detections after NMS as its outputs det_boxes [K, 4] xyxy
+    # input pixels, det_scores [K], det_labels [K], with host NMS's thresholds (deploy/postprocess.py)
+    # in the graph as ONNX NonMaxSuppression, which ONNX Runtime, OpenVINO and TensorRT run.
+    nms: Literal["host", "graph"] = "host"
 
 
 class UInt8Input(nn.Module):
@@ -58,6 +64,30 @@ class UInt8Input(nn.Module):
 
     def decode(self, outputs):
         return self.model.decode(outputs)
+
+
+class GraphNMS(nn.Module):
+    """An ExportModel followed by host NMS's steps, for batch 1: candidates are the top PRE_NMS_TOPK
+    (location, class) scores above SCORE_THRESHOLD (the same set as thresholding first), then class-aware
+    NMS at IOU_THRESHOLD (torchvision's batched_nms, which exports as NonMaxSuppression), then the best
+    MAX_DETECTIONS."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from torchvision.ops import batched_nms
+
+        boxes, scores = self.model(images)
+        classes = scores.shape[2]
+        flat = scores[0].flatten()
+        top, index = flat.topk(min(PRE_NMS_TOPK, flat.shape[0]))
+        above = top > SCORE_THRESHOLD
+        top, index = top[above], index[above]
+        candidates, labels = boxes[0][index // classes], index % classes
+        kept = batched_nms(candidates, top, labels, IOU_THRESHOLD)[:MAX_DETECTIONS]
+        return candidates[kept], top[kept], labels[kept]
 
 
 class ExportModel(nn.Module):
@@ -99,23 +129,35 @@ def check_onnx(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
 
 def export_onnx(detector: nn.Module, classes: list[str], out: str | Path, input_size: tuple[int, int],
                 opset: int = 17, batch: int = 1, dynamic_batch: bool = False, slim: bool = True,
-                source: str | None = None, uint8_input: bool = False) -> Path:
+                source: str | None = None, uint8_input: bool = False, graph_nms: bool = False) -> Path:
     """Write the detector as ONNX to `out` (atomically: checked, slimmed and tagged, or nothing); with
-    uint8_input its input is the letterboxed uint8 image [N, H, W, 3]."""
+    uint8_input its input is the letterboxed uint8 image [N, H, W, 3]; with graph_nms (batch 1) its
+    outputs are the detections NMS kept (GRAPH_NMS_OUTPUTS)."""
     out = Path(out)
     check_writable(out.parent)
+    if graph_nms and (batch != 1 or dynamic_batch):
+        raise InputError(f"{out}: NMS in the graph exports batch 1 (export.batch 1, export.dynamic_batch false)")
     model = ExportModel(UInt8Input(detector) if uint8_input else detector).eval()
+    outputs = OUTPUTS
+    if graph_nms:
+        model, outputs = GraphNMS(model).eval(), GRAPH_NMS_OUTPUTS
     dummy = torch.zeros(batch, *input_size, 3, dtype=torch.uint8) if uint8_input else torch.zeros(batch, 3, *input_size)
     dynamic = {INPUT: {0: "batch"}, **{o: {0: "batch"} for o in OUTPUTS}} if dynamic_batch else None
+    if graph_nms:  # K, the number kept, depends on the image
+        dynamic = {o: {0: "detections"} for o in outputs}
     with atomic_path(out) as tmp, warnings.catch_warnings():
         # The TorchScript exporter: the dynamo one needs onnxscript, and this graph is static anyway.
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (dummy,), str(tmp), dynamo=False, opset_version=opset, input_names=[INPUT],
-                          output_names=list(OUTPUTS), dynamic_axes=dynamic, do_constant_folding=True)
+                          output_names=list(outputs), dynamic_axes=dynamic, do_constant_folding=True)
         proto = check_onnx(onnx.load(str(tmp)), str(out))
         if slim:
             proto = check_onnx(onnxslim.slim(proto), f"{out} (after onnxslim)")
-        onnx.helper.set_model_props(proto, metadata(classes, input_size, source, uint8_input))
+        props = metadata(classes, input_size, source, uint8_input)
+        if graph_nms:
+            props["edgekd.outputs"] = (f"det_boxes [K,4] xyxy input pixels; det_scores [K]; det_labels [K] (NMS in the graph: "
+                                       f"score > {SCORE_THRESHOLD}, top {PRE_NMS_TOPK}, IoU {IOU_THRESHOLD}, at most {MAX_DETECTIONS})")
+        onnx.helper.set_model_props(proto, props)
         onnx.save(proto, str(tmp))
     return out
 

@@ -18,7 +18,7 @@ import numpy as np
 from torch import nn
 
 from deploy.coco import CocoDataset
-from deploy.errors import InputError
+from deploy.errors import GateError, InputError
 from deploy.evaluate import check_results
 from deploy.files import write_json
 from deploy.measure import measure_artifact, sample_images
@@ -62,6 +62,8 @@ def run_export(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> dic
     onnx_metrics["delta_AP_vs_pytorch"] = onnx_metrics["AP"] - reference["AP"]
     check_results(val, results, str(path))
     uint8 = uint8_artifact(detector, classes, out_dir, input_size, val, decoded, source, path, ec) if ec.uint8_input else {}
+    if ec.nms == "graph":
+        uint8.update(graph_nms_artifact(detector, classes, out_dir, input_size, val, decoded, source, onnx_metrics, ec))
     model = {"params": sum(p.numel() for p in detector.parameters()), "gflops": count_gflops(detector, input_size)}
     metrics = {"pytorch": reference, "onnxruntime_fp32": onnx_metrics, **uint8, "parity": diff, "input_size": list(input_size),
                "classes": classes, "source": str(source), "model": model}
@@ -93,6 +95,24 @@ def uint8_artifact(detector: nn.Module, classes: list[str], out_dir: Path, input
     return {"onnxruntime_fp32_uint8": metrics}
 
 
+def graph_nms_artifact(detector: nn.Module, classes: list[str], out_dir: Path, input_size: tuple[int, int],
+                       val: CocoDataset, decoded: list[np.ndarray], source: Path, host: dict[str, Any],
+                       ec: ExportConfig) -> dict[str, Any]:
+    """model.nms.onnx (export.nms: graph), measured like model.onnx; its AP must stay within 0.1 of host NMS's."""
+    path = export_onnx(detector, classes, out_dir / "model.nms.onnx", input_size, ec.opset, slim=ec.slim,
+                       source=str(source), graph_nms=True)
+    metrics, results = measure_artifact(OrtRunner(str(path), threads=ec.threads or None), val, input_size,
+                                        ec.warmup, ec.iters, decoded)
+    metrics["delta_AP_vs_host_nms"] = metrics["AP"] - host["AP"]
+    print(f"[export] model.nms.onnx (NMS in the graph): AP {100 * metrics['AP']:.2f} "
+          f"({100 * metrics['delta_AP_vs_host_nms']:+.2f} vs host NMS)", flush=True)
+    if abs(metrics["delta_AP_vs_host_nms"]) > 0.001:
+        raise GateError(f"{path}: AP {100 * metrics['AP']:.2f} with NMS in the graph, {100 * host['AP']:.2f} with host NMS: "
+                        "more than 0.1 apart")
+    write_json(out_dir / "predictions_nms.json", results)
+    return {"onnxruntime_fp32_nms": metrics}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = common_arguments(argparse.ArgumentParser(prog="edgekd export", description=__doc__.split("\n")[0]))
     args = parser.parse_args(argv)
@@ -102,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = load_config(args.config, args.overrides)
         metrics = run_export(cfg, paths.stage_dir(cfg, "export"), progress=not args.no_progress)
-        rows = {k: metrics[k] for k in ("pytorch", "onnxruntime_fp32", "onnxruntime_fp32_uint8") if k in metrics}
+        rows = {k: metrics[k] for k in ("pytorch", "onnxruntime_fp32", "onnxruntime_fp32_uint8", "onnxruntime_fp32_nms")
+                if k in metrics}
         print(format_table(rows, metrics["pytorch"]["AP"]))
 
     return guarded(body, args.debug)

@@ -30,7 +30,7 @@ METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 PREVIOUS = {"onnxruntime_fp32": "distill", "onnxruntime_int8": "onnxruntime_fp32", "onnxruntime_int8_cpu": "onnxruntime_fp32",
             "openvino_fp32": "onnxruntime_fp32", "openvino_bf16": "openvino_fp32", "openvino_fp16": "openvino_fp32", "openvino_int8": "openvino_fp32",
             "tensorrt_fp32": "onnxruntime_fp32", "tensorrt_fp16": "onnxruntime_fp32", "tensorrt_int8": "onnxruntime_int8_trt",
-            "onnxruntime_int8_trt": "onnxruntime_fp32", "onnxruntime_fp32_uint8": "onnxruntime_fp32",
+            "onnxruntime_int8_trt": "onnxruntime_fp32", "onnxruntime_fp32_uint8": "onnxruntime_fp32", "onnxruntime_fp32_nms": "onnxruntime_fp32",
             "openvino_int8_uint8": "openvino_int8"}
 
 
@@ -70,7 +70,7 @@ def collect_rows(cfg: PipelineConfig) -> list[dict[str, Any]]:
     exported = _read(paths.metrics_file(cfg, "export"))
     model = exported.get("model", {})
     artifacts = {}
-    for name in ("onnxruntime_fp32", "onnxruntime_fp32_uint8"):  # the latter with export.uint8_input
+    for name in ("onnxruntime_fp32", "onnxruntime_fp32_uint8", "onnxruntime_fp32_nms"):  # export.uint8_input, export.nms
         if name in exported:
             artifacts[name] = ("export", exported[name])
     for name, m in _read(paths.metrics_file(cfg, "quantize")).get("artifacts", {}).items():

@@ -133,3 +133,33 @@ def test_a_uint8_input_model_follows_the_float_one(tiny_model, tiny_onnx, tiny_s
     ours = coco_eval(val, predict(runner_infer(open_runner(str(path))), val, (128, 128), 1, 1, uint8=True))
     ref = coco_eval(val, predict(runner_infer(open_runner(str(tiny_onnx))), val, (128, 128), 1, 1))
     assert abs(ours["AP"] - ref["AP"]) < 0.005
+
+
+def test_nms_in_the_graph_keeps_what_host_nms_keeps(tiny_model, tiny_onnx, tiny_splits, tmp_path):
+    """export.nms: graph against deploy/'s host NMS on the tiny val images, in ONNX Runtime and OpenVINO."""
+    from deploy.postprocess import select_detections
+    from deploy.predict import runner_infer
+    from deploy.preprocess import load_image, preprocess
+
+    detector, classes, _ = load_detector(tiny_model[2])
+    path = export_onnx(detector, classes, tmp_path / "model.nms.onnx", (128, 128), graph_nms=True)
+    assert "NMS in the graph" in read_metadata(path)["outputs"]
+    host = open_runner(str(tiny_onnx))
+    val = tiny_splits[1]
+    compared = 0
+    for backend in ("onnxruntime", "openvino"):
+        runner = open_runner(str(path), backend=backend)
+        assert set(runner.outputs) == {"det_boxes", "det_scores", "det_labels"}
+        infer = runner_infer(runner)
+        for info in val.images[:8]:
+            x = preprocess(load_image(val.image_path(info)), (128, 128))[0][None]
+            boxes, scores, labels = (o[0] for o in infer(x))
+            out = host.infer(x)
+            ref_boxes, ref_scores, ref_labels = select_detections(out["boxes"][0], out["scores"][0])
+            assert labels.tolist() == ref_labels.tolist()
+            np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+            np.testing.assert_allclose(boxes, ref_boxes, atol=1e-3)
+            compared += len(labels)
+    assert compared > 20  # the tiny model keeps detections to compare
+    with pytest.raises(InputError, match="NMS in the graph exports batch 1"):
+        export_onnx(detector, classes, tmp_path / "b2.onnx", (128, 128), batch=2, graph_nms=True)
