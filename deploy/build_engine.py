@@ -31,6 +31,8 @@ import numpy as np  # noqa: E402
 
 from deploy.errors import DeviceError, InputError  # noqa: E402
 from deploy.files import atomic_path, check_writable, sha256_file, write_json  # noqa: E402
+from deploy.postprocess import IOU_THRESHOLD, MAX_DETECTIONS, SCORE_THRESHOLD  # noqa: E402
+from deploy.predict import ENGINE_NMS_OUTPUTS  # noqa: E402
 from deploy.qdq_check import check_tensorrt_qdq  # noqa: E402
 from deploy.runtimes.tensorrt import check_version, engine_meta_path, import_tensorrt, parse_version  # noqa: E402
 
@@ -46,6 +48,9 @@ class EngineConfig:
     dla_core: int | None = None  # Jetson DLA core; layers DLA cannot run fall back to the GPU
     timing_cache: str | None = None  # persisted tactic timings: rebuilds take seconds, not minutes
     calibration_cache: str | None = None  # implicit INT8 only
+    # NMS in the engine: EfficientNMS_TRT appended to the boxes/scores outputs, with host NMS's settings
+    # (deploy/postprocess.py); the engine then outputs num_detections and the kept boxes, scores, classes.
+    nms: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,7 @@ class BuildPlan:
     quantization: str
     profile: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None  # min, opt, max of the input
     dla_core: int | None
+    nms_fields: tuple[tuple[str, str, float], ...] = ()  # EfficientNMS_TRT's (name, FLOAT32 | INT32, value)
 
 
 def network_flags(version: str) -> tuple[str, ...]:
@@ -107,10 +113,13 @@ def precision_plan(precision: str, explicit: bool, version: str, has_entropy_cal
 
 def build_plan(version: str, precision: str, explicit: bool, input_shape: Sequence[int], max_batch: int,
                dla_core: int | None, dla_cores: int, has_entropy_calibrator: bool, has_calibration: bool,
-               source: str) -> BuildPlan:
+               source: str, nms: bool = False, outputs: Sequence[str] = ("boxes", "scores")) -> BuildPlan:
     """The builder's decisions from the TensorRT version, the ONNX (Q/DQ or not, input shape) and the
     device (DLA cores), with no GPU: one InputError naming the file or setting when it cannot build."""
     check_version(version)
+    if nms and not {"boxes", "scores"} <= set(outputs):
+        raise InputError(f"{source}: NMS in the engine goes after the outputs 'boxes' and 'scores'; this model has "
+                         f"{', '.join(outputs)} (build from model.onnx, not model.nms.onnx)")
     plan = precision_plan(precision, explicit, version, has_entropy_calibrator, has_calibration, source)
     shape = tuple(int(d) for d in input_shape)
     if len(shape) != 4 or any(d <= 0 for d in shape[1:]):
@@ -132,7 +141,17 @@ def build_plan(version: str, precision: str, explicit: bool, input_shape: Sequen
         if precision == "fp32":  # DLA computes in fp16 or int8 only (developer guide, "Working with DLA")
             raise InputError("dla_core: DLA runs fp16 or int8 engines, not fp32")
         flags = (*flags, "GPU_FALLBACK")  # layers DLA cannot run go to the GPU instead of failing the build
-    return BuildPlan(network_flags(version), flags, plan.quantization, profile, dla_core)
+    return BuildPlan(network_flags(version), flags, plan.quantization, profile, dla_core,
+                     efficient_nms_fields() if nms else ())
+
+
+def efficient_nms_fields() -> tuple[tuple[str, str, float], ...]:
+    """EfficientNMS_TRT's plugin fields for host NMS's settings (TensorRT's plugin/efficientNMSPlugin
+    README): corner boxes (box_coding 0), sigmoid scores already applied (score_activation 0), no
+    background class, per-class NMS (class_agnostic 0)."""
+    return (("score_threshold", "FLOAT32", SCORE_THRESHOLD), ("iou_threshold", "FLOAT32", IOU_THRESHOLD),
+            ("max_output_boxes", "INT32", MAX_DETECTIONS), ("background_class", "INT32", -1),
+            ("score_activation", "INT32", 0), ("class_agnostic", "INT32", 0), ("box_coding", "INT32", 0))
 
 
 def make_calibrator(trt: Any, batches: Sequence[np.ndarray], cache_path: str | None):
@@ -169,6 +188,27 @@ def make_calibrator(trt: Any, batches: Sequence[np.ndarray], cache_path: str | N
     return Calibrator()
 
 
+def add_efficient_nms(trt: Any, network: Any, logger: Any, fields: Sequence[tuple[str, str, float]]) -> None:
+    """Replace the network's boxes/scores outputs by EfficientNMS_TRT's four (num_detections [N, 1],
+    detection_boxes [N, K, 4], detection_scores [N, K], detection_classes [N, K])."""
+    trt.init_libnvinfer_plugins(logger, "")
+    creator = trt.get_plugin_registry().get_plugin_creator("EfficientNMS_TRT", "1", "")
+    if creator is None:
+        raise InputError("this TensorRT has no EfficientNMS_TRT plugin (libnvinfer_plugin); build without nms")
+    dtypes = {"FLOAT32": (np.float32, trt.PluginFieldType.FLOAT32), "INT32": (np.int32, trt.PluginFieldType.INT32)}
+    collection = trt.PluginFieldCollection([trt.PluginField(name, np.array([value], dtype=dtypes[kind][0]), dtypes[kind][1])
+                                            for name, kind, value in fields])
+    plugin = creator.create_plugin("efficient_nms", collection)
+    named = {network.get_output(i).name: network.get_output(i) for i in range(network.num_outputs)}
+    boxes, scores = named["boxes"], named["scores"]
+    network.unmark_output(boxes)
+    network.unmark_output(scores)
+    layer = network.add_plugin_v2([boxes, scores], plugin)
+    for i, name in enumerate(ENGINE_NMS_OUTPUTS):
+        layer.get_output(i).name = name
+        network.mark_output(layer.get_output(i))
+
+
 def parser_errors(parser: Any) -> str:
     """The ONNX parser's errors as one line: node index, operator where the version says it (10.x), text."""
     errors = []
@@ -200,9 +240,12 @@ def build_engine(onnx_path: str | Path, out: str | Path, cfg: EngineConfig,
     if not parser.parse(Path(onnx_path).read_bytes()):
         raise InputError(f"{onnx_path}: TensorRT's ONNX parser refused it: {parser_errors(parser)[:400]}")
     inp = network.get_input(0)
+    outputs = [network.get_output(i).name for i in range(network.num_outputs)]
     plan = build_plan(trt.__version__, cfg.precision, explicit, tuple(inp.shape), cfg.max_batch, cfg.dla_core,
                       builder.num_DLA_cores if cfg.dla_core is not None else 0,
-                      hasattr(trt, "IInt8EntropyCalibrator2"), bool(calibration), str(onnx_path))
+                      hasattr(trt, "IInt8EntropyCalibrator2"), bool(calibration), str(onnx_path), cfg.nms, outputs)
+    if plan.nms_fields:
+        add_efficient_nms(trt, network, logger, plan.nms_fields)
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspace_mb << 20)
@@ -234,7 +277,7 @@ def build_engine(onnx_path: str | Path, out: str | Path, cfg: EngineConfig,
         "tensorrt": trt.__version__, "gpu": device.name(), "compute_capability": list(device.compute_capability()),
         "precision": cfg.precision, "quantization": plan.quantization,
         "inputs": {inp.name: list(inp.shape)}, "outputs": {o.name: list(o.shape) for o in outputs},
-        "max_batch": cfg.max_batch, "dla_core": plan.dla_core, "onnx": str(onnx_path),
+        "max_batch": cfg.max_batch, "dla_core": plan.dla_core, "nms": cfg.nms, "onnx": str(onnx_path),
         "onnx_sha256": sha256_file(onnx_path), "workspace_mb": cfg.workspace_mb,
     })
     return out
@@ -264,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dla-core", type=int, help="Jetson DLA core (layers DLA cannot run fall back to the GPU)")
     parser.add_argument("--workspace-mb", type=int, default=2048)
     parser.add_argument("--timing-cache", help="tactic timings kept between builds (default: timing.cache beside the engine)")
+    parser.add_argument("--nms", action="store_true", help="NMS in the engine (EfficientNMS_TRT, host NMS's settings)")
     parser.add_argument("--calib-images", help="implicit INT8 (TensorRT 8.x, ONNX without Q/DQ): a folder of images")
     parser.add_argument("--calib-count", type=int, default=300)
     args = parser.parse_args(argv)
@@ -280,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
             calibration = calibration_inputs(args.calib_images, (dims[2].dim_value, dims[3].dim_value), args.calib_count)
         engine = build_engine(onnx_path, out, EngineConfig(
             precision=args.precision, workspace_mb=args.workspace_mb, max_batch=args.max_batch, dla_core=args.dla_core,
-            timing_cache=args.timing_cache or str(out.parent / "timing.cache")), calibration)
+            timing_cache=args.timing_cache or str(out.parent / "timing.cache"), nms=args.nms), calibration)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -18,6 +18,8 @@ InferFn = Callable[[np.ndarray], Tuple[np.ndarray, ...]]
 
 
 GRAPH_NMS_OUTPUTS = ("det_boxes", "det_scores", "det_labels")  # a model exported with export.nms: graph
+# a TensorRT engine built with EfficientNMS_TRT (deploy/build_engine.py --nms): fixed K slots, the first n used
+ENGINE_NMS_OUTPUTS = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
 
 
 def runner_infer(runner: Any) -> InferFn:
@@ -28,6 +30,12 @@ def runner_infer(runner: Any) -> InferFn:
             out = runner.infer(images)
             return tuple(out[name][None] for name in GRAPH_NMS_OUTPUTS)
         return infer_kept
+    if ENGINE_NMS_OUTPUTS[0] in getattr(runner, "outputs", ()):
+        def infer_engine_kept(images: np.ndarray) -> tuple[np.ndarray, ...]:
+            out = runner.infer(images)
+            n = int(out["num_detections"].reshape(-1)[0])  # batch 1
+            return tuple(out[name][:, :n] for name in ENGINE_NMS_OUTPUTS[1:])
+        return infer_engine_kept
 
     def infer(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out = runner.infer(images)

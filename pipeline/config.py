@@ -76,6 +76,7 @@ class EnginesConfig:
     precisions: list[Literal["fp32", "fp16", "int8"]] = field(default_factory=lambda: ["fp16", "int8"])
     workspace_mb: int = 2048
     dla_core: int | None = None  # Jetson DLA core (GPU fallback on)
+    efficient_nms: bool = False  # NMS in the engine (EfficientNMS_TRT, host NMS's settings)
 
 
 @dataclass

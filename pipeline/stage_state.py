@@ -36,7 +36,8 @@ def versions() -> dict[str, str]:
 # Settings added after runs existed, with the default that reproduces what those runs did: left out of
 # the hash while at that default, so that upgrading edgekd does not redo finished stages.
 ADDED_AT_DEFAULT = {"point_offset": 0.5, "relu_before_p7": True, "format": "edgekd", "source": None,
-                    "until_epoch": None, "loc_detached_features": False}
+                    "until_epoch": None, "loc_detached_features": False, "uint8_input": False, "nms": "host",
+                    "efficient_nms": False}
 
 
 def _without_added_defaults(values: Any) -> Any:

@@ -62,8 +62,8 @@ def check_detector(runner: Any) -> None:
         found = ", ".join(f"'{n}' {s}" for n, s in runner.inputs.items())
         raise InputError(f"{runner.path}: input {found}; an edgekd detector takes one image input [N, 3, H, W] "
                          "(or uint8 [N, H, W, 3])")
-    if all(n in runner.outputs for n in ("det_boxes", "det_scores", "det_labels")):  # export.nms: graph
-        return
+    if all(n in runner.outputs for n in ("det_boxes", "det_scores", "det_labels")) or "num_detections" in runner.outputs:
+        return  # NMS in the graph (export.nms: graph) or in the engine (EfficientNMS_TRT)
     missing = [n for n in ("boxes", "scores") if n not in runner.outputs]
     if missing:
         raise InputError(f"{runner.path}: no '{missing[0]}' output (it has {', '.join(runner.outputs)}); an edgekd "

@@ -34,7 +34,7 @@ def engine_source(cfg: PipelineConfig, precision: str) -> Path:
 
 
 def run_export_trt(cfg: PipelineConfig, precision: str, dla_core: int | None = None,
-                   workspace_mb: int = 2048) -> dict[str, Any]:
+                   workspace_mb: int = 2048, nms: bool = False) -> dict[str, Any]:
     """Build, then measure on val; return the engine's metrics."""
     reason = available()
     if reason:
@@ -48,7 +48,7 @@ def run_export_trt(cfg: PipelineConfig, precision: str, dla_core: int | None = N
     out_dir = paths.engines_dir(cfg)
     engine = build_engine(source, out_dir / f"model_{precision}.engine",
                           EngineConfig(precision=precision, workspace_mb=workspace_mb, dla_core=dla_core,
-                                       max_batch=cfg.export.batch, timing_cache=str(out_dir / "timing.cache")))
+                                       max_batch=cfg.export.batch, timing_cache=str(out_dir / "timing.cache"), nms=nms))
     val = load_split(cfg.data, "val")
     runner = open_runner(str(engine))
     height, width = input_size(runner)
@@ -68,7 +68,7 @@ def run_engines(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> di
         print(f"[engines] skipped: {reason}", flush=True)
         result: dict[str, Any] = {"skipped": reason}
     else:
-        result = {"engines": {p: run_export_trt(cfg, p, cfg.engines.dla_core, cfg.engines.workspace_mb)
+        result = {"engines": {p: run_export_trt(cfg, p, cfg.engines.dla_core, cfg.engines.workspace_mb, cfg.engines.efficient_nms)
                               for p in cfg.engines.precisions}}
     write_json(out_dir / "engines.json", result)
     return result
@@ -79,11 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16")
     parser.add_argument("--dla-core", type=int, help="Jetson DLA core (GPU fallback on)")
     parser.add_argument("--workspace-mb", type=int, default=2048)
+    parser.add_argument("--nms", action="store_true", help="NMS in the engine (EfficientNMS_TRT)")
     args = parser.parse_args(argv)
 
     def body() -> None:
         cfg = load_config(args.config, args.overrides)
-        run_export_trt(cfg, args.precision, args.dla_core, args.workspace_mb)
+        run_export_trt(cfg, args.precision, args.dla_core, args.workspace_mb, args.nms)
 
     return guarded(body, args.debug)
 

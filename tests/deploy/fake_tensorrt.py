@@ -70,6 +70,17 @@ def tensorrt_module(version: str, rec: Recorder) -> types.ModuleType:
         def get_output(self, i):
             return Tensor(("boxes", "scores")[i], (rec.input_shape[0], 336, 4 if i == 0 else 10))
 
+        def unmark_output(self, tensor):
+            rec("unmark_output", tensor.name)
+
+        def mark_output(self, tensor):
+            rec("mark_output", tensor.name)
+
+        def add_plugin_v2(self, inputs, plugin):
+            rec("add_plugin_v2", [t.name for t in inputs], plugin)
+            outputs = [Tensor(f"plugin_out{i}", ()) for i in range(4)]
+            return type("Layer", (), {"get_output": lambda self, i: outputs[i]})()
+
     class ParserError:
         def __init__(self, node, operator, desc):
             self._node, self._operator, self._desc = node, operator, desc
@@ -191,6 +202,19 @@ def tensorrt_module(version: str, rec: Recorder) -> types.ModuleType:
             return Engine()
 
     trt.Logger, trt.Builder, trt.OnnxParser, trt.Runtime = Logger, Builder, OnnxParser, Runtime
+    # plugins: the registry, its creators and field collections, as EfficientNMS_TRT is made
+    trt.PluginFieldType = _enum("PluginFieldType", "FLOAT32", "INT32")
+    trt.PluginField = lambda name, data, kind: (name, data.dtype.name, float(data[0]), kind)
+    trt.PluginFieldCollection = list
+    trt.init_libnvinfer_plugins = lambda logger, namespace: rec("init_libnvinfer_plugins", namespace)
+
+    class Creator:
+        def create_plugin(self, name, fields):
+            rec("create_plugin", name, fields)
+            return f"plugin:{name}"
+
+    trt.get_plugin_registry = lambda: type("Registry", (), {
+        "get_plugin_creator": lambda self, name, version, namespace="": rec("get_plugin_creator", name, version) or Creator()})()
     trt.nptype = lambda dtype: __import__("numpy").float32
     return trt
 

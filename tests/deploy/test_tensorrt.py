@@ -329,3 +329,45 @@ def test_build_engine_runs_as_a_script_without_torch(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.onnx"), "--precision", "int8"],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2 and "building a TensorRT engine needs the tensorrt package" in proc.stderr
+
+
+def test_nms_in_the_engine_replaces_the_outputs_by_efficient_nms(monkeypatch, tiny_onnx, tmp_path):
+    rec = fake_tensorrt.Recorder()
+    fake_tensorrt.install(monkeypatch, "10.3.0", rec)
+    build_engine(tiny_onnx, tmp_path / "m.engine", EngineConfig(precision="fp16", nms=True))
+    assert ("get_plugin_creator", "EfficientNMS_TRT", "1") in rec.calls
+    name, fields = rec.named("create_plugin")[0][1:]
+    assert name == "efficient_nms" and {f[0]: f[2] for f in fields} == {
+        "score_threshold": pytest.approx(0.05), "iou_threshold": pytest.approx(0.6), "max_output_boxes": 100,
+        "background_class": -1, "score_activation": 0, "class_agnostic": 0, "box_coding": 0}
+    assert {f[0]: f[1] for f in fields}["max_output_boxes"] == "int32"
+    assert [c[1] for c in rec.named("unmark_output")] == ["boxes", "scores"]
+    assert rec.named("add_plugin_v2")[0][1] == ["boxes", "scores"]
+    assert [c[1] for c in rec.named("mark_output")] == ["num_detections", "detection_boxes", "detection_scores",
+                                                        "detection_classes"]
+    with pytest.raises(InputError, match=r"NMS in the engine goes after the outputs 'boxes' and 'scores'"):
+        build_plan("10.3.0", "fp16", False, S, 1, None, 0, True, True, "m.nms.onnx", nms=True,
+                   outputs=("det_boxes", "det_scores", "det_labels"))
+
+
+def test_an_engine_with_nms_reads_as_kept_detections():
+    """num_detections says how many of the fixed slots hold detections (batch 1)."""
+    from deploy.predict import image_detections, runner_infer
+    from deploy.preprocess import Letterbox
+
+    class Runner:
+        outputs = {"num_detections": [1, 1], "detection_boxes": [1, 100, 4], "detection_scores": [1, 100],
+                   "detection_classes": [1, 100]}
+
+        def infer(self, images):
+            boxes = np.zeros((1, 100, 4), np.float32)
+            boxes[0, :2] = [[10, 10, 50, 50], [60, 60, 90, 100]]
+            scores = np.zeros((1, 100), np.float32)
+            scores[0, :2] = [0.9, 0.4]
+            return {"num_detections": np.array([[2]], np.int32), "detection_boxes": boxes, "detection_scores": scores,
+                    "detection_classes": np.array([[3, 1] + [0] * 98], np.int32)}
+
+    outputs = runner_infer(Runner())(np.zeros((1, 3, 128, 128), np.float32))
+    boxes, scores, labels = image_detections(outputs, 0, Letterbox(0.5, 0, 0, 256, 256))
+    assert labels.tolist() == [3, 1] and scores.tolist() == pytest.approx([0.9, 0.4])
+    assert boxes.tolist() == [[20, 20, 100, 100], [120, 120, 180, 200]]
