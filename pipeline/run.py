@@ -256,7 +256,7 @@ def check_against_data(cfg: PipelineConfig, selected: list[str]) -> None:
         return  # no counts yet: the trainer checks the same when it starts
     for stage in selected:
         role = {"teacher": "teacher", "student": "student", "distill": "student"}.get(stage)
-        if role is None or (role == "teacher" and cfg.teacher.checkpoint):
+        if role is None or (role == "teacher" and (cfg.teacher.checkpoint or cfg.teacher.source)):  # nothing trains
             continue
         train = getattr(cfg, role).train
         usable = min(train.max_train_images or images, images)
