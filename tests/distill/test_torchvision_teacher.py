@@ -17,7 +17,17 @@ CLASSES = ["dog", "person", "car"]  # a dataset's classes, in its own order
 SIZE = 256
 
 
+_SAVED = {}
+
+
 def saved_detector(name, tmp_path):
+    """Built once per name (a ResNet-50 build and save cost seconds); see _saved_detector."""
+    if name not in _SAVED:
+        _SAVED[name] = _saved_detector(name, tmp_path)
+    return _SAVED[name]
+
+
+def _saved_detector(name, tmp_path):
     """torchvision's model with random weights and the dataset classes' biases at 0 (so that their scores
     pass its 0.05 threshold and the rest stay near 0.01), saved as a weights file; and the model itself,
     its transform set to leave 256 x 256 alone."""
