@@ -204,13 +204,11 @@ def test_keep_float_until_gives_up_beyond_the_limit():
     assert kept == [] and [t["kept"] for t in trials] == [1, 2, 3]
 
 
-def test_tensorrt_int8_source_must_have_symmetric_activations(ort_int8, tiny_splits, tmp_path):
-    from pipeline.stages.engines import symmetric_qdq
-
-    assert symmetric_qdq(ort_int8[0])
+def test_uint8_activations_fail_the_tensorrt_check_by_their_zero_points(ort_int8, tiny_splits, tmp_path):
     u8 = quantize_onnxruntime(ort_int8[1], tmp_path / "u8.onnx", calibration_paths(tiny_splits[0], 16), (128, 128),
-                              symmetric=False)
-    assert not symmetric_qdq(u8)
+                              symmetric=False, tensorrt=False)
+    problems = tensorrt_qdq_problems(onnx.load(str(u8)))
+    assert any("is uint8" in p and "zero point" in p for p in problems)
 
 
 def test_layer_kinds_by_hand():
