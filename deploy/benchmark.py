@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 
 import deploy.preprocess as preprocess_module  # noqa: E402
 from deploy.coco import image_dir_beside, load_coco  # noqa: E402
-from deploy.errors import DeviceError, InputError  # noqa: E402
+from deploy.errors import DeviceError, InputError, report  # noqa: E402
 from deploy.files import write_json, write_text  # noqa: E402
 from deploy.latency import time_calls  # noqa: E402
 from deploy.machine import RUNTIME_PACKAGES, machine_info, machine_line  # noqa: E402
@@ -224,12 +224,8 @@ def main(argv: list | None = None) -> int:
                     entry["round"] = round_index
                     entries.append(entry)
                     print(f"{spec}{f' ({t} threads)' if t else ''}: done", file=sys.stderr, flush=True)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except DeviceError as e:
-        print(f"device error: {e}", file=sys.stderr)
-        return 4
+    except (InputError, DeviceError) as e:
+        return report(e)
     text = table(entries)
     summary_text, summary = rounds_summary(entries) if args.rounds > 1 else ("", [])
     if summary_text:

@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as a script: make the `deploy` package impo
 
 import numpy as np  # noqa: E402
 
-from deploy.errors import DeviceError, InputError  # noqa: E402
+from deploy.errors import DeviceError, InputError, report  # noqa: E402
 from deploy.files import atomic_path, check_writable, sha256_file, write_json  # noqa: E402
 from deploy.postprocess import IOU_THRESHOLD, MAX_DETECTIONS, SCORE_THRESHOLD  # noqa: E402
 from deploy.predict import ENGINE_NMS_OUTPUTS  # noqa: E402
@@ -325,12 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         engine = build_engine(onnx_path, out, EngineConfig(
             precision=args.precision, workspace_mb=args.workspace_mb, max_batch=args.max_batch, dla_core=args.dla_core,
             timing_cache=args.timing_cache or str(out.parent / "timing.cache"), nms=args.nms), calibration)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except DeviceError as e:
-        print(f"device error: {e}", file=sys.stderr)
-        return 4
+    except (InputError, DeviceError) as e:
+        return report(e)
     meta = engine_summary(engine)
     print(f"{engine}: TensorRT {meta['tensorrt']}, {meta['gpu']}, {meta['precision']} ({meta['quantization']}), "
           f"inputs {meta['inputs']}")

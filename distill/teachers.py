@@ -37,8 +37,9 @@ def class_rows(teacher_classes: list[str], dataset_classes: list[str], source: s
 
 
 def check_sha256(path: Path, expected: str | None, setting: str) -> None:
-    if expected and sha256_file(path) != expected.lower():
-        raise InputError(f"{path}: SHA-256 {sha256_file(path)} does not match {setting}_sha256 {expected}")
+    found = sha256_file(path) if expected else None
+    if found is not None and found != expected.lower():
+        raise InputError(f"{path}: SHA-256 {found} does not match {setting}_sha256 {expected}")
 
 
 def mmdet_teacher(path: str | Path, model: ModelConfig, dataset_classes: list[str],

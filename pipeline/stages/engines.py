@@ -1,6 +1,6 @@
 """TensorRT engines from the run's ONNX files (what `make export-trt PRECISION=fp16|int8` runs, on a GPU
 box or on the Jetson itself): fp32/fp16 from export/model.onnx, int8 from quantize/model.int8.trt.onnx
-(explicit quantization, its Q/DQ form checked first). The builder is deploy/build_engine.py, the same
+(explicit quantization, its Q/DQ form checked by the builder before it parses). The builder is deploy/build_engine.py, the same
 code a board runs from the copied deploy/ folder. Each engine is measured by the deploy/ evaluator.
 
     python -m pipeline.stages.engines --config configs/pipelines/default.yaml --precision fp16 [key=value ...]
@@ -19,7 +19,6 @@ from deploy.build_engine import EngineConfig, build_engine
 from deploy.errors import InputError
 from deploy.files import write_json
 from deploy.measure import measure_artifact, sample_images
-from deploy.qdq_check import check_tensorrt_qdq
 from deploy.runtimes import input_size, open_runner
 from deploy.runtimes.tensorrt import available
 from pipeline import paths
@@ -43,8 +42,6 @@ def run_export_trt(cfg: PipelineConfig, precision: str, dla_core: int | None = N
     if not source.is_file():
         stage = "quantize` (with onnxruntime_int8_trt in quantize.artifacts)" if precision == "int8" else "export`"
         raise InputError(f"{source} not found: run `make {stage} first")
-    if precision == "int8":
-        check_tensorrt_qdq(source)
     out_dir = paths.engines_dir(cfg)
     engine = build_engine(source, out_dir / f"model_{precision}.engine",
                           EngineConfig(precision=precision, workspace_mb=workspace_mb, dla_core=dla_core,
