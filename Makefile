@@ -18,7 +18,7 @@ EDGEKD := $(VENV)/bin/edgekd
 TRAIN_RUN = $(if $(filter 1,$(NPROC)),$(EDGEKD),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m pipeline)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup fashion-mnist data teacher student distill export quantize ablation detection-errors ablation-heads pipeline status report bench-train bench-openvino bench-openvino-layers bench-nms export-trt benchmark test lint clean
+.PHONY: help setup fashion-mnist data teacher student distill export quantize qat qat-ablation ablation detection-errors ablation-heads pipeline status report bench-train bench-openvino bench-openvino-layers bench-nms export-trt benchmark test lint clean
 
 help: ## list the targets
 	@echo "edgekd targets (stage targets take ARGS=\"key.sub=value ...\", CONFIG=path, NPROC=N):"
@@ -63,6 +63,12 @@ export: $(STAMP) ## student checkpoint -> runs/<run>/export/model.onnx, parity-g
 
 quantize: $(STAMP) ## ORT INT8 (QDQ), OpenVINO FP32/FP16/INT8 (NNCF), each measured; prints the table
 	$(EDGEKD) quantize --config $(CONFIG) $(ARGS)
+
+qat: $(STAMP) ## quantization-aware fine-tuning with BCKD from the teacher -> runs/<run>/qat/model.qat.onnx (TensorRT's symmetric Q/DQ), model_int8.xml
+	$(EDGEKD) run --config $(CONFIG) --stages qat $(ARGS)
+
+qat-ablation: $(STAMP) ## benchmark: QAT with the task losses alone, BCKD, softmax KD -> runs/<run>/qat-ablation/qat-ablation.md
+	$(EDGEKD) qat-ablation --config $(CONFIG) $(ARGS)
 
 export-trt: $(STAMP) ## TensorRT engine (PRECISION=fp32|fp16|int8) on a GPU box or Jetson -> runs/<run>/engines/
 	$(EDGEKD) engines --config $(CONFIG) --precision $(or $(PRECISION),fp16) $(ARGS)

@@ -12,7 +12,9 @@ The rules, and where they come from:
   (onnx/onnx-tensorrt#850, microsoft/onnxruntime#14229). ONNX Runtime writes that form by default;
   `extra_options` QuantizeBias=False and AddQDQPairToWeight=True write the Q/DQ pair on float weights
   and leave biases float, as TensorRT's explicit-quantization examples do.
-- Scales are constants; activations are quantized per tensor (a scalar scale); weights per tensor or
+- Scales are constants and positive (onnx-tensorrt's QuantDequantLinearHelper: "Scale coefficients
+  must all be positive"; a channel all zeros in calibration gives a zero scale), and not subnormal
+  (flushed to 0 where denormals are); activations are quantized per tensor (a scalar scale); weights per tensor or
   per output channel, i.e. axis 0 of a Conv weight (onnx-tensorrt's QuantizeLinear import and the
   guide's "Q/DQ Layer-Placement Recommendations").
 - A Conv bias stays float (TensorRT quantizes it itself from the input and weight scales).
@@ -76,6 +78,15 @@ def tensorrt_qdq_problems(model: Any) -> list[str]:
         if scale is None:
             problems.append(f"{label}: its scale '{node.input[1]}' is computed, not a constant")
             continue
+        if not np.all(scale > 0):
+            problems.append(f"{label}: {int(np.sum(~(scale > 0)))} of its {scale.size} scales are not positive (a channel "
+                            "or tensor that was all zeros in calibration); TensorRT's parser refuses it ('Scale "
+                            "coefficients must all be positive')")
+            continue
+        if scale.dtype == np.float32 and np.any(scale < np.finfo(np.float32).tiny):
+            problems.append(f"{label}: {int(np.sum(scale < np.finfo(np.float32).tiny))} of its {scale.size} scales are "
+                            "subnormal floats, which a GPU flushing denormals reads as 0")
+            continue
         if len(node.input) < 3 or not node.input[2]:
             problems.append(f"{label}: no zero point, which means uint8 in ONNX; TensorRT needs int8 with zero point 0")
             continue
@@ -120,3 +131,15 @@ def check_tensorrt_qdq(path: str | Path) -> None:
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise InputError(f"{path}: not a Q/DQ file TensorRT can build: {problems[0]}{more}")
+
+
+def unquantized_convolutions(model: Any) -> list[str]:
+    """The Conv nodes of an ONNX ModelProto whose input or weight does not come through a
+    DequantizeLinear (these run in float); [] when every convolution is quantized."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+
+    def dequantized(name: str) -> bool:
+        return name in producer and producer[name].op_type == "DequantizeLinear"
+
+    return [node.name or node.output[0] for node in model.graph.node
+            if node.op_type == "Conv" and not (dequantized(node.input[0]) and dequantized(node.input[1]))]

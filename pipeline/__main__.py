@@ -2,8 +2,8 @@
 
     edgekd run --config configs/pipelines/default.yaml [--stages a,b | --from stage] [key.sub=value ...]
     edgekd status --config configs/pipelines/default.yaml [key.sub=value ...]
-    edgekd train --role teacher|student | distill | export | quantize | engines | benchmark   one stage alone
-    edgekd ablation | ablation-heads | detection-errors | diagnose-bckd | bench-train | bench-openvino | bench-nms | ship-teacher | convert-mmdet
+    edgekd train --role teacher|student | distill | export | quantize | qat | engines | benchmark   one stage alone
+    edgekd ablation | qat-ablation | ablation-heads | detection-errors | diagnose-bckd | bench-train | bench-openvino | bench-nms | ship-teacher | convert-mmdet
 
 `run` skips every stage whose settings and inputs are unchanged since it finished, resumes an
 interrupted one and reruns the rest; `--from stage` reruns that stage and every one after it.
@@ -30,6 +30,8 @@ COMMANDS = {
     "distill": "pipeline.stages.distill",
     "export": "pipeline.stages.export",
     "quantize": "pipeline.stages.quantize",
+    "qat": "pipeline.stages.qat",
+    "qat-ablation": "pipeline.tools.qat_ablation",
     "engines": "pipeline.stages.engines",
     "benchmark": "pipeline.stages.benchmark",
     "ablation": "pipeline.tools.ablation",

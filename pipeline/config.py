@@ -22,6 +22,7 @@ from deploy.errors import InputError
 from distill.data.fashion_scenes import FashionScenesConfig
 from distill.distiller import DistillConfig
 from distill.models.detector import ModelConfig
+from distill.qat import QatConfig
 from distill.trainer import TrainConfig
 from export.onnx import ExportConfig
 from export.quantize import QuantizeConfig
@@ -77,6 +78,8 @@ class EnginesConfig:
     workspace_mb: int = 2048
     dla_core: int | None = None  # Jetson DLA core (GPU fallback on)
     efficient_nms: bool = False  # NMS in the engine (EfficientNMS_TRT, host NMS's settings)
+    # The INT8 engine's source: ptq = quantize/model.int8.trt.onnx, qat = qat/model.qat.onnx (make qat)
+    int8_source: Literal["ptq", "qat"] = "ptq"
 
 
 @dataclass
@@ -90,7 +93,7 @@ class BenchmarkConfig:
 
 
 # In order. `student` (the student trained alone, the no-distillation baseline) is off by default.
-STAGES = ("data", "teacher", "student", "distill", "export", "quantize", "engines", "benchmark", "report")
+STAGES = ("data", "teacher", "student", "distill", "export", "quantize", "qat", "engines", "benchmark", "report")
 DEFAULT_STAGES = [s for s in STAGES if s != "student"]
 
 
@@ -104,6 +107,7 @@ class PipelineConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    qat: QatConfig = field(default_factory=QatConfig)
     engines: EnginesConfig = field(default_factory=EnginesConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     stages: list[str] = field(default_factory=lambda: list(DEFAULT_STAGES))  # which stages `run` runs by default
@@ -162,15 +166,31 @@ def _convert(tp: Any, value: Any, where: str, source: str) -> Any:
     return value
 
 
-def from_dict(cls: type, data: dict, source: str, where: str = "") -> Any:
-    """Build dataclass `cls` from a dict, checking keys and types; errors name `source` and the key."""
+def _field_default(cls: type, key: str) -> Any:
+    """The default instance of a section field built by a factory of its own (qat.train's short
+    schedule), else None: the section's class defaults apply."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == key)
+    if f.default_factory is dataclasses.MISSING or isinstance(f.default_factory, type):
+        return None
+    return f.default_factory()
+
+
+def from_dict(cls: type, data: dict, source: str, where: str = "", base: Any = None) -> Any:
+    """Build dataclass `cls` from a dict, checking keys and types; errors name `source` and the key.
+    Keys the dict leaves out keep `base`'s values, else the field's own default (so `qat.train.lr=...`
+    changes one setting of qat's schedule rather than starting from TrainConfig's)."""
     types_ = _field_types(cls)
     kwargs = {}
     for key, value in data.items():
         if key not in types_:
             raise _unknown_key(cls, key, where, source)
-        kwargs[key] = _convert(types_[key], value, f"{where}.{key}" if where else key, source)
-    return cls(**kwargs)
+        name = f"{where}.{key}" if where else key
+        inner = getattr(base, key) if base is not None else _field_default(cls, key)
+        if dataclasses.is_dataclass(inner) and isinstance(value, dict):
+            kwargs[key] = from_dict(type(inner), value, source, name, inner)
+        else:
+            kwargs[key] = _convert(types_[key], value, name, source)
+    return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -269,12 +289,13 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), c
 
 
 # (dotted key, lowest valid value, strictly above it): checked at load, before hours of work start.
-RANGES = [(f"{role}.train.{key}", low, strict) for role in ("teacher", "student")
+RANGES = [(f"{role}.train.{key}", low, strict) for role in ("teacher", "student", "qat")
           for key, low, strict in (("batch_size", 1, False), ("epochs", 1, False), ("lr", 0.0, True),
                                    ("weight_decay", 0.0, False), ("warmup_steps", 0, False), ("max_steps", 0, False),
                                    ("max_train_images", 0, False), ("max_val_images", 0, False), ("grad_clip", 0.0, False),
                                    ("eval_every", 1, False), ("save_every_steps", 0, False), ("workers", 0, False))]
-RANGES += [("distill.until_epoch", 0, False), ("quantize.calib_images", 8, False), ("quantize.max_map_drop", 0.0, False), ("export.iters", 1, False)]
+RANGES += [("distill.until_epoch", 0, False), ("quantize.calib_images", 8, False), ("quantize.max_map_drop", 0.0, False), ("export.iters", 1, False),
+           ("qat.calib_images", 8, False), ("qat.max_map_drop", 0.0, False)]
 
 
 def check_ranges(config: PipelineConfig, source: str) -> None:

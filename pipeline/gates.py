@@ -5,6 +5,8 @@ and for one skipped as up to date (a gate tightened since still stops the run).
               (when the student stage is part of the run)
     export    ONNX Runtime vs PyTorch parity within export.score_atol / export.box_atol
     quantize  every INT8 artifact within quantize.max_map_drop AP of FP32
+    qat       both QAT artifacts (ONNX Runtime, OpenVINO) within qat.max_map_drop AP of FP32, every
+              convolution quantized (the stage refuses a file with a float convolution)
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pipeline.config import PipelineConfig
 
 # Config keys that only set a gate's limit: left out of the stage's config hash, so changing one
 # re-checks the gate without rerunning the stage.
-GATE_KEYS = {"distill": {"min_gain_over_baseline"}, "export": {"score_atol", "box_atol"}}
+GATE_KEYS = {"distill": {"min_gain_over_baseline"}, "export": {"score_atol", "box_atol"}, "qat": {"max_map_drop"}}
 
 
 def _metrics(path: Path) -> dict:
@@ -47,14 +49,14 @@ def check_gate(stage: str, cfg: PipelineConfig) -> str | None:
         check_parity(parity, cfg.export.score_atol, cfg.export.box_atol, f"stage export ({paths.onnx_model(cfg)})")
         return (f"parity scores {parity['scores_max_abs']:.1e} <= {cfg.export.score_atol:.0e}, "
                 f"boxes {parity['boxes_max_abs']:.1e} <= {cfg.export.box_atol:.0e} px")
-    if stage == "quantize":
-        metrics = _metrics(paths.metrics_file(cfg, "quantize"))
+    if stage in ("quantize", "qat"):
+        metrics = _metrics(paths.metrics_file(cfg, stage))
         fp32 = 100 * metrics["reference"]["fp32_AP"]
         drops = {n: fp32 - 100 * m["AP"] for n, m in metrics["artifacts"].items() if m["precision"] == "int8"}
-        limit = cfg.quantize.max_map_drop
+        limit = getattr(cfg, stage).max_map_drop
         for name, drop in drops.items():
             if drop > limit:
-                raise GateError(f"stage quantize: {name} loses {drop:.2f} AP against FP32 > max {limit} "
-                                f"(quantize.max_map_drop); artifacts left in {paths.stage_dir(cfg, 'quantize')}")
+                raise GateError(f"stage {stage}: {name} loses {drop:.2f} AP against FP32 > max {limit} "
+                                f"({stage}.max_map_drop); artifacts left in {paths.stage_dir(cfg, stage)}")
         return ", ".join(f"{n} {-d:+.2f} AP" for n, d in drops.items()) + f" (max drop {limit})" if drops else None
     return None

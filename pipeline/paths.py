@@ -72,3 +72,13 @@ def benchmark_json(cfg: PipelineConfig) -> Path:
 def data_stats(cfg: PipelineConfig) -> Path:
     """The data stage's counts (images, boxes per split and class)."""
     return stage_dir(cfg, "data") / "stats.json"
+
+
+def qat_onnx(cfg: PipelineConfig) -> Path:
+    """The qat stage's Q/DQ ONNX (symmetric int8, the form TensorRT builds explicit INT8 engines from)."""
+    return stage_dir(cfg, "qat") / "model.qat.onnx"
+
+
+def qat_openvino(cfg: PipelineConfig) -> Path:
+    """The qat stage's Q/DQ ONNX read by OpenVINO into an INT8 IR."""
+    return stage_dir(cfg, "qat") / "model_int8.xml"

@@ -42,8 +42,9 @@ from pipeline.stages.benchmark import artifacts as benchmark_artifacts
 from pipeline.stages.benchmark import run_benchmark
 from pipeline.stages.data import load_split, run_data
 from pipeline.stages.distill import distill_student
-from pipeline.stages.engines import run_engines
+from pipeline.stages.engines import engine_source, run_engines
 from pipeline.stages.export import run_export
+from pipeline.stages.qat import run_qat
 from pipeline.stages.quantize import run_quantize
 from pipeline.stages.report import write_report
 from pipeline.stages.train import external_teacher, load_role_teacher, train_role
@@ -122,14 +123,17 @@ STAGE_TABLE: dict[str, Stage] = {
                     lambda cfg: _annotations(cfg) + [paths.export_source(cfg)], ("data", "distill")),
     "quantize": Stage(run_quantize, lambda cfg: {"quantize": cfg.quantize, "export": cfg.export},
                       lambda cfg: _annotations(cfg) + [paths.onnx_model(cfg)], ("data", "export")),
+    "qat": Stage(run_qat, lambda cfg: {"qat": cfg.qat, "export": cfg.export},
+                 lambda cfg: _annotations(cfg) + [paths.export_source(cfg), paths.metrics_file(cfg, "export")] + _teacher_files(cfg),
+                 ("data", "teacher", "distill", "export")),
     "engines": Stage(run_engines, lambda cfg: {"engines": cfg.engines, "export": cfg.export},
-                     lambda cfg: [paths.onnx_model(cfg)] + ([paths.onnxruntime_int8(cfg)] if "int8" in cfg.engines.precisions else []),
-                     ("export", "quantize")),
+                     lambda cfg: [paths.onnx_model(cfg)] + ([engine_source(cfg, "int8")] if "int8" in cfg.engines.precisions else []),
+                     ("export", "quantize", "qat")),
     "benchmark": Stage(run_benchmark, lambda cfg: {"benchmark": cfg.benchmark},
                        lambda cfg: sorted({Path(split_artifact(s)[0]) for s in benchmark_artifacts(cfg)[0]}),
-                       ("export", "quantize", "engines")),
+                       ("export", "quantize", "qat", "engines")),
     "report": Stage(_report, lambda cfg: {}, _report_inputs,
-                    ("data", "teacher", "student", "distill", "export", "quantize", "engines", "benchmark"),
+                    ("data", "teacher", "student", "distill", "export", "quantize", "qat", "engines", "benchmark"),
                     lambda cfg: [cfg.run_dir / f"report.{ext}" for ext in ("md", "json", "html")]),
 }
 

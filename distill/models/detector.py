@@ -72,6 +72,9 @@ def build_detector(cfg: ModelConfig, num_classes: int, seed: int | None = None) 
 def load_detector(path: str | Path):
     """(detector in eval mode, its classes, the checkpoint) rebuilt from a checkpoint's own model config."""
     state = load_checkpoint(path)
+    if "qat" in state:
+        raise InputError(f"{path}: a QAT checkpoint (BatchNorms folded, fake quantizers in), not a plain detector: "
+                         "its deployable form is the qat stage's model.qat.onnx")
     if not isinstance(state.get("config"), dict) or not state.get("classes"):
         raise InputError(f"{path}: the checkpoint holds no model config or classes (not written by edgekd's trainer)")
     known = {f for f in ModelConfig.__dataclass_fields__}

@@ -30,8 +30,9 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "benchmark.py"
 def artifacts(cfg: PipelineConfig) -> tuple[list[str], list[tuple[str, str]]]:
     """(runnable artifacts as deploy/benchmark.py arguments, [(artifact, why skipped)]) of the run. OpenVINO
     IRs run with the inference precision the quantize stage measured them with (openvino_bf16 is the FP32 IR @bf16)."""
-    found = [paths.onnx_model(cfg), paths.onnxruntime_int8(cfg), paths.onnxruntime_int8(cfg, cpu=True),
-             *sorted(paths.openvino_dir(cfg).glob("model_*.xml")), *sorted(paths.engines_dir(cfg).glob("*.engine"))]
+    found = [paths.onnx_model(cfg), paths.onnxruntime_int8(cfg), paths.onnxruntime_int8(cfg, cpu=True), paths.tensorrt_int8_onnx(cfg),
+             *sorted(paths.openvino_dir(cfg).glob("model_*.xml")), paths.qat_onnx(cfg), paths.qat_openvino(cfg),
+             *sorted(paths.engines_dir(cfg).glob("*.engine"))]
     found = [p for p in found if p.is_file()]
     quantize_json = paths.metrics_file(cfg, "quantize")
     quantized = json.loads(quantize_json.read_text()) if quantize_json.is_file() else {}

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
+from torch import nn
 
 from deploy.errors import InputError
 from deploy.evaluate import format_metrics
@@ -32,6 +33,19 @@ from pipeline.stages.data import load_split, run_data
 from pipeline.stages.train import external_teacher, load_role_teacher
 
 
+def distillation_teacher(cfg: PipelineConfig, dataset_classes: list[str],
+                         teacher_file: str | None = None) -> tuple[nn.Module, list[str], Path]:
+    """(teacher, its classes, where it came from): an mmdetection or torchvision teacher built from
+    teacher.model, else an edgekd checkpoint (teacher_file, teacher.checkpoint or the teacher stage's)."""
+    if external_teacher(cfg) and not teacher_file:
+        return load_role_teacher(cfg, dataset_classes), list(dataset_classes), Path(cfg.teacher.source or cfg.teacher.checkpoint)
+    path = paths.teacher_checkpoint(cfg, teacher_file)
+    if not path.is_file():
+        raise InputError(f"teacher checkpoint not found: {path} (run `make teacher` first, or pass TEACHER=path)")
+    teacher, classes = load_teacher(path)
+    return teacher, classes, path
+
+
 def distill_student(cfg: PipelineConfig, teacher_file: str | None = None, resume: bool = True,
                     progress: bool = True, out_name: str = "distill") -> dict[str, Any]:
     """Train cfg.student with cfg.distill's terms from the teacher; return its val metrics."""
@@ -41,18 +55,9 @@ def distill_student(cfg: PipelineConfig, teacher_file: str | None = None, resume
     if info.world > 1:
         dist.barrier()
     train_set, val_set = load_split(cfg.data, "train"), load_split(cfg.data, "val")
-    if external_teacher(cfg) and not teacher_file:  # mmdetection or torchvision: built from teacher.model
-        path = Path(cfg.teacher.source or cfg.teacher.checkpoint)
-        if resume:
-            refuse_other_settings(cfg.run_dir / out_name, "student", cfg.student.train, cfg.student.model, cfg.distill, path)
-        teacher, teacher_classes = load_role_teacher(cfg, train_set.class_names), train_set.class_names
-    else:
-        path = paths.teacher_checkpoint(cfg, teacher_file)
-        if not path.is_file():
-            raise InputError(f"teacher checkpoint not found: {path} (run `make teacher` first, or pass TEACHER=path)")
-        if resume:
-            refuse_other_settings(cfg.run_dir / out_name, "student", cfg.student.train, cfg.student.model, cfg.distill, path)
-        teacher, teacher_classes = load_teacher(path)
+    teacher, teacher_classes, path = distillation_teacher(cfg, train_set.class_names, teacher_file)
+    if resume:
+        refuse_other_settings(cfg.run_dir / out_name, "student", cfg.student.train, cfg.student.model, cfg.distill, path)
     teacher_size = tuple(teacher.cfg.input_size)
     # Seeded after the teacher is built: every variant (and `make student`) starts from the same init.
     student = build_detector(cfg.student.model, num_classes=len(train_set.categories), seed=cfg.student.train.seed)

@@ -1,6 +1,6 @@
 """TensorRT engines from the run's ONNX files (what `make export-trt PRECISION=fp16|int8` runs, on a GPU
 box or on the Jetson itself): fp32/fp16 from export/model.onnx, int8 from quantize/model.int8.trt.onnx
-(explicit quantization, its Q/DQ form checked by the builder before it parses). The builder is deploy/build_engine.py, the same
+or, with engines.int8_source=qat, qat/model.qat.onnx (explicit quantization, its Q/DQ form checked by the builder before it parses). The builder is deploy/build_engine.py, the same
 code a board runs from the copied deploy/ folder. Each engine is measured by the deploy/ evaluator.
 
     python -m pipeline.stages.engines --config configs/pipelines/default.yaml --precision fp16 [key=value ...]
@@ -28,8 +28,10 @@ from pipeline.stages.data import load_split
 
 
 def engine_source(cfg: PipelineConfig, precision: str) -> Path:
-    """The ONNX an engine of this precision is built from."""
-    return paths.tensorrt_int8_onnx(cfg) if precision == "int8" else paths.onnx_model(cfg)
+    """The ONNX an engine of this precision is built from (int8: the PTQ or the QAT Q/DQ file, engines.int8_source)."""
+    if precision != "int8":
+        return paths.onnx_model(cfg)
+    return paths.qat_onnx(cfg) if cfg.engines.int8_source == "qat" else paths.tensorrt_int8_onnx(cfg)
 
 
 def run_export_trt(cfg: PipelineConfig, precision: str, dla_core: int | None = None,
@@ -40,7 +42,8 @@ def run_export_trt(cfg: PipelineConfig, precision: str, dla_core: int | None = N
         raise InputError(f"cannot build TensorRT engines here: {reason}")
     source = engine_source(cfg, precision)
     if not source.is_file():
-        stage = "quantize` (with onnxruntime_int8_trt in quantize.artifacts)" if precision == "int8" else "export`"
+        stage = ("export`" if precision != "int8" else "qat`" if cfg.engines.int8_source == "qat"
+                 else "quantize` (with onnxruntime_int8_trt in quantize.artifacts)")
         raise InputError(f"{source} not found: run `make {stage} first")
     out_dir = paths.engines_dir(cfg)
     engine = build_engine(source, out_dir / f"model_{precision}.engine",

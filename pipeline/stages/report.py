@@ -31,7 +31,7 @@ PREVIOUS = {"onnxruntime_fp32": "distill", "onnxruntime_int8": "onnxruntime_fp32
             "openvino_fp32": "onnxruntime_fp32", "openvino_bf16": "openvino_fp32", "openvino_fp16": "openvino_fp32", "openvino_int8": "openvino_fp32",
             "tensorrt_fp32": "onnxruntime_fp32", "tensorrt_fp16": "onnxruntime_fp32", "tensorrt_int8": "onnxruntime_int8_trt",
             "onnxruntime_int8_trt": "onnxruntime_fp32", "onnxruntime_fp32_uint8": "onnxruntime_fp32", "onnxruntime_fp32_nms": "onnxruntime_fp32",
-            "openvino_int8_uint8": "openvino_int8"}
+            "openvino_int8_uint8": "openvino_int8", "qat_onnxruntime": "onnxruntime_fp32", "qat_openvino": "onnxruntime_fp32"}
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -73,8 +73,9 @@ def collect_rows(cfg: PipelineConfig) -> list[dict[str, Any]]:
     for name in ("onnxruntime_fp32", "onnxruntime_fp32_uint8", "onnxruntime_fp32_nms"):  # export.uint8_input, export.nms
         if name in exported:
             artifacts[name] = ("export", exported[name])
-    for name, m in _read(paths.metrics_file(cfg, "quantize")).get("artifacts", {}).items():
-        artifacts[name] = ("quantize", m)
+    for stage in ("quantize", "qat"):
+        for name, m in _read(paths.metrics_file(cfg, stage)).get("artifacts", {}).items():
+            artifacts[name] = (stage, m)
     for precision in ("fp32", "fp16", "int8"):
         m = _read(paths.engines_dir(cfg) / f"metrics_{precision}.json")
         if m:

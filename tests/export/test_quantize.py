@@ -128,6 +128,8 @@ def test_the_qdq_check_against_hand_made_graphs():
     assert "no zero point, which means uint8" in tensorrt_qdq_problems(graph(with_zero=False))[0]
     assert "QuantizeLinear 'q_w': a Conv weight quantized along axis 1" in tensorrt_qdq_problems(graph(axis=1))[0]
     assert "an activation quantized per channel" in tensorrt_qdq_problems(graph(act_scale=np.full(3, 0.1, np.float32)))[0]
+    assert "1 of its 1 scales are not positive" in tensorrt_qdq_problems(graph(act_scale=0.0))[0]
+    assert "1 of its 1 scales are subnormal" in tensorrt_qdq_problems(graph(act_scale=1e-40))[0]
     float_model = graph()
     del float_model.graph.node[:4]
     float_model.graph.node[0].input[:] = ["x", "w"]

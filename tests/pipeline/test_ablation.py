@@ -95,3 +95,13 @@ def test_two_seed_ablation_writes_each_seed_apart_and_a_paired_summary(tiny_scen
     assert not (out / "seed7").exists()
     with pytest.raises(InputError, match="repeated seed"):
         run_seeds(cfg, teacher, ["none"], out, [0, 0])
+
+
+def test_the_qat_ablation_table_signs_each_change_against_fp32():
+    from pipeline.tools.qat_ablation import ablation_table
+
+    art = {"qat_onnxruntime": {"AP": 0.2323}, "qat_openvino": {"AP": 0.2256}}
+    rows = {"none": {"method": "none", "steps": 60, "pytorch_fake_quant": {"AP": 0.2316}, "artifacts": art}}
+    table = ablation_table(rows, 0.2290, {"onnxruntime_int8_trt": {"AP": 0.2274}})
+    assert "| PTQ onnxruntime_int8_trt | - | - | - | 22.74 | -0.16 | - | - |" in table
+    assert "| none | none | 60 | 23.16 | 23.23 | +0.33 | 22.56 | -0.34 |" in table

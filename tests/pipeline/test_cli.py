@@ -174,10 +174,10 @@ def test_the_edgekd_command_is_installed_and_runs(tmp_path):
     proc = subprocess.run([exe, "status", "--config", DEFAULT, f"runs_dir={tmp_path}"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert [line.split()[0] for line in proc.stdout.splitlines()[1:]] == [
-        "data", "teacher", "distill", "export", "quantize", "engines", "benchmark", "report"]
+        "data", "teacher", "distill", "export", "quantize", "qat", "engines", "benchmark", "report"]
 
 
-@pytest.mark.parametrize("command", ["train", "distill", "export", "quantize", "engines", "benchmark", "ablation",
+@pytest.mark.parametrize("command", ["train", "distill", "export", "quantize", "qat", "qat-ablation", "engines", "benchmark", "ablation",
                                      "ablation-heads", "detection-errors", "diagnose-bckd", "bench-train",
                                      "bench-openvino", "bench-nms", "ship-teacher"])
 def test_every_edgekd_subcommand_is_its_module_command_line(command, capsys):

@@ -133,3 +133,12 @@ def test_ranges_are_checked_at_load(override, message):
 def test_the_run_name_stays_inside_runs_dir():
     with pytest.raises(ConfigError, match=r"'run' must be a folder name inside runs_dir \(runs\), got '../../etc/x'"):
         load_config(DEFAULT, ["run=../../etc/x"])
+
+
+def test_a_partial_section_keeps_its_own_defaults_not_the_class_defaults():
+    # qat.train's default is a short fine-tuning schedule (lr 1e-5, adamw, 1 epoch), not TrainConfig's
+    # (lr 0.01, sgd, 12 epochs): overriding one of its keys keeps the others.
+    cfg = load_config(DEFAULT, ["qat.train.max_train_images=480", "qat.distill.method=none"])
+    assert (cfg.qat.train.lr, cfg.qat.train.optimizer, cfg.qat.train.epochs) == (1e-5, "adamw", 1)
+    assert cfg.qat.train.max_train_images == 480 and cfg.qat.distill.method == "none"
+    assert cfg.qat.distill.loc_weight == 4.0 and cfg.student.train.lr == 0.001  # the file's own values elsewhere

@@ -86,3 +86,16 @@ def test_gates_stop_with_stage_figure_and_limit(run):
         check_gate("distill", run)
     run.stages.remove("student")  # no baseline in the run: no gate
     assert check_gate("distill", run) is None
+
+
+def test_the_qat_gate_holds_both_runtimes_to_qat_max_map_drop(run):
+    r = run.run_dir
+    art = {"AP": 0.235, "AP50": 0.3, "AP75": 0.2, "latency_ms": latency(5.0), "size_mb": 3.0, "precision": "int8"}
+    write(r / "qat" / "metrics.json", {"artifacts": {"qat_onnxruntime": {**art, "AP": 0.232, "backend": "onnxruntime"},
+                                                      "qat_openvino": {**art, "AP": 0.226, "backend": "openvino"}},
+                                       "reference": {"fp32_AP": 0.235}})
+    run.qat.max_map_drop = 0.5
+    with pytest.raises(GateError, match=r"stage qat: qat_openvino loses 0.90 AP .* max 0.5 \(qat.max_map_drop\)"):
+        check_gate("qat", run)
+    run.qat.max_map_drop = 1.0
+    assert check_gate("qat", run) == "qat_onnxruntime -0.30 AP, qat_openvino -0.90 AP (max drop 1.0)"
