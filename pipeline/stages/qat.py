@@ -91,6 +91,11 @@ def run_qat(cfg: PipelineConfig, out_dir: Path, progress: bool = True, fine_tune
     if info.world > 1:
         raise InputError("qat: runs in one process (ModelOpt's calibrated scales are not synchronised here)")
     train_set, val_set = load_split(cfg.data, "train"), load_split(cfg.data, "val")
+    images_used = min(len(train_set.images), qc.train.max_train_images or len(train_set.images))
+    steps = total_steps_for(qc.train, images_used // qc.train.batch_size)
+    if steps == 0:  # the config check refuses epochs 0; this catches a batch larger than the images
+        raise InputError(f"qat.train: a schedule of zero steps ({qc.train.epochs} epochs of {images_used} images at "
+                         f"batch {qc.train.batch_size}); QAT needs at least one")
     teacher, teacher_classes, teacher_path = distillation_teacher(cfg, train_set.class_names)
     student, classes, state = load_detector(source)
     if classes != train_set.class_names:
@@ -98,11 +103,6 @@ def run_qat(cfg: PipelineConfig, out_dir: Path, progress: bool = True, fine_tune
     input_size = tuple(student.cfg.input_size)
     check_pair(teacher, student, teacher_classes, classes, input_size, str(teacher_path), tuple(teacher.cfg.input_size))
     quantize_student(student, qc, train_set, out_dir / "last.pt" if fine_tune else None)
-    images_used = min(len(train_set.images), qc.train.max_train_images or len(train_set.images))
-    steps = total_steps_for(qc.train, images_used // qc.train.batch_size)
-    if steps == 0:  # the config check refuses epochs 0; this catches a batch larger than the images
-        raise InputError(f"qat.train: a schedule of zero steps ({qc.train.epochs} epochs of {images_used} images at "
-                         f"batch {qc.train.batch_size}); QAT needs at least one")
     distiller = Distiller(teacher, student.cfg, qc.distill, info.device, qc.train.channels_last)
     extra = {"config": state["config"], "classes": classes, "qat": asdict(qc), "source": str(source),
              "teacher": str(teacher_path)}
