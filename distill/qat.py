@@ -135,9 +135,3 @@ def quantizers(model: nn.Module) -> dict[str, nn.Module]:
 
     return {n: m for n, m in model.named_modules() if isinstance(m, TensorQuantizer) and m.is_enabled}
 
-
-def unquantized_convolutions(model: nn.Module) -> list[str]:
-    """Convolutions lacking an enabled input or weight quantizer (the gate wants none)."""
-    enabled = quantizers(model)
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)
-            and not (f"{n}.input_quantizer" in enabled and f"{n}.weight_quantizer" in enabled)]
