@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -32,29 +33,37 @@ def sample_images(coco: CocoDataset, count: int) -> list[np.ndarray]:
 def measure_latency(runner: Any, images: list[np.ndarray], input_size: tuple[int, int], warmup: int = 10,
                     iters: int = 100, batch: int | None = None) -> dict[str, dict[str, float]]:
     """{'infer', 'end_to_end', 'preprocess', 'postprocess': stats} in ms per batch at the runner's batch
-    size (or `batch` for a dynamic one). infer-only times the runtime call on one preprocessed batch;
+    size (or `batch` for a dynamic one). infer-only times the runtime call on preprocessed batches;
     end-to-end adds preprocess and NMS; preprocess (letterbox, normalise) and postprocess (score
     threshold, top-k, NMS, rescale) are also timed alone, on the same images and the model's own outputs,
-    so the split says where end-to-end time goes."""
+    so the split says where end-to-end time goes. Successive calls take the images' batches in turn:
+    NMS time follows each image's candidate count, so one image would not stand for the others."""
     batch = runner.batch or batch or 1
     uint8 = getattr(runner, "input_uint8", False)
-    chosen = [images[i % len(images)] for i in range(batch)]
-    prepared = [model_input(image, input_size, uint8) for image in chosen]
-    x = np.stack([p[0] for p in prepared])
+    groups = [[images[(g * batch + i) % len(images)] for i in range(batch)]
+              for g in range(max(1, len(images) // batch))]
+    prepared = [[model_input(image, input_size, uint8) for image in group] for group in groups]
+    inputs = [np.stack([p[0] for p in group]) for group in prepared]
     infer = runner_infer(runner)
-    outputs = infer(x)
+    outputs = [infer(x) for x in inputs]
 
-    def postprocess() -> None:
-        for k, (_, lb) in enumerate(prepared):
-            image_detections(outputs, k, lb)
+    def postprocess(g: int) -> None:
+        for k, (_, lb) in enumerate(prepared[g]):
+            image_detections(outputs[g], k, lb)
 
-    return {
-        "infer": latency_stats(time_calls(lambda: runner.infer(x), iters, warmup), batch),
-        "end_to_end": latency_stats(time_calls(end_to_end(infer, chosen, input_size, uint8), iters, warmup), batch),
-        "preprocess": latency_stats(time_calls(lambda: [model_input(im, input_size, uint8) for im in chosen], iters, warmup),
-                                    batch),
-        "postprocess": latency_stats(time_calls(postprocess, iters, warmup), batch),
+    calls = {
+        "infer": [lambda x=x: runner.infer(x) for x in inputs],
+        "end_to_end": [end_to_end(infer, group, input_size, uint8) for group in groups],
+        "preprocess": [lambda group=group: [model_input(im, input_size, uint8) for im in group] for group in groups],
+        "postprocess": [lambda g=g: postprocess(g) for g in range(len(groups))],
     }
+    return {name: latency_stats(time_calls(in_turn(fns), iters, warmup), batch) for name, fns in calls.items()}
+
+
+def in_turn(fns: list[Callable[[], Any]]) -> Callable[[], Any]:
+    """One call that runs fns[0], fns[1], ... on successive calls, round and round."""
+    cycle = itertools.cycle(fns)
+    return lambda: next(cycle)()
 
 
 def e2e_over_infer(latency: dict[str, dict[str, float]]) -> float:

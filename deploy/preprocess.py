@@ -7,6 +7,7 @@ normalisation).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -45,9 +46,11 @@ def _resize_pil(image: np.ndarray, width: int, height: int) -> np.ndarray:
 def _resize_opencv(image: np.ndarray, width: int, height: int) -> np.ndarray:
     import cv2
 
-    # INTER_AREA when shrinking (it averages, as PIL's bilinear does on reduction), INTER_LINEAR when growing
-    shrink = width * height < image.shape[0] * image.shape[1]
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    # INTER_AREA averages like PIL's bilinear on a strong reduction, where INTER_LINEAR would skip pixels
+    # and alias; down to half size every source pixel still weighs in, and INTER_LINEAR is 5x faster than
+    # INTER_AREA's general path (0.16 against 0.80 ms, 320x240 -> 192x256, docs/results.md).
+    strong = width * 2 < image.shape[1] or height * 2 < image.shape[0]
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if strong else cv2.INTER_LINEAR)
 
 
 # How the letterbox resizes. PIL is the default everywhere training and evaluation run, so that every
@@ -79,12 +82,21 @@ def preprocess(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, Le
     return out, lb
 
 
+@functools.lru_cache(maxsize=8)
+def _padded_canvas(height: int, width: int) -> np.ndarray:
+    """An HWC image of the pad colour, made once per size: filling one pixel by pixel from a 3-vector
+    took 0.36 ms at 256 x 256, copying this one 0.01 ms."""
+    canvas = np.empty((height, width, 3), dtype=np.uint8)
+    canvas[...] = PAD_UINT8
+    canvas.flags.writeable = False
+    return canvas
+
+
 def letterbox_uint8(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
     """HWC uint8 RGB image -> HWC uint8 letterboxed to (height, width), padded with PAD_UINT8: the whole
     host side of a model exported with a uint8 input (cast, mean/std and layout run in its graph)."""
     resized, lb = letterbox(image, size)
-    out = np.empty((size[0], size[1], 3), dtype=np.uint8)
-    out[...] = PAD_UINT8
+    out = _padded_canvas(size[0], size[1]).copy()
     h, w = resized.shape[:2]
     out[lb.pad_y : lb.pad_y + h, lb.pad_x : lb.pad_x + w] = resized
     return out, lb

@@ -69,15 +69,14 @@ class UInt8Input(nn.Module):
 class GraphNMS(nn.Module):
     """An ExportModel followed by host NMS's steps, for batch 1: candidates are the top PRE_NMS_TOPK
     (location, class) scores above SCORE_THRESHOLD (the same set as thresholding first), then class-aware
-    NMS at IOU_THRESHOLD (torchvision's batched_nms, which exports as NonMaxSuppression), then the best
-    MAX_DETECTIONS."""
+    NMS at IOU_THRESHOLD (one NonMaxSuppression over boxes offset by class), then the best MAX_DETECTIONS."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        from torchvision.ops import batched_nms
+        from torchvision.ops import nms
 
         boxes, scores = self.model(images)
         classes = scores.shape[2]
@@ -86,7 +85,12 @@ class GraphNMS(nn.Module):
         above = top > SCORE_THRESHOLD
         top, index = top[above], index[above]
         candidates, labels = boxes[0][index // classes], index % classes
-        kept = batched_nms(candidates, top, labels, IOU_THRESHOLD)[:MAX_DETECTIONS]
+        # torchvision's batched_nms offsets boxes by class the same way, but it is scripted when traced
+        # and exports an If (for zero candidates) whose body shares constants with the main graph, which
+        # NNCF cannot quantize. The offset spans every decoded box (never an empty set), negative
+        # coordinates included, so that boxes of two classes can never overlap.
+        offsets = labels.to(boxes.dtype) * (boxes.max() - boxes.min() + 1)
+        kept = nms(candidates + offsets[:, None], top, IOU_THRESHOLD)[:MAX_DETECTIONS]
         return candidates[kept], top[kept], labels[kept]
 
 

@@ -34,7 +34,7 @@ ARTIFACTS = ("onnxruntime_int8", "onnxruntime_int8_trt", "openvino_fp32", "openv
 # The inference precision (OpenVINO INFERENCE_PRECISION_HINT) each OpenVINO artifact compiles with unless
 # quantize.inference_precision says otherwise; openvino_bf16 is the FP32 IR run in bf16, no file of its own.
 OPENVINO_INFERENCE = {"openvino_fp32": "f32", "openvino_bf16": "bf16", "openvino_fp16": "f32", "openvino_int8": "f32",
-                      "openvino_int8_uint8": "f32"}
+                      "openvino_int8_uint8": "f32", "openvino_int8_nms": "f32", "openvino_int8_uint8_nms": "f32"}
 
 
 @dataclass
@@ -98,7 +98,8 @@ def tail_nodes(names: Sequence[str], consumers: dict[str, list[str]], is_conv: d
     """Nodes (in topological order `names`) that reach no convolution downstream and are not one."""
     feeds_conv: dict[str, bool] = {}
     for name in reversed(names):
-        feeds_conv[name] = any(is_conv[c] or feeds_conv.get(c, False) for c in consumers.get(name, []))
+        # a consumer outside `names` (an op inside an If body, as graph NMS has) is not a convolution of the graph
+        feeds_conv[name] = any(is_conv.get(c, False) or feeds_conv.get(c, False) for c in consumers.get(name, []))
     return {n for n in names if not is_conv[n] and not feeds_conv[n]}
 
 

@@ -90,6 +90,9 @@ class BenchmarkConfig:
     iters: int = 100
     threads: int = 0  # 0 = each runtime's default
     evaluate: bool = False  # also its AP (each stage measured it already)
+    # The letterbox's resize in end-to-end time: PIL (as training) or OpenCV (a device's faster path, the
+    # same AP on the default data: docs/results.md)
+    resize: Literal["pil", "opencv"] = "pil"
 
 
 # In order. `student` (the student trained alone, the no-distillation baseline) is off by default.

@@ -42,6 +42,11 @@ def onnx_model(cfg: PipelineConfig) -> Path:
     return stage_dir(cfg, "export") / "model.onnx"
 
 
+def graph_nms_onnx(cfg: PipelineConfig) -> Path:
+    """The exported FP32 ONNX with NMS in the graph (export.nms: graph)."""
+    return stage_dir(cfg, "export") / "model.nms.onnx"
+
+
 def onnxruntime_int8(cfg: PipelineConfig, cpu: bool = False) -> Path:
     """The quantize stage's QDQ ONNX for ONNX Runtime (cpu: always uint8 activations, its fastest x86 path)."""
     return stage_dir(cfg, "quantize") / ("model.int8.cpu.onnx" if cpu else "model.int8.onnx")

@@ -122,7 +122,8 @@ STAGE_TABLE: dict[str, Stage] = {
     "export": Stage(run_export, lambda cfg: {"export": cfg.export},
                     lambda cfg: _annotations(cfg) + [paths.export_source(cfg)], ("data", "distill")),
     "quantize": Stage(run_quantize, lambda cfg: {"quantize": cfg.quantize, "export": cfg.export},
-                      lambda cfg: _annotations(cfg) + [paths.onnx_model(cfg)], ("data", "export")),
+                      lambda cfg: _annotations(cfg) + [paths.onnx_model(cfg)]
+                      + ([paths.graph_nms_onnx(cfg)] if cfg.export.nms == "graph" else []), ("data", "export")),
     "qat": Stage(run_qat, lambda cfg: {"qat": cfg.qat, "export": cfg.export},
                  lambda cfg: _annotations(cfg) + [paths.export_source(cfg), paths.metrics_file(cfg, "export")] + _teacher_files(cfg),
                  ("data", "teacher", "distill", "export")),

@@ -64,6 +64,8 @@ def run_benchmark(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> 
         cmd += ["--data", str(Path(cfg.data.root) / cfg.data.val_annotations)]
     if bc.threads:
         cmd += ["--threads", str(bc.threads)]
+    if bc.resize != "pil":
+        cmd += ["--resize", bc.resize]
     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     print(done.stdout, end="", flush=True)
     if done.returncode:

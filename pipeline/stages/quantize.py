@@ -6,7 +6,7 @@
 Writes runs/<run>/quantize/: model.int8.onnx, model.int8.trt.onnx (the Q/DQ form TensorRT builds from,
 checked by deploy/qdq_check.py), model.int8.cpu.onnx on request,
 openvino/model_{fp32,fp16,int8}.xml (+ .bin; openvino_bf16 is model_fp32.xml compiled for bf16 arithmetic,
-where the CPU has it),
+where the CPU has it; model_int8.uint8.xml with export.uint8_input, model_int8.nms.xml with export.nms: graph),
 predictions_<artifact>.json, metrics.json ({"artifacts": {name: metrics}, ...}) and table.md, the
 table across every artifact (PyTorch and ONNX Runtime FP32 from the export stage included).
 """
@@ -170,6 +170,11 @@ def run_quantize(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> d
             measure("openvino_int8", int8_xml, openvino_accuracy_aware(fp32, int8_xml, calib, input_size, control))
         if cfg.export.uint8_input:  # the same INT8 IR taking the letterboxed uint8 image (PrePostProcessor)
             measure("openvino_int8_uint8", openvino_uint8_input(int8_xml, paths.openvino_ir(cfg, "int8.uint8")))
+        if ec.nms == "graph":  # NNCF INT8 of model.nms.onnx: the host only letterboxes and rescales
+            nms_xml = quantize_openvino(paths.graph_nms_onnx(cfg), paths.openvino_ir(cfg, "int8.nms"), calib, input_size)
+            measure("openvino_int8_nms", nms_xml)
+            if ec.uint8_input:
+                measure("openvino_int8_uint8_nms", openvino_uint8_input(nms_xml, paths.openvino_ir(cfg, "int8.uint8.nms")))
 
     everything = {"pytorch": exported["pytorch"], "onnxruntime_fp32": exported["onnxruntime_fp32"], **rows}
     table = format_table(everything, exported["pytorch"]["AP"])

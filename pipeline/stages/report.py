@@ -31,7 +31,8 @@ PREVIOUS = {"onnxruntime_fp32": "distill", "onnxruntime_int8": "onnxruntime_fp32
             "openvino_fp32": "onnxruntime_fp32", "openvino_bf16": "openvino_fp32", "openvino_fp16": "openvino_fp32", "openvino_int8": "openvino_fp32",
             "tensorrt_fp32": "onnxruntime_fp32", "tensorrt_fp16": "onnxruntime_fp32", "tensorrt_int8": "onnxruntime_int8_trt",
             "onnxruntime_int8_trt": "onnxruntime_fp32", "onnxruntime_fp32_uint8": "onnxruntime_fp32", "onnxruntime_fp32_nms": "onnxruntime_fp32",
-            "openvino_int8_uint8": "openvino_int8", "qat_onnxruntime": "onnxruntime_fp32", "qat_openvino": "onnxruntime_fp32"}
+            "openvino_int8_uint8": "openvino_int8", "openvino_int8_nms": "openvino_int8", "openvino_int8_uint8_nms": "openvino_int8",
+            "qat_onnxruntime": "onnxruntime_fp32", "qat_openvino": "onnxruntime_fp32"}
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -165,3 +165,19 @@ def test_a_model_outside_the_export_contract_is_one_error(tmp_path, channels, ou
     assert len(lines) == 1 and lines[0].startswith(f"error: {path}: "), proc.stderr[-2000:]
     for fragment in fragments:
         assert fragment in lines[0]
+
+
+def test_the_benchmark_stage_passes_its_resize_to_the_device_script(exported, monkeypatch):
+    from deploy.errors import InputError
+    from pipeline.stages import benchmark as stage
+
+    commands = []
+    monkeypatch.setattr(stage.subprocess, "run", lambda cmd, **kw: commands.append(cmd) or
+                        subprocess.CompletedProcess(cmd, 1, stdout=""))
+    run_dir = exported[0].parents[1]
+    cfg = PipelineConfig(run=run_dir.name, runs_dir=str(run_dir.parent))
+    for resize in ("pil", "opencv"):
+        cfg.benchmark.resize = resize
+        with pytest.raises(InputError, match="exit code 1"):
+            stage.run_benchmark(cfg, run_dir / "benchmark", progress=False)
+    assert "--resize" not in commands[0] and commands[1][-2:] == ["--resize", "opencv"]

@@ -35,3 +35,28 @@ def test_bad_arguments():
         time_calls(lambda: None, iters=0)
     with pytest.raises(ValueError, match="no latency samples"):
         latency_stats([])
+
+
+def test_latency_takes_the_sample_images_in_turn():
+    """NMS time follows each image's candidates: infer, preprocess, postprocess and end-to-end each see
+    every sample image in turn, not the first one over and over."""
+    from deploy.measure import measure_latency
+
+    class Runner:  # the exported contract, each image's scores marking which image it was
+        batch, input_uint8, outputs = 1, False, ("boxes", "scores")
+
+        def __init__(self):
+            self.seen = []
+
+        def infer(self, x):
+            self.seen.append(round(float(x.mean()), 3))
+            boxes = np.tile(np.array([[0.0, 0.0, 8.0, 8.0]], np.float32), (1, 4, 1))
+            return {"boxes": boxes, "scores": np.full((1, 4, 2), 0.5, np.float32)}
+
+    images = [np.full((16, 16, 3), v, np.uint8) for v in (10, 120, 240)]
+    runner = Runner()
+    stats = measure_latency(runner, images, (16, 16), warmup=0, iters=6)
+    assert set(stats) == {"infer", "end_to_end", "preprocess", "postprocess"}
+    seen = runner.seen[len(images):]  # after the outputs measure_latency computes once per image
+    assert len(set(seen[:3])) == 3 and seen[:6] == seen[:3] * 2  # infer: image 1, 2, 3, 1, 2, 3
+    assert seen[6:12] == seen[:3] * 2  # end to end: the same images, in the same turn

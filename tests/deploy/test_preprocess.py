@@ -57,5 +57,9 @@ def test_the_opencv_resize_is_chosen_not_assumed(monkeypatch):
     monkeypatch.setattr(pp, "resize_backend", "opencv")
     ocv, _ = letterbox(image, (256, 256))
     assert pil.shape == ocv.shape == (256, 192, 3)
-    assert np.array_equal(ocv, cv2.resize(image, (192, 256), interpolation=cv2.INTER_AREA))  # shrinking: area
+    assert np.array_equal(ocv, cv2.resize(image, (192, 256), interpolation=cv2.INTER_LINEAR))  # 0.8x: linear
     assert np.abs(ocv.astype(int) - pil.astype(int)).mean() < 2.0  # a different filter, nearly the same pixels
+    small, _ = letterbox(image, (100, 100))  # below half size: area, which averages as PIL does
+    assert np.array_equal(small, cv2.resize(image, (75, 100), interpolation=cv2.INTER_AREA))
+    monkeypatch.setattr(pp, "resize_backend", "pil")
+    assert np.abs(small.astype(int) - letterbox(image, (100, 100))[0].astype(int)).mean() < 2.0

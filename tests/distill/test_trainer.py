@@ -172,6 +172,7 @@ def test_the_trainer_tells_the_loss_its_epoch(splits, tmp_path):
             seen.append(self.epoch)
             return self.gfl(model, images, targets)
 
-    run(splits, tmp_path, loss_fn=Recording(), epochs=2, max_steps=10, eval_every=2)
-    run(splits, tmp_path, resume=True, loss_fn=Recording(), epochs=2, max_steps=14, eval_every=2)
-    assert seen == [0] * 10 + [0, 0, 1, 1]  # 12 steps per epoch
+    short = dict(loss_fn=Recording(), epochs=3, max_train_images=8, eval_every=3, max_val_images=4)
+    run(splits, tmp_path, max_steps=3, **short)
+    run(splits, tmp_path, resume=True, **{**short, "loss_fn": Recording()})
+    assert seen == [0, 0, 1] + [1, 2, 2]  # 2 steps per epoch, resumed after the first step of epoch 1

@@ -4,6 +4,7 @@ import os
 import numpy as np
 import onnx
 import pytest
+import torch
 
 from deploy.errors import GateError, InputError
 from deploy.files import sha256_file
@@ -161,5 +162,21 @@ def test_nms_in_the_graph_keeps_what_host_nms_keeps(tiny_model, tiny_onnx, tiny_
             np.testing.assert_allclose(boxes, ref_boxes, atol=1e-3)
             compared += len(labels)
     assert compared > 20  # the tiny model keeps detections to compare
+    # torchvision's batched_nms, scripted under tracing, would add an If that NNCF cannot quantize through
+    assert "If" not in {node.op_type for node in onnx.load(str(path)).graph.node}
     with pytest.raises(InputError, match="NMS in the graph exports batch 1"):
         export_onnx(detector, classes, tmp_path / "b2.onnx", (128, 128), batch=2, graph_nms=True)
+
+
+def test_graph_nms_never_suppresses_across_classes_left_of_the_image():
+    """Boxes are offset by class before the one NonMaxSuppression; with coordinates below zero an offset
+    of max + 1 (torchvision's) would let two classes' boxes overlap. Here they never do."""
+    from export.onnx import GraphNMS
+
+    class Fixed(torch.nn.Module):
+        def forward(self, images):
+            boxes = torch.tensor([[[-300.0, 0.0, 10.0, 10.0], [-300.0, 0.0, 10.0, 10.0], [-299.0, 0.0, 10.0, 10.0]]])
+            return boxes, torch.tensor([[[0.9, 0.0], [0.0, 0.8], [0.7, 0.0]]])
+
+    boxes, scores, labels = GraphNMS(Fixed())(torch.zeros(1, 3, 8, 8))
+    assert labels.tolist() == [0, 1] and scores.tolist() == pytest.approx([0.9, 0.8])  # the third: same class, IoU 0.997

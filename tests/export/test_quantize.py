@@ -392,3 +392,34 @@ def test_openvino_uint8_input_irs_follow_their_float_input_ones(ov_irs, tiny_spl
         worst[name] = diff
     print(f"OpenVINO uint8-input vs float-input IRs, scores max |diff|: {worst}")
     assert worst["fp32"] < 1e-4 and worst["int8"] < 1e-4  # measured 2.7e-7 and 0.0
+
+
+def test_openvino_int8_with_nms_in_the_graph_keeps_what_host_nms_keeps(ov_irs, tiny_model, tiny_splits, val_images, tmp_path):
+    """NNCF quantizes model.nms.onnx (no If in it to trip over) as it does model.onnx: the same INT8
+    network, so its in-graph detections are host NMS on the INT8 IR's outputs; with a uint8 input too."""
+    import openvino as ov
+
+    from deploy.postprocess import select_detections
+    from deploy.predict import runner_infer
+    from distill.models.detector import load_detector
+    from export.onnx import export_onnx
+    from export.quantize import openvino_uint8_input
+
+    detector, classes, _ = load_detector(tiny_model[2])
+    graph_nms = export_onnx(detector, classes, tmp_path / "model.nms.onnx", (128, 128), graph_nms=True)
+    xml = quantize_openvino(graph_nms, tmp_path / "int8.nms.xml", calibration_paths(tiny_splits[0], 16), (128, 128))
+    core = ov.Core()
+    assert openvino_float_convolutions(core.read_model(str(xml))) == openvino_float_convolutions(core.read_model(str(ov_irs["int8"])))
+    infer, host = runner_infer(open_runner(str(xml))), open_runner(str(ov_irs["int8"]))
+    compared = 0
+    for x in val_images:
+        boxes, scores, labels = (o[0] for o in infer(x[None]))
+        out = host.infer(x[None])
+        ref_boxes, ref_scores, ref_labels = select_detections(out["boxes"][0], out["scores"][0])
+        assert labels.tolist() == ref_labels.tolist()
+        np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+        np.testing.assert_allclose(boxes, ref_boxes, atol=1e-3)
+        compared += len(labels)
+    assert compared > 20
+    u8 = open_runner(str(openvino_uint8_input(xml, tmp_path / "int8.uint8.nms.xml")))
+    assert u8.input_uint8 and set(u8.outputs) == {"det_boxes", "det_scores", "det_labels"}
