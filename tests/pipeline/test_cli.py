@@ -1,5 +1,7 @@
 """Each bad input ends the CLI with one line naming the file and field, and a non-zero exit."""
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -13,9 +15,21 @@ DEFAULT = str(REPO / "configs" / "pipelines" / "default.yaml")
 CATS = [{"id": 1, "name": "a"}]
 
 
-def cli(*args, cwd=None):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, cwd=cwd, env=env)
+def cli(*args, process=False):
+    """`edgekd *args`: in this process (its imports cost 5 s a process; bad input stops before any work),
+    or, for runs whose worker processes or signal handling are under test, as a process of its own."""
+    if process:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, env=env)
+    from pipeline.__main__ import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(map(str, args)))
+        except SystemExit as e:  # argparse: --help, usage errors
+            code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def assert_one_line_error(proc, *fragments):
@@ -73,7 +87,8 @@ def test_a_train_split_without_annotations_is_refused(tmp_path):
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    proc = cli("run", "--config", DEFAULT, "--debug", f"data.root={tmp_path / 'nowhere'}", "data.generator=null", f"runs_dir={tmp_path / 'runs'}")
+    proc = cli("run", "--config", DEFAULT, "--debug", f"data.root={tmp_path / 'nowhere'}", "data.generator=null",
+               f"runs_dir={tmp_path / 'runs'}", process=True)  # the traceback is the interpreter's, at exit
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
@@ -151,7 +166,7 @@ def test_generating_the_dataset_prints_no_worker_tracebacks(tmp_path):
     """The pipeline's SIGTERM handler reached the generator's forked workers, and the pool's exit printed a
     ForkPoolWorker KeyboardInterrupt traceback from each."""
     proc = cli("run", "--config", DEFAULT, "--no-progress", "--stages", "data", "data.generator.size=tiny",
-               "data.generator.workers=2", f"data.root={tmp_path / 'scenes'}", f"runs_dir={tmp_path / 'runs'}")
+               "data.generator.workers=2", f"data.root={tmp_path / 'scenes'}", f"runs_dir={tmp_path / 'runs'}", process=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr
 
