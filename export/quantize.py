@@ -98,7 +98,7 @@ def tail_nodes(names: Sequence[str], consumers: dict[str, list[str]], is_conv: d
     """Nodes (in topological order `names`) that reach no convolution downstream and are not one."""
     feeds_conv: dict[str, bool] = {}
     for name in reversed(names):
-        # a consumer outside `names` (an op inside an If body, as graph NMS has) is not a convolution of the graph
+        # a consumer outside `names` (an op inside a subgraph, such as an If body) is no convolution of this graph
         feeds_conv[name] = any(is_conv.get(c, False) or feeds_conv.get(c, False) for c in consumers.get(name, []))
     return {n for n in names if not is_conv[n] and not feeds_conv[n]}
 

@@ -95,6 +95,8 @@ def run_quantize(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> d
     fp32, export_json = paths.onnx_model(cfg), paths.metrics_file(cfg, "export")
     if not fp32.is_file() or not export_json.is_file():
         raise InputError(f"{fp32} or its metrics.json missing: run `make export` first")
+    if ec.nms == "graph" and not paths.graph_nms_onnx(cfg).is_file():  # before any INT8 work, not after it
+        raise InputError(f"{paths.graph_nms_onnx(cfg)} missing (export.nms: graph): run `make export` with it first")
     check_writable(paths.openvino_dir(cfg))
     exported = json.loads(export_json.read_text())
     input_size = tuple(exported["input_size"])

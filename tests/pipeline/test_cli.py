@@ -115,6 +115,12 @@ def test_export_and_quantize_name_their_missing_inputs(tmp_path):
                           "checkpoint to export not found", "distill/last.pt", "export.checkpoint")
     assert_one_line_error(cli("run", "--config", DEFAULT, "--stages", "quantize", *overrides),
                           "export/model.onnx or its metrics.json missing", "make export")
+    (tmp_path / "runs" / "default" / "export").mkdir(parents=True, exist_ok=True)
+    for name in ("model.onnx", "metrics.json"):  # exported without NMS in the graph, quantized with it
+        (tmp_path / "runs" / "default" / "export" / name).write_text("{}")
+    assert_one_line_error(cli("quantize", "--config", DEFAULT, *overrides, "export.nms=graph"),
+                          "export/model.nms.onnx missing (export.nms: graph)", "make export")
+    assert not (tmp_path / "runs" / "default" / "quantize" / "openvino").exists()  # nothing half-written
 
 
 def test_an_unknown_quantize_artifact_lists_the_valid_ones():
