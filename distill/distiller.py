@@ -19,11 +19,12 @@ from torch import nn
 from deploy.errors import InputError
 from distill.losses.bckd import bckd_cls_loss, bckd_loc_loss
 from distill.losses.detection import head_loss
-from distill.losses.kd import ld_loss, softmax_kd_loss
+from distill.losses.kd import ld_loss, positive_kd_loss, softmax_kd_loss
 from distill.models.detector import ModelConfig
 from distill.models.probe import probe
 
-METHODS = ("none", "bckd", "kd", "ld")
+METHODS = ("none", "bckd", "kd", "kd_pos", "ld")
+TERMS = ("cls", "loc", "kd")
 # Anchor widths and heights may differ this much (relative) between teacher and student: torchvision
 # truncates its RetinaNet anchor sizes to integers (40 for 32 x 2^(1/3) = 40.3) and rounds the boxes.
 ANCHOR_TOLERANCE = 0.05
@@ -31,13 +32,19 @@ ANCHOR_TOLERANCE = 0.05
 
 @dataclass
 class DistillConfig:
-    method: Literal["none", "bckd", "kd", "ld"] = "bckd"
-    terms: list[str] = field(default_factory=lambda: ["cls", "loc"])  # BCKD terms on (ablation: [cls] or [loc])
+    # kd: softmax KD at every location; kd_pos: softmax KD at positive locations only, as the LD codebase
+    method: Literal["none", "bckd", "kd", "kd_pos", "ld"] = "bckd"
+    # BCKD's terms: cls, loc, and kd (softmax KD beside them, with kd_weight: BCKD's absolute per-class
+    # protocol plus KD's relative one)
+    terms: list[Literal["cls", "loc", "kd"]] = field(default_factory=lambda: ["cls", "loc"])
     cls_weight: float = 1.0  # BCKD classification term
+    cls_region: Literal["all", "negatives"] = "all"  # where BCKD's classification term applies
     loc_weight: float = 4.0  # BCKD IoU localization term
     beta: float = 1.0  # BCKD modulating exponent
     kd_weight: float = 1.0  # softmax KD
     kd_temperature: float = 1.0
+    kd_pos_weight: float = 10.0  # kd_pos, as HikariTJU/LD's GFL configs (loss_kd weight 10, T = 2)
+    kd_pos_temperature: float = 2.0
     ld_weight: float = 0.25  # LD, as mmdet's LD config
     ld_temperature: float = 10.0
     teacher_half: bool = True  # teacher forward in float16 on CUDA
@@ -143,7 +150,15 @@ class Distiller:
         terms: dict[str, tuple[torch.Tensor, float]] = {}
         if self.cfg.method == "bckd":
             if "cls" in self.cfg.terms:
-                terms["bckd_cls"] = (bckd_cls_loss(s_logits, t_logits, weight, assigned.num_pos, self.cfg.beta), self.cfg.cls_weight)
+                cls_weight = weight
+                if self.cfg.cls_region == "negatives":
+                    neg = (assigned.labels < 0).float()
+                    cls_weight = neg if weight is None else weight * neg
+                terms["bckd_cls"] = (bckd_cls_loss(s_logits, t_logits, cls_weight, assigned.num_pos, self.cfg.beta),
+                                     self.cfg.cls_weight)
+            if "kd" in self.cfg.terms:
+                terms["kd"] = (softmax_kd_loss(s_logits, t_logits, self.cfg.kd_temperature, assigned.num_pos, weight),
+                               self.cfg.kd_weight)
             if "loc" in self.cfg.terms:
                 s_loc = student.head([f.detach() for f in features]) if detached_loc else out
                 s_boxes, t_boxes = self._boxes(student, s_loc), self._boxes(self.teacher, t_out)
@@ -155,6 +170,13 @@ class Distiller:
                                      self.cfg.loc_weight)
         elif self.cfg.method == "kd":
             terms["kd"] = (softmax_kd_loss(s_logits, t_logits, self.cfg.kd_temperature, assigned.num_pos, weight), self.cfg.kd_weight)
+        elif self.cfg.method == "kd_pos":
+            pos = assigned.labels >= 0
+            if weight is not None:
+                pos = pos & (weight > 0)
+            strides = out["strides"].repeat(n)
+            terms["kd_pos"] = (positive_kd_loss(s_logits[pos], t_logits[pos], strides[pos], self.cfg.kd_pos_temperature),
+                               self.cfg.kd_pos_weight)
         elif self.cfg.method == "ld":
             pos = assigned.labels >= 0
             r = out["bbox_dists"].shape[-1]

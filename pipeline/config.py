@@ -42,6 +42,9 @@ class DataConfig:
     val_annotations: str = "annotations/instances_val.json"
     generator: FashionScenesConfig | None = None  # set: the data stage writes the dataset when missing
     check_images: bool = True  # open every image's header up front (missing, unreadable, wrong size)
+    # Hold the last N training images (in the annotation file's order) out of every training stage: the
+    # selection split, on which configurations are chosen so that val stays the test set (0: none).
+    select_images: int = 0
 
     def split_paths(self, split: Literal["train", "val"]) -> tuple[Path, Path]:
         """(annotations json, image folder) of a split."""
@@ -297,7 +300,8 @@ RANGES = [(f"{role}.train.{key}", low, strict) for role in ("teacher", "student"
                                    ("weight_decay", 0.0, False), ("warmup_steps", 0, False), ("max_steps", 0, False),
                                    ("max_train_images", 0, False), ("max_val_images", 0, False), ("grad_clip", 0.0, False),
                                    ("eval_every", 1, False), ("save_every_steps", 0, False), ("workers", 0, False))]
-RANGES += [("distill.until_epoch", 0, False), ("quantize.calib_images", 8, False), ("quantize.max_map_drop", 0.0, False), ("export.iters", 1, False),
+RANGES += [("data.select_images", 0, False), ("data.generator.long_tail_ratio", 1.0, False),
+           ("distill.until_epoch", 0, False), ("quantize.calib_images", 8, False), ("quantize.max_map_drop", 0.0, False), ("export.iters", 1, False),
            ("qat.calib_images", 8, False), ("qat.max_map_drop", 0.0, False)]
 
 
@@ -308,7 +312,7 @@ def check_ranges(config: PipelineConfig, source: str) -> None:
     for dotted, low, strict in RANGES:
         value: Any = config
         for part in dotted.split("."):
-            value = getattr(value, part)
+            value = getattr(value, part) if value is not None else None
         if value is None:  # an optional setting left unset
             continue
         if value < low or (strict and value == low):

@@ -30,6 +30,7 @@ from PIL import Image
 from scipy import ndimage
 from tqdm import tqdm
 
+from deploy.errors import InputError
 from deploy.files import write_json
 from distill.data.fashion_mnist import CLASSES, SUPERCATEGORIES, load_fashion_mnist
 
@@ -58,6 +59,9 @@ class FashionScenesConfig:
     max_occlusion: float = 0.5  # largest fraction of an object that later objects may hide
     jpeg_quality: int = 90
     seed: int = 0
+    # > 1: a long-tailed train split, object class frequencies decaying exponentially from the head class
+    # to the tail class by this ratio (which class is which: fixed by the seed); val stays balanced.
+    long_tail_ratio: float = 1.0
     workers: int = 0  # processes; 0 = one per core (the output does not depend on it)
     fashion_mnist_dir: str | None = None  # folder with the four idx .gz files; None: Debian's, else download
 
@@ -68,8 +72,22 @@ class FashionScenesConfig:
     def cache_key(self) -> str:
         """Hash of everything that changes the output (not workers, not where Fashion-MNIST lives)."""
         params = {k: v for k, v in asdict(self).items() if k not in ("workers", "fashion_mnist_dir", "size")}
+        if self.long_tail_ratio == 1.0:  # balanced: the key (and the data) of the datasets written before it
+            del params["long_tail_ratio"]
         params.update(counts=self.counts(), version=GENERATOR_VERSION)
         return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def class_profile(ratio: float, seed: int, num_classes: int = len(CLASSES)) -> np.ndarray:
+    """Each class's probability of being drawn for an object [num_classes]: the classes ranked head to tail
+    by a permutation fixed by the seed, the rank-r class drawn with probability proportional to
+    ratio^(-r / (num_classes - 1)), so the head class is `ratio` times as frequent as the tail class."""
+    if ratio < 1:
+        raise ValueError(f"long_tail_ratio must be >= 1, got {ratio}")
+    rank = np.empty(num_classes, np.int64)
+    rank[np.random.default_rng([seed, 7]).permutation(num_classes)] = np.arange(num_classes)
+    weights = float(ratio) ** (-rank / max(num_classes - 1, 1))
+    return weights / weights.sum()
 
 
 def load_backgrounds(max_side: int = 800) -> list[np.ndarray]:
@@ -140,8 +158,16 @@ def make_scene(index: int, split: str, cfg: FashionScenesConfig, images: np.ndar
     full_area: list[int] = []  # visible pixels of each object when placed
     visible: list[int] = []  # visible pixels of each object now
     classes: list[int] = []
+    long_tail = split == "train" and cfg.long_tail_ratio != 1.0
+    if long_tail:
+        profile = class_profile(cfg.long_tail_ratio, cfg.seed)
+        by_class = [np.flatnonzero(labels == c) for c in range(len(profile))]
     for _ in range(rng.integers(cfg.min_objects, cfg.max_objects + 1)):
-        k = rng.integers(len(images))
+        if long_tail:  # the class first, then one of its images
+            members = by_class[rng.choice(len(profile), p=profile)]
+            k = members[rng.integers(len(members))]
+        else:
+            k = rng.integers(len(images))
         color, alpha = _object(rng, images[k], cfg, max_side=int(0.9 * min(width, height)))
         solid = alpha >= 0.5
         oh, ow = alpha.shape
@@ -223,6 +249,9 @@ def generate(cfg: FashionScenesConfig, root: str | os.PathLike, progress: bool =
     """Write the dataset to root (built in a temporary folder, swapped in whole); return seconds taken."""
     start = time.perf_counter()
     root = Path(root)
+    if root.is_dir() and any(root.iterdir()) and not (root / "generator.json").is_file():  # e.g. a generator setting on a user's dataset
+        raise InputError(f"data.root: {root} holds files the fashion-scenes generator did not write; it will not "
+                         "replace them (set data.generator=null for a dataset of your own, or another data.root)")
     root.parent.mkdir(parents=True, exist_ok=True)
     for stale in root.parent.glob(f".{root.name}.tmp-*"):  # left by an interrupted run
         shutil.rmtree(stale, ignore_errors=True)

@@ -6,20 +6,45 @@ Validation runs here, before any training, so a missing image or a broken json f
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from deploy.coco import CocoDataset, dataset_stats, decode_image_files, load_coco
 from deploy.errors import InputError
 from deploy.files import write_json
 from distill.data.fashion_scenes import generate, is_current
+from distill.trainer import TrainConfig
 from pipeline.config import DataConfig
 
 
-def load_split(data: DataConfig, split: str) -> CocoDataset:
-    """Load and validate one split of the configured dataset."""
-    annotations, images = data.split_paths(split)
-    return load_coco(str(annotations), str(images), check_files=data.check_images)
+def load_split(data: DataConfig, split: Literal["train", "val", "select"]) -> CocoDataset:
+    """Load and validate one split of the configured dataset. With data.select_images = N, "train" is the
+    train file less its last N images and "select" those N (the selection split): every training stage
+    reads "train", so no stage ever sees a selection image."""
+    annotations, images = data.split_paths("val" if split == "val" else "train")
+    ds = load_coco(str(annotations), str(images), check_files=data.check_images)
+    n = data.select_images
+    if split == "val" or (split == "train" and not n):
+        return ds
+    if not n:
+        raise InputError("data.select_images: 0, so there is no selection split (set it, e.g. data.select_images=300)")
+    if n >= len(ds.images):
+        raise InputError(f"data.select_images: {n} of the {len(ds.images)} training images in {annotations} "
+                         "leaves none to train on; lower it")
+    return replace(ds, images=ds.images[:-n] if split == "train" else ds.images[-n:])
+
+
+def check_schedule_fits(data: DataConfig, train: TrainConfig, role: str, images: int) -> None:
+    """With a selection split held out, refuse a schedule that asks for more training images than remain
+    (without one, max_train_images above the split's size means all of it, as it always has)."""
+    if not data.select_images:
+        return
+    asked = max(train.batch_size, train.max_train_images)
+    if asked > images:
+        what = "batch_size" if train.batch_size > images else "max_train_images"
+        raise InputError(f"data.select_images: {data.select_images} leaves {images} training images, fewer than "
+                         f"{role}.train.{what} ({asked}); lower one of them")
 
 
 def format_stats(stats: dict[str, dict[str, Any]]) -> str:
@@ -49,18 +74,20 @@ def run_data(data: DataConfig, out_dir: Path, progress: bool = True) -> dict[str
     elif not Path(data.root).is_dir():
         raise InputError(f"data.root: dataset folder not found: {data.root} (point data.root at a COCO-layout dataset)")
     start = time.perf_counter()
-    splits = {split: load_split(data, split) for split in ("train", "val")}
+    # The selection split, when held out, is refused here (before any training) if it leaves nothing to train on.
+    splits = {split: load_split(data, split) for split in ("train", "val", "select")[: 3 if data.select_images else 2]}
     if data.check_images:  # once per data stage: every image decoded in full, so training never meets a cut file
         decode_start = time.perf_counter()
         for ds in splits.values():
             decode_image_files(ds)
         result["decode_s"] = round(time.perf_counter() - decode_start, 2)
-    if not any(len(b) for b in splits["train"].boxes.values()):  # would train to 0 AP without a word
+    train = splits["train"]
+    if not any(len(train.boxes[image["id"]]) for image in train.images):  # would train to 0 AP without a word
         raise InputError(f"{splits['train'].annotations_path}: the train split holds no annotations (every image "
                          "is a negative); a detector cannot learn from it")
     if splits["train"].categories != splits["val"].categories:
         raise InputError(f"{splits['val'].annotations_path}: categories differ from {splits['train'].annotations_path}")
-    for ds in splits.values():
+    for ds in (splits["train"], splits["val"]):  # the selection split shares the train file's warnings
         for warning in ds.warnings:
             print(f"warning: {warning}")
     stats = {split: dataset_stats(ds) for split, ds in splits.items()}

@@ -29,7 +29,7 @@ from pipeline import paths
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
 from pipeline.reuse import refuse_other_settings
-from pipeline.stages.data import load_split, run_data
+from pipeline.stages.data import check_schedule_fits, load_split, run_data
 from pipeline.stages.train import external_teacher, load_role_teacher
 
 
@@ -55,6 +55,7 @@ def distill_student(cfg: PipelineConfig, teacher_file: str | None = None, resume
     if info.world > 1:
         dist.barrier()
     train_set, val_set = load_split(cfg.data, "train"), load_split(cfg.data, "val")
+    check_schedule_fits(cfg.data, cfg.student.train, "student", len(train_set.images))
     teacher, teacher_classes, path = distillation_teacher(cfg, train_set.class_names, teacher_file)
     if resume:
         refuse_other_settings(cfg.run_dir / out_name, "student", cfg.student.train, cfg.student.model, cfg.distill, path)

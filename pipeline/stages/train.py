@@ -29,7 +29,7 @@ from distill.weights_file import check_weights
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
 from pipeline.reuse import refuse_other_settings
-from pipeline.stages.data import load_split, run_data
+from pipeline.stages.data import check_schedule_fits, load_split, run_data
 
 
 def external_teacher(cfg: PipelineConfig) -> bool:
@@ -62,6 +62,8 @@ def train_role(cfg: PipelineConfig, role: str, resume: bool = True, progress: bo
             print(f"teacher (from {role_cfg.source or role_cfg.checkpoint}, {role_cfg.format}): val {format_metrics(metrics)}")
         return metrics
     model = build_detector(role_cfg.model, num_classes=len(train_set.categories), seed=role_cfg.train.seed)
+    if not role_cfg.checkpoint:
+        check_schedule_fits(cfg.data, role_cfg.train, role, len(train_set.images))
     if role_cfg.checkpoint:
         state = check_weights(role_cfg.checkpoint, role_cfg.model, train_set.class_names, role_cfg.checkpoint_sha256,
                               f"{role}.checkpoint")

@@ -31,7 +31,7 @@ from typing import Any
 
 from deploy.errors import InputError
 from deploy.evaluate import coco_eval
-from deploy.files import write_json, write_text
+from deploy.files import sha256_file, write_json, write_text
 from deploy.tables import markdown_table
 from distill.teachers import load_teacher
 from distill.validate import predict
@@ -56,6 +56,15 @@ VARIANTS = {  # name -> distill overrides
     "bckd_loc_detached": {"method": "bckd", "terms": ["cls", "loc"], "loc_detached_features": True},
     "bckd_until1": {"method": "bckd", "terms": ["cls", "loc"], "until_epoch": 1},
     "bckd_until2": {"method": "bckd", "terms": ["cls", "loc"], "until_epoch": 2},
+    # The literature's KD (softmax KD at positive locations, T = 2, weight 10: HikariTJU/LD) and the
+    # BCKD-family configurations chosen among on the selection split (docs/distillation.md)
+    "kd_pos": {"method": "kd_pos"},
+    "bckd_cls_w3": {"method": "bckd", "terms": ["cls"], "cls_weight": 3.0},
+    "bckd_cls_w10": {"method": "bckd", "terms": ["cls"], "cls_weight": 10.0},
+    "bckd_cls_beta0": {"method": "bckd", "terms": ["cls"], "beta": 0.0},
+    "bckd_cls_neg": {"method": "bckd", "terms": ["cls"], "cls_region": "negatives"},
+    "bckd+kd": {"method": "bckd", "terms": ["cls", "loc", "kd"]},
+    "bckd_cls+kd": {"method": "bckd", "terms": ["cls", "kd"]},
 }
 DEFAULT_VARIANTS = ("none", "kd", "ld", "bckd", "bckd_cls", "bckd_loc")
 COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -71,13 +80,34 @@ def teacher_metrics(cfg: PipelineConfig, path: Path) -> dict[str, Any]:
     return coco_eval(val, predict(teacher, val, tuple(cfg.student.model.input_size)))
 
 
+def selection_metrics(cfg: PipelineConfig, checkpoint: Path) -> dict[str, Any] | None:
+    """AP of a finished run's final model on the selection split (None without one), cached beside the
+    checkpoint under its SHA-256 so that a rerun reuses it and a retrained run does not."""
+    if not cfg.data.select_images:
+        return None
+    cache, digest = checkpoint.parent / "select_metrics.json", sha256_file(checkpoint)
+    if cache.is_file():
+        stored = json.loads(cache.read_text())
+        if stored.get("checkpoint_sha256") == digest and stored.get("select_images") == cfg.data.select_images:
+            return stored["metrics"]
+    model, _ = load_teacher(checkpoint)
+    select = load_split(cfg.data, "select")
+    metrics = coco_eval(select, predict(model, select, tuple(cfg.student.model.input_size)))
+    metrics.pop("summary", None)
+    write_json(cache, {"checkpoint_sha256": digest, "select_images": cfg.data.select_images, "metrics": metrics})
+    return metrics
+
+
 def table(rows: dict[str, dict[str, Any]], teacher: dict[str, Any]) -> str:
     base, top = rows.get("none", {}).get("AP"), teacher["AP"]
-    cells = [["teacher", *(f"{100 * (teacher.get(c) or 0):.1f}" for c in COLUMNS), "", ""]]
+    select = any("select_AP" in m for m in rows.values())
+    cells = [["teacher", *(f"{100 * (teacher.get(c) or 0):.1f}" for c in COLUMNS), *([""] if select else []), "", ""]]
     for name, m in rows.items():
         gap = "" if base is None or name == "none" or top == base else f"{100 * (m['AP'] - base) / (top - base):.0f}%"
-        cells.append([f"student {name}", *(f"{100 * (m.get(c) or 0):.1f}" for c in COLUMNS), gap, m.get("train_min", "")])
-    return markdown_table(["model", *COLUMNS, "gap closed", "train min"], cells)
+        chosen = [f"{100 * m['select_AP']:.1f}" if "select_AP" in m else ""] if select else []
+        cells.append([f"student {name}", *(f"{100 * (m.get(c) or 0):.1f}" for c in COLUMNS), *chosen, gap,
+                      m.get("train_min", "")])
+    return markdown_table(["model", *COLUMNS, *(["selection AP"] if select else []), "gap closed", "train min"], cells)
 
 
 def seed_dir(out: Path, seed: int, home: int) -> Path:
@@ -103,6 +133,9 @@ def summarise(per_seed: dict[int, dict[str, dict[str, Any]]]) -> dict[str, dict[
         row: dict[str, Any] = {"seeds": list(runs), "AP_per_seed": ap, "AP": statistics.fmean(ap),
                                "AP_sd": statistics.stdev(ap) if len(ap) > 1 else None,
                                **{c: statistics.fmean(m[c] for m in runs.values()) for c in ("AP50", "AP75")}}
+        selected = [m["select_AP"] for m in runs.values() if "select_AP" in m]
+        if selected:
+            row.update(select_AP=statistics.fmean(selected), select_AP_per_seed=selected)
         gains = [m["AP"] - per_seed[seed]["none"]["AP"] for seed, m in runs.items() if "none" in per_seed[seed]]
         if name != "none" and gains:
             row.update(gain=statistics.fmean(gains), gain_min=min(gains), gain_max=max(gains), gain_seeds=len(gains))
@@ -111,10 +144,12 @@ def summarise(per_seed: dict[int, dict[str, dict[str, Any]]]) -> dict[str, dict[
 
 
 def seeds_table(summary: dict[str, dict[str, Any]], teacher: dict[str, Any]) -> str:
-    """The multi-seed table in AP percent; gap closed from the mean gain."""
+    """The multi-seed table in AP percent; gap closed from the mean gain; the selection split's mean AP
+    (what configurations are chosen on) when it was held out."""
     top, base = teacher["AP"], summary.get("none", {}).get("AP")
+    select = any("select_AP" in r for r in summary.values())
     cells = [["teacher", "", f"{100 * top:.1f}", "", "", f"{100 * (teacher.get('AP50') or 0):.1f}",
-              f"{100 * (teacher.get('AP75') or 0):.1f}", "", ""]]
+              f"{100 * (teacher.get('AP75') or 0):.1f}", *([""] if select else []), "", ""]]
     for name, r in summary.items():
         sd = "" if r["AP_sd"] is None else f"{100 * r['AP_sd']:.2f}"
         gain = gap = ""
@@ -122,10 +157,12 @@ def seeds_table(summary: dict[str, dict[str, Any]], teacher: dict[str, Any]) -> 
             gain = f"{100 * r['gain']:+.2f} [{100 * r['gain_min']:+.1f}, {100 * r['gain_max']:+.1f}]"
             if base is not None and top != base:
                 gap = f"{100 * r['gain'] / (top - base):.0f}%"
+        chosen = [f"{100 * r['select_AP']:.2f}" if "select_AP" in r else ""] if select else []
         cells.append([f"student {name}", len(r["seeds"]), f"{100 * r['AP']:.2f}", sd,
                       ", ".join(f"{100 * a:.1f}" for a in r["AP_per_seed"]), f"{100 * r['AP50']:.1f}",
-                      f"{100 * r['AP75']:.1f}", gain, gap])
+                      f"{100 * r['AP75']:.1f}", *chosen, gain, gap])
     return markdown_table(["model", "seeds", "AP mean", "AP sd", "AP per seed", "AP50", "AP75",
+                           *(["selection AP mean"] if select else []),
                            "gain over none, paired: mean [min, max]", "gap closed"], cells)
 
 
@@ -196,8 +233,13 @@ def _train_variants(cfg: PipelineConfig, path: Path, names: list[str], out: Path
         print(f"[ablation] {name}: {VARIANTS[name]}", flush=True)
         start = time.perf_counter()
         metrics = distill_student(variant, str(path), resume=True, progress=sys.stderr.isatty(), out_name=name)
-        rows[name] = {**{c: metrics.get(c) for c in COLUMNS}, "train_min": round((time.perf_counter() - start) / 60, 1)}
-        print(f"[ablation] {name}: AP {100 * metrics['AP']:.1f}", flush=True)
+        rows[name] = {**{c: metrics.get(c) for c in COLUMNS}, "train_min": round((time.perf_counter() - start) / 60, 1),
+                      "per_class_AP": metrics.get("per_class_AP")}
+        select = selection_metrics(variant, out / name / "last.pt")
+        if select is not None:
+            rows[name].update(select_AP=select["AP"], select_per_class_AP=select.get("per_class_AP"))
+        print(f"[ablation] {name}: AP {100 * metrics['AP']:.1f}"
+              + (f", selection AP {100 * select['AP']:.1f}" if select is not None else ""), flush=True)
     teacher = teacher_metrics(cfg, path)
     text = table(rows, teacher)
     print(text)

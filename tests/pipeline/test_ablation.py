@@ -7,7 +7,7 @@ import torch
 
 from deploy.errors import InputError
 from pipeline.config import load_config
-from pipeline.tools.ablation import run_seeds, seeds_table, summarise
+from pipeline.tools.ablation import VARIANTS, run_seeds, seeds_table, summarise
 from tests.conftest import REPO
 
 DEFAULT = REPO / "configs" / "pipelines" / "default.yaml"
@@ -105,3 +105,23 @@ def test_the_qat_ablation_table_signs_each_change_against_fp32():
     table = ablation_table(rows, 0.2290, {"onnxruntime_int8_trt": {"AP": 0.2274}})
     assert "| PTQ onnxruntime_int8_trt | - | - | - | 22.74 | -0.16 | - | - |" in table
     assert "| none | none | 60 | 23.16 | 23.23 | +0.33 | 22.56 | -0.34 |" in table
+
+
+def test_new_variants_train_and_report_the_selection_split(tiny_scenes, tiny_model, tmp_path):
+    """kd_pos, the BCKD-family configurations and bckd+kd train from one config; each run's selection-split AP
+    is its final model's on the held-out images, cached against its checkpoint."""
+    _, _, teacher = tiny_model
+    cfg = tiny_config(tiny_scenes, "data.select_images=8")
+    out = tmp_path / "ablation"
+    names = ["kd_pos", "bckd_cls_neg", "bckd+kd"]
+    per_seed, _ = run_seeds(cfg, teacher, names, out, [0])
+    rows = per_seed[0]
+    for name in names:
+        cached = json.loads((out / name / "select_metrics.json").read_text())
+        assert rows[name]["select_AP"] == cached["metrics"]["AP"] and cached["metrics"]["num_images"] == 8
+        state = torch.load(out / name / "last.pt", weights_only=True)
+        assert {k: state["distill"][k] for k in VARIANTS[name]} == VARIANTS[name]
+    logged = json.loads((out / "bckd+kd" / "log.jsonl").read_text().splitlines()[0])
+    assert {"loss_bckd_cls", "loss_bckd_loc", "loss_kd"} <= set(logged) and "loss_kd_pos" in \
+        json.loads((out / "kd_pos" / "log.jsonl").read_text().splitlines()[0])
+    assert "selection AP" in (out / "ablation.md").read_text()
