@@ -55,8 +55,8 @@ teacher: $(STAMP) ## train (or resume) the config's teacher from scratch, whatev
 student: $(STAMP) ## train the student alone (the no-distillation baseline): runs/<run>/student/
 	$(TRAIN_RUN) train --config $(CONFIG) --role student --resume $(ARGS)
 
-distill: $(STAMP) ## distil the student from the teacher (TEACHER=path to pick one): runs/<run>/distill/
-	$(TRAIN_RUN) distill --config $(CONFIG) --resume $(if $(TEACHER),--teacher $(TEACHER)) $(ARGS)
+distill: $(STAMP) ## distil the student from the teacher (TEACHER=path, METHOD=bckd|kd|kd_pos|ld|none): runs/<run>/distill/
+	$(TRAIN_RUN) distill --config $(CONFIG) --resume $(if $(TEACHER),--teacher $(TEACHER)) $(if $(METHOD),distill.method=$(METHOD)) $(ARGS)
 
 export: $(STAMP) ## student checkpoint -> runs/<run>/export/model.onnx, parity-gated, PyTorch and ORT FP32 measured
 	$(EDGEKD) export --config $(CONFIG) $(ARGS)
@@ -98,8 +98,8 @@ bench-openvino-layers: $(STAMP) ## where the OpenVINO FP32/FP16/INT8 IRs spend t
 bench-nms: $(STAMP) ## deploy/'s numpy NMS against torchvision's, same kept set checked -> runs/bench-nms.json
 	$(EDGEKD) bench-nms $(ARGS)
 
-pipeline: $(STAMP) ## every stage, skipping those done, resuming the interrupted (FROM=stage reruns from it)
-	$(EDGEKD) run --config $(CONFIG) $(if $(FROM),--from $(FROM)) $(ARGS)
+pipeline: $(STAMP) ## every stage, skipping those done, resuming the interrupted (FROM=stage reruns from it; METHOD=kd ...)
+	$(EDGEKD) run --config $(CONFIG) $(if $(FROM),--from $(FROM)) $(if $(METHOD),distill.method=$(METHOD)) $(ARGS)
 
 status: $(STAMP) ## each stage of the run: done, stale (settings or inputs changed), failed or pending
 	$(EDGEKD) status --config $(CONFIG) $(ARGS)

@@ -272,8 +272,12 @@ def apply_override(cls: type, data: dict, override: str) -> None:
     if _is_section(tp) and isinstance(value, str) and value.endswith((".yaml", ".yml")):
         value = read_yaml(value)
     node = data
-    for part in dotted[:-1]:
+    for i, part in enumerate(dotted[:-1]):
         if not isinstance(node.get(part), dict):
+            section = _section_type(cls, dotted[: i + 1], source)
+            if type(None) in typing.get_args(section):  # an optional section left unset (data.generator: null)
+                raise ConfigError(f"{source}: '{'.'.join(dotted[: i + 1])}' is not set in this config, so "
+                                  f"'{key.strip()}' has nothing to change (a dataset of your own has no generator)")
             node[part] = {}
         node = node[part]
     node[dotted[-1]] = value

@@ -13,7 +13,7 @@ from distill.data.dataset import DetectionDataset, image_region
 from distill.distiller import DistillConfig, Distiller, check_pair
 from distill.losses.bckd import bckd_cls_loss
 from distill.losses.gfl import assign_targets, gfl_loss, quality_focal_loss
-from distill.losses.kd import ld_loss
+from distill.losses.kd import ld_loss, positive_kd_loss
 from distill.losses.targets import inside_region
 from distill.models.detector import ModelConfig, build_detector
 
@@ -66,6 +66,24 @@ def test_ld_is_mmdetections_by_hand():
     # T = 10 on logits scaled by 10: the same distributions, so x T^2 = 100; two positives add up, not average
     two = ld_loss(torch.zeros(2, 4, 2), 10 * t.expand(2, 4, 2), torch.tensor([0.6, 0.4]), temperature=10.0)
     assert two.item() == pytest.approx(100 * (0.6 + 0.4) * 4 * kl / 2 / 4, rel=1e-5)
+
+
+def test_kd_pos_as_the_ld_codebase_computes_it():
+    """KL over classes averaged (not summed), x T^2, each level's positives averaged, the levels summed."""
+    # one positive at stride 8: teacher logits (0, ln 3) -> (1/4, 3/4) at T = 1; student uniform (1/2, 1/2)
+    kl = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
+    t = torch.tensor([[0.0, math.log(3)]])
+    assert positive_kd_loss(torch.zeros(1, 2), t, torch.tensor([8]), 1.0).item() == pytest.approx(kl / 2, rel=1e-6)
+    # T = 2 on logits scaled by 2: the same distributions, x T^2 = 4. Stride 8 holds two positives (the KL
+    # above and 0): their mean; stride 16 one (the KL): the levels add up, 4 * (kl / 2 / 2 + kl / 2)
+    s = torch.zeros(3, 2)
+    t2 = torch.tensor([[0.0, 2 * math.log(3)], [0.0, 0.0], [0.0, 2 * math.log(3)]])
+    loss = positive_kd_loss(s, t2, torch.tensor([8, 8, 16]), 2.0)
+    assert loss.item() == pytest.approx(4 * (kl / 2 / 2 + kl / 2), rel=1e-6)
+    # no positive in the batch: zero, and still a graph to backpropagate through
+    empty = torch.zeros(0, 2, requires_grad=True)
+    zero = positive_kd_loss(empty, torch.zeros(0, 2), torch.zeros(0, dtype=torch.long))
+    assert zero.item() == 0.0 and zero.requires_grad
 
 
 def test_the_image_region_of_a_letterboxed_image():

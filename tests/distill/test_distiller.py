@@ -47,17 +47,19 @@ def test_pair_check_refuses_other_levels_and_other_classes():
     ("bckd", ["cls"], {"bckd_cls"}),
     ("bckd", ["loc"], {"bckd_loc"}),
     ("kd", ["cls", "loc"], {"kd"}),
+    ("kd_pos", ["cls", "loc"], {"kd_pos"}),
     ("ld", ["cls", "loc"], {"ld"}),
+    ("bckd", ["cls", "loc", "kd"], {"bckd_cls", "bckd_loc", "kd"}),
 ])
 def test_terms_are_named_weighted_and_only_the_student_learns(method, terms, expected):
     teacher, student = pair()
-    cfg = DistillConfig(method=method, terms=terms, cls_weight=1.0, loc_weight=4.0)
+    cfg = DistillConfig(method=method, terms=terms, cls_weight=1.0, loc_weight=4.0, kd_weight=0.7)
     distiller = Distiller(teacher, ModelConfig(**STUDENT), cfg, torch.device("cpu"))
     losses = distiller(student.train(), *batch())
     names = {k.removeprefix("loss_") for k in losses if k.startswith("loss_")} - {"qfl", "dfl", "giou"}
     assert names == expected
     for name in expected:
-        weight = {"bckd_cls": 1.0, "bckd_loc": 4.0, "kd": cfg.kd_weight, "ld": cfg.ld_weight}[name]
+        weight = {"bckd_cls": 1.0, "bckd_loc": 4.0, "kd": 0.7, "kd_pos": 10.0, "ld": cfg.ld_weight}[name]
         torch.testing.assert_close(losses[f"loss_{name}"].detach(), losses[f"raw_{name}"] * weight)
         assert losses[f"raw_{name}"].item() > 0
     sum(v for k, v in losses.items() if k.startswith("loss_")).backward()
@@ -226,3 +228,35 @@ def test_diagnose_bckd_term_mass_against_the_loss_functions():
     same = summary(term_mass(teacher, teacher, ModelConfig(**TEACHER), images, targets))
     assert same["cls_mass_on_positives"] == 0.0 and same["teacher_better_share"] == 0.0
     assert same["iou_teacher_gt"] == same["iou_student_gt"]
+
+
+def test_bckd_plus_kd_adds_softmax_kd_at_its_own_weight_to_the_unchanged_bckd_terms():
+    teacher, student = pair()
+    images, targets = batch()
+    both = Distiller(teacher, ModelConfig(**STUDENT), DistillConfig(terms=["cls", "loc", "kd"], kd_weight=0.3),
+                     torch.device("cpu"))(student.train(), images, targets)
+    bckd = Distiller(teacher, ModelConfig(**STUDENT), DistillConfig(), torch.device("cpu"))(student, images, targets)
+    kd = Distiller(teacher, ModelConfig(**STUDENT), DistillConfig(method="kd"), torch.device("cpu"))(student, images, targets)
+    for name in ("bckd_cls", "bckd_loc"):
+        torch.testing.assert_close(both[f"loss_{name}"], bckd[f"loss_{name}"])
+    torch.testing.assert_close(both["raw_kd"], kd["raw_kd"])  # dense KD, as method kd computes it
+    torch.testing.assert_close(both["loss_kd"].detach(), 0.3 * kd["raw_kd"])
+
+
+def test_bckd_cls_on_negatives_only_drops_the_positive_locations():
+    from distill.losses.bckd import bckd_cls_loss
+    from distill.losses.detection import head_loss
+
+    teacher, student = pair()
+    images, targets = batch()
+    cfg = DistillConfig(terms=["cls"], cls_region="negatives")
+    losses = Distiller(teacher, ModelConfig(**STUDENT), cfg, torch.device("cpu"))(student.train(), images, targets)
+    out, t_out = student(images), teacher(images)
+    _, assigned = head_loss(ModelConfig(**STUDENT))(out, targets)
+    n, a, c = out["cls_logits"].shape
+    s, t = out["cls_logits"].reshape(n * a, c), t_out["cls_logits"].reshape(n * a, c)
+    neg = (assigned.labels < 0).float() * (assigned.valid.float() if assigned.valid is not None else 1)
+    assert (assigned.labels >= 0).sum() > 0  # there are positives to leave out
+    torch.testing.assert_close(losses["raw_bckd_cls"], bckd_cls_loss(s, t, neg, assigned.num_pos).detach())
+    everywhere = bckd_cls_loss(s, t, assigned.valid.float() if assigned.valid is not None else None, assigned.num_pos)
+    assert losses["raw_bckd_cls"].item() < everywhere.item()

@@ -9,6 +9,7 @@ from deploy.coco import dataset_stats, load_coco
 from distill.data.fashion_mnist import CLASSES, load_fashion_mnist
 from distill.data.fashion_scenes import (
     FashionScenesConfig,
+    class_profile,
     generate,
     is_current,
     load_backgrounds,
@@ -82,3 +83,51 @@ def test_cache_key_follows_the_parameters(tiny_scenes):
     assert is_current(replace(cfg, workers=4), tiny_scenes)  # workers do not change the output
     assert not is_current(replace(cfg, seed=1), tiny_scenes)
     assert not is_current(replace(cfg, num_val=5), tiny_scenes)
+
+
+def test_the_long_tail_profile_decays_exponentially_from_a_seeded_head_to_a_tail_ratio_times_rarer():
+    p = class_profile(50.0, seed=0)
+    ranked = np.sort(p)[::-1]
+    assert p.sum() == pytest.approx(1.0) and ranked[0] / ranked[-1] == pytest.approx(50.0)
+    np.testing.assert_allclose(ranked[:-1] / ranked[1:], 50.0 ** (1 / 9))  # the same step between ranks
+    assert np.array_equal(class_profile(50.0, seed=0), p)  # the head is fixed by the seed
+    assert not np.array_equal(np.argsort(class_profile(50.0, seed=1)), np.argsort(p))
+    np.testing.assert_allclose(class_profile(1.0, seed=0), 0.1)
+    with pytest.raises(ValueError, match="long_tail_ratio must be >= 1"):
+        class_profile(0.5, seed=0)
+
+
+def test_a_long_tailed_train_split_follows_the_profile_and_leaves_val_as_it_was(tiny_scenes, tmp_path):
+    cfg = FashionScenesConfig(size="tiny", num_train=120, num_val=4, workers=2, long_tail_ratio=50.0)
+    generate(cfg, tmp_path / "lt", progress=False)
+    labels = np.array([a["category_id"] - 1 for a in read(tmp_path / "lt", "train")["annotations"]])
+    counts, expected = np.bincount(labels, minlength=10), class_profile(50.0, 0) * len(labels)
+    # An object's class is drawn from the profile, then its placement may fail (about 1 in 20, whatever its
+    # class), so the counts are binomial around the profile: 5 standard deviations, and 3 objects for the
+    # rarest classes (about 5 expected), keep a fair draw from failing.
+    sd = np.sqrt(expected * (1 - class_profile(50.0, 0)))
+    assert np.all(np.abs(counts - expected) <= 5 * sd + 3), (counts, expected.round(1))
+    assert counts[np.argmax(expected)] > 20 * max(counts[np.argmin(expected)], 1) / 2  # head far above tail
+    # val is the balanced val (same scenes as the default generator's), and the train split is
+    # deterministic: a smaller run gives the same first scenes
+    assert read(tmp_path / "lt", "val")["annotations"] == [a for a in read(tiny_scenes, "val")["annotations"] if a["image_id"] <= 4]
+    generate(replace(cfg, num_train=10, workers=1), tmp_path / "lt10", progress=False)
+    assert read(tmp_path / "lt10", "train")["annotations"] == [a for a in read(tmp_path / "lt", "train")["annotations"]
+                                                               if a["image_id"] <= 10]
+    assert cfg.cache_key() != replace(cfg, long_tail_ratio=1.0).cache_key()
+
+
+def test_the_balanced_cache_key_is_the_one_written_before_the_long_tail_option():
+    # generator.json of the datasets written before the option: their key must still match (no regeneration)
+    assert FashionScenesConfig().cache_key() == "095e6cbe2a8369a8"
+
+
+def test_the_generator_never_replaces_a_folder_it_did_not_write(tmp_path):
+    from deploy.errors import InputError
+
+    mine = tmp_path / "my-dataset"
+    (mine / "annotations").mkdir(parents=True)
+    (mine / "annotations" / "instances_train.json").write_text("{}")
+    with pytest.raises(InputError, match=r"my-dataset holds files the fashion-scenes generator did not write"):
+        generate(FashionScenesConfig(size="tiny", num_train=2, num_val=2, workers=1), mine, progress=False)
+    assert (mine / "annotations" / "instances_train.json").read_text() == "{}"
