@@ -32,9 +32,14 @@ import numpy as np  # noqa: E402
 from deploy.errors import DeviceError, InputError, report  # noqa: E402
 from deploy.files import atomic_path, check_writable, sha256_file, write_json  # noqa: E402
 from deploy.postprocess import IOU_THRESHOLD, MAX_DETECTIONS, SCORE_THRESHOLD  # noqa: E402
-from deploy.predict import ENGINE_NMS_OUTPUTS  # noqa: E402
 from deploy.qdq_check import check_tensorrt_qdq  # noqa: E402
-from deploy.runtimes.tensorrt import check_version, engine_meta_path, import_tensorrt, parse_version  # noqa: E402
+from deploy.runtimes.tensorrt import (  # noqa: E402
+    ENGINE_NMS_OUTPUTS,
+    check_version,
+    engine_meta_path,
+    import_tensorrt,
+    parse_version,
+)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 EXPLICIT, IMPLICIT = "explicit (QDQ)", "implicit (entropy calibration)"
@@ -290,8 +295,15 @@ def engine_summary(path: str | Path) -> dict[str, Any]:
 
 def calibration_inputs(image_dir: str, input_size: tuple[int, int], count: int) -> list[np.ndarray]:
     """Up to `count` images of a folder (sorted names), preprocessed as the model's input [1, 3, H, W]."""
-    from deploy.preprocess import load_image, preprocess
-
+    if not os.path.isdir(image_dir):
+        raise InputError(f"--calib-images {image_dir}: no such folder (give a folder of .jpg/.png images)")
+    try:  # only here: a Jetson's system Python may lack Pillow, and no other build needs it
+        from deploy.preprocess import load_image, preprocess
+    except ImportError as e:
+        if (e.name or "").split(".")[0] != "PIL":
+            raise
+        raise InputError(f"--calib-images {image_dir}: reading images needs Pillow, which this Python lacks: "
+                         "pip install pillow, or drop --calib-images and build from the Q/DQ ONNX") from None
     names = sorted(n for n in os.listdir(image_dir) if n.lower().endswith((".jpg", ".jpeg", ".png", ".bmp")))
     if not names:
         raise InputError(f"--calib-images {image_dir}: no .jpg/.png images there")
@@ -313,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         onnx_path = Path(args.onnx)
+        if onnx_path.is_dir():
+            raise InputError(f"{onnx_path}: is a directory; give the .onnx file (model.onnx or model.int8.trt.onnx)")
         if not onnx_path.is_file():
             raise InputError(f"{onnx_path}: no such file")
         out = Path(args.out) if args.out else onnx_path.with_name(f"model_{args.precision}.engine")

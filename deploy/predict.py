@@ -11,6 +11,7 @@ from deploy.coco import CocoDataset
 from deploy.evaluate import to_coco_results
 from deploy.postprocess import select_detections
 from deploy.preprocess import Letterbox, model_input, preprocess_batch, unletterbox_boxes
+from deploy.runtimes.tensorrt import ENGINE_NMS_OUTPUTS
 
 # float32 [N, 3, H, W] -> (boxes [N, A, 4] xyxy input pixels, scores [N, A, C] probabilities), or for a
 # model with NMS in its graph the kept (boxes [N, K, 4], scores [N, K], labels [N, K])
@@ -18,8 +19,6 @@ InferFn = Callable[[np.ndarray], Tuple[np.ndarray, ...]]
 
 
 GRAPH_NMS_OUTPUTS = ("det_boxes", "det_scores", "det_labels")  # a model exported with export.nms: graph
-# a TensorRT engine built with EfficientNMS_TRT (deploy/build_engine.py --nms): fixed K slots, the first n used
-ENGINE_NMS_OUTPUTS = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
 
 
 def runner_infer(runner: Any) -> InferFn:

@@ -6,6 +6,8 @@ optimizer, scheduler, scaler, rng, and train (the TrainConfig as a dict).
 
 from __future__ import annotations
 
+import pickletools
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,10 @@ import torch
 from torch import nn
 
 from deploy.errors import InputError
-from deploy.files import atomic_path
+from deploy.files import atomic_path, sha256_file
+
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save since 1.6: a zip archive
+PICKLE_MAGIC = b"\x80"  # torch.save before 1.6: pickles (protocol 2 and up open with PROTO 0x80)
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -35,6 +40,48 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise InputError(f"{path}: not an edgekd checkpoint (no 'model' state dict)")
     return state
+
+
+def file_damage(path: str | Path) -> str | None:
+    """Why `path` cannot be a torch.save file, found without unpickling anything (so a truncated file is
+    told apart from one whose pickled objects weights_only=True refuses); None when it may be one."""
+    with open(path, "rb") as f:
+        head = f.read(len(ZIP_MAGIC))
+        if not head:
+            return "empty file"
+        if head == ZIP_MAGIC:  # the central directory sits at the end: a cut file has none
+            return None if zipfile.is_zipfile(path) else "truncated or damaged (its zip directory is missing)"
+        if not head.startswith(PICKLE_MAGIC):
+            return f"not a PyTorch file (it starts with {head!r}, not a zip archive or a pickle)"
+        f.seek(0)
+        try:  # walked, never run: magic number, protocol, sys_info, the object, its storages' keys
+            for _ in range(5):
+                for _ in pickletools.genops(f):
+                    pass
+        except ValueError:  # pickle exhausted before STOP
+            return "truncated or damaged (a pickle in it ends early)"
+    return None
+
+
+def error_line(error: Exception) -> str:
+    """An exception as one short line: torch.load's weights_only refusal by its WeightsUnpickler line (the
+    lines before it are advice about torch versions), any other by its first line; first sentence only."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    line = next((x for x in lines if x.startswith("WeightsUnpickler error:")), lines[0] if lines else "")
+    line = line.removeprefix("WeightsUnpickler error: ").split(". ")[0][:160]
+    return f"{type(error).__name__}: {line}" if line else type(error).__name__
+
+
+def check_sha256(path: str | Path, expected: str | None, setting: str) -> None:
+    """When a hash is stated for `setting`, the file must exist and have it."""
+    if not expected:
+        return
+    if not Path(path).is_file():
+        raise InputError(f"{setting}: {path} not found")
+    found = sha256_file(path)
+    if found != expected.lower():
+        raise InputError(f"{path}: SHA-256 {found} does not match {setting}_sha256 {expected} (a corrupt or other "
+                         f"file: replace it, or set {setting}_sha256 to this file's hash or null)")
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str, extra_ok: bool = False) -> None:

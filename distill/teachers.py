@@ -15,8 +15,7 @@ from pathlib import Path
 from torch import nn
 
 from deploy.errors import InputError
-from deploy.files import sha256_file
-from distill.checkpoint import load_model_state
+from distill.checkpoint import check_sha256, load_model_state
 from distill.models.config import ModelConfig
 from distill.models.detector import build_detector, load_detector
 from distill.models.mmdet import mmdet_to_edgekd, read_mmdet_checkpoint
@@ -36,12 +35,6 @@ def class_rows(teacher_classes: list[str], dataset_classes: list[str], source: s
     return [index[c] for c in dataset_classes]
 
 
-def check_sha256(path: Path, expected: str | None, setting: str) -> None:
-    found = sha256_file(path) if expected else None
-    if found is not None and found != expected.lower():
-        raise InputError(f"{path}: SHA-256 {found} does not match {setting}_sha256 {expected}")
-
-
 def mmdet_teacher(path: str | Path, model: ModelConfig, dataset_classes: list[str],
                   expected_sha256: str | None = None) -> nn.Module:
     """An edgekd GFL detector holding an mmdetection GFL checkpoint's weights, cut to the dataset's classes."""
@@ -50,9 +43,9 @@ def mmdet_teacher(path: str | Path, model: ModelConfig, dataset_classes: list[st
         raise InputError(f"teacher.format: mmdet maps GFL checkpoints only; teacher.model.name is {model.name} "
                          "(mmdetection's RetinaHead has no GroupNorm where edgekd's towers have one; its ATSS and FCOS "
                          "heads are not verified against edgekd's): train that teacher with edgekd, or use GFL")
+    check_sha256(path, expected_sha256, "teacher.checkpoint")  # first: a wrong file is named as such, not misread
     weights, classes = read_mmdet_checkpoint(path)
-    check_sha256(path, expected_sha256, "teacher.checkpoint")
-    state = mmdet_to_edgekd(weights, str(path))
+    state = mmdet_to_edgekd(weights, str(path))  # read_mmdet_checkpoint found GFL's classifier: head.cls_out
     rows = class_rows(classes, dataset_classes, str(path))
     state["head.cls_out.weight"] = state["head.cls_out.weight"][rows]
     state["head.cls_out.bias"] = state["head.cls_out.bias"][rows]
@@ -65,13 +58,15 @@ def load_teacher(checkpoint: str | Path | None, fmt: str = "edgekd", source: str
                  model: ModelConfig | None = None, dataset_classes: list[str] | None = None,
                  expected_sha256: str | None = None) -> tuple[nn.Module, list[str]]:
     """(teacher in eval mode, its classes) from the teacher settings. An edgekd file carries its own model
-    config; the other kinds are built from `model` and cut to `dataset_classes`."""
+    config; the other kinds are built from `model` and cut to `dataset_classes`. A stated `expected_sha256`
+    is checked for every kind, on torchvision's downloaded file too."""
     if source:
         from distill.models.torchvision_teacher import torchvision_teacher
 
         if fmt != "edgekd":
             raise InputError(f"teacher.source: {source} brings its own weights format; leave teacher.format at edgekd")
-        return torchvision_teacher(source, checkpoint, dataset_classes or [], model), list(dataset_classes or [])
+        teacher = torchvision_teacher(source, checkpoint, dataset_classes or [], model, expected_sha256)
+        return teacher, list(dataset_classes or [])
     if checkpoint is None:
         raise InputError("teacher.checkpoint: no teacher to load (set a file, or teacher.source)")
     if fmt == "mmdet":
@@ -80,5 +75,6 @@ def load_teacher(checkpoint: str | Path | None, fmt: str = "edgekd", source: str
         return mmdet_teacher(checkpoint, model, dataset_classes, expected_sha256), list(dataset_classes)
     if fmt != "edgekd":
         raise InputError(f"teacher.format: {fmt!r} unknown; valid: {', '.join(FORMATS)}")
+    check_sha256(checkpoint, expected_sha256, "teacher.checkpoint")
     teacher, classes, _ = load_detector(checkpoint)
     return teacher, classes

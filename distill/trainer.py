@@ -257,6 +257,11 @@ def train_step(s: Session, model: nn.Module, loss_fn: LossFn, images: torch.Tens
     return total, losses
 
 
+def steps_in_epoch(epoch: int, steps_per_epoch: int, total_steps: int) -> int:
+    """The steps epoch (0-based) will run: the whole epoch, or what max_steps leaves of it (the bar's total)."""
+    return max(0, min(steps_per_epoch, total_steps - epoch * steps_per_epoch))
+
+
 def evaluate(s: Session, val_set: CocoDataset, input_size: tuple[int, int], final: bool, progress: bool) -> dict[str, Any]:
     """Val mAP (a subset during training, all of val at the end); best.pt follows the best AP."""
     val = val_set if final else subset(val_set, s.cfg.max_val_images)
@@ -319,7 +324,7 @@ def train(model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, train_set: CocoDa
         loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=indices, collate_fn=collate,
                             num_workers=cfg.workers, pin_memory=cuda, drop_last=True)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="it", disable=not (info.main and progress),
-                   initial=skip, total=steps_per_epoch)
+                   initial=skip, total=steps_in_epoch(epoch, steps_per_epoch, total_steps))
         tick = time.perf_counter()
         for images, targets in bar:
             images = images.to(info.device, non_blocking=True)

@@ -63,7 +63,9 @@ def check_weights(path: str | Path, model: ModelConfig, classes: list[str], expe
         raise InputError(f"{path}: holds no model config or classes (not an edgekd checkpoint or weights file)")
     if list(state["classes"]) != list(classes):
         raise InputError(f"{path}: trained on classes {list(state['classes'])[:4]}..., the dataset has "
-                         f"{list(classes)[:4]}... ({len(state['classes'])} vs {len(classes)})")
+                         f"{list(classes)[:4]}... ({len(state['classes'])} vs {len(classes)}): set {setting}=null to "
+                         f"train one on this dataset (with {setting.split('.')[0]}.train), or {setting}=PATH to a "
+                         "checkpoint trained on these classes")
     differences = architecture_differences(state["config"], model)
     if differences:
         raise InputError(f"{path}: its architecture differs from the model config: {'; '.join(differences[:3])}")

@@ -46,10 +46,8 @@ COMMANDS = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in COMMANDS:
-        return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+def command_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser (usage and --help) and the parsers of `run` and `status`."""
     parser = argparse.ArgumentParser(prog="edgekd", description="edgekd: distil, export, quantize, measure.",
                                      epilog="one stage or tool alone: " + ", ".join(COMMANDS) + " (each with --help)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{run,status," + ",".join(COMMANDS) + "}")
@@ -58,8 +56,20 @@ def main(argv: list[str] | None = None) -> int:
     chosen.add_argument("--stages", help="comma-separated stages to run (default: the config's list)")
     chosen.add_argument("--from", dest="start", metavar="STAGE", help="rerun this stage and every stage after it")
     run.add_argument("--quiet-config", action="store_true", help="do not print the resolved config")
-    common_arguments(sub.add_parser("status", help="list each stage as done, stale, failed or pending"))
-    args = parser.parse_args(argv)
+    status = common_arguments(sub.add_parser("status", help="list each stage as done, stale, failed or pending"))
+    return parser, {"run": run, "status": status}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS:
+        return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+    parser, commands = command_parsers()
+    if not argv or argv[0] not in commands:
+        parser.parse_args(argv)  # prints the usage (or the help) and exits
+    # Overrides (key=value) may stand before the options: argparse's subparsers cannot intermix them
+    args = commands[argv[0]].parse_intermixed_args(argv[1:])
+    args.command = argv[0]
 
     def body() -> None:
         cfg = load_config(args.config, args.overrides)

@@ -25,6 +25,7 @@ from deploy.files import write_json, write_text
 from pipeline import paths
 from pipeline.config import STAGES, ConfigError, PipelineConfig, to_yaml
 from pipeline.gates import GATE_KEYS, check_gate
+from pipeline.run_lock import run_lock
 from pipeline.stage_state import (
     Status,
     config_hash,
@@ -153,11 +154,12 @@ def select_stages(cfg: PipelineConfig, requested: list[str] | None = None, start
     return selected
 
 
-def hashes(cfg: PipelineConfig, name: str) -> tuple[str, str, list[str]]:
-    """(config hash, inputs hash, missing inputs) of a stage now."""
+def hashes(cfg: PipelineConfig, name: str) -> tuple[str, tuple[str, str], list[str]]:
+    """(config hash, inputs hashes, missing inputs) of a stage now: the inputs hash with names relative to
+    the run folder (what is recorded), then with names as given (what stage.json files before it hold)."""
     stage = STAGE_TABLE[name]
-    in_hash, missing = inputs_hash(stage.inputs(cfg))
-    return config_hash(stage.sections(cfg), GATE_KEYS), in_hash, missing
+    in_hash, missing = inputs_hash(stage.inputs(cfg), cfg.run_dir)
+    return config_hash(stage.sections(cfg), GATE_KEYS), (in_hash, inputs_hash(stage.inputs(cfg))[0]), missing
 
 
 def pipeline_status(cfg: PipelineConfig) -> dict[str, Status]:
@@ -206,7 +208,8 @@ def run_stage(cfg: PipelineConfig, name: str, force: bool, progress: bool) -> di
         out.mkdir(parents=True, exist_ok=True)
         for left in remove_temporaries(out):
             print(f"[{name}] removed {left} (left by an interrupted run)", flush=True)
-        record = {"stage": name, "config_hash": cfg_hash, "inputs_hash": in_hash, "started": started}
+        record = {"stage": name, "config_hash": cfg_hash, "inputs_hash": in_hash[0], "started": started,
+                  "names": "run-relative"}
         write_state(out, state="running", **record)
         try:
             result = stage.run(cfg, out, progress)
@@ -215,7 +218,7 @@ def run_stage(cfg: PipelineConfig, name: str, force: bool, progress: bool) -> di
             raise
         wall = round(time.perf_counter() - start, 1)
         write_state(out, state="done", **record, finished=now(), wall_s=wall,
-                    outputs=output_files(out if stage.track_folder else None, stage.extra_outputs(cfg)), versions=versions(), summary=summary(result))
+                    outputs=output_files(out if stage.track_folder else None, stage.extra_outputs(cfg), cfg.run_dir), versions=versions(), summary=summary(result))
         print(f"[{name}] done in {wall:.1f}s" + (f": {summary(result)}" if summary(result) else ""), flush=True)
     try:
         gate = check_gate(name, cfg)
@@ -280,28 +283,29 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None, progress:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"runs_dir: the run folder {run_dir} cannot be created ({e.strerror})") from None
-    config_file, config_text = run_dir / "config.yaml", to_yaml(cfg)
-    # Rewritten only on change, so an up-to-date run reads a folder it may not write (a read-only mount).
-    if not config_file.is_file() or config_file.read_text(encoding="utf-8") != config_text:
-        write_text(config_file, config_text)
-    results: dict[str, Any] = {}
-    begin, checked = time.perf_counter(), False
-    with sigterm_as_interrupt():
-        for name in selected:
-            stale_upstream = [u for u in STAGE_TABLE[name].upstream
-                              if u in cfg.stages and u not in selected and (read_state(run_dir / u) or {}).get("state") != "done"]
-            if stale_upstream:
-                print(f"[{name}] note: upstream {', '.join(stale_upstream)} not done and not selected; "
-                      "using the files it left", flush=True)
-            if name in ("teacher", "student", "distill") and not checked:
-                check_against_data(cfg, selected)
-                checked = True
-            result = run_stage(cfg, name, force=start is not None, progress=progress)
-            if result is not None:
-                results[name] = result
-    print(f"pipeline: {len(selected)} stages in {time.perf_counter() - begin:.1f}s", flush=True)
-    if (run_dir / "report.md").is_file() and "report" in selected:
-        print(f"report: {run_dir / 'report.md'} (and report.html, report.json)", flush=True)
+    with run_lock(run_dir, "edgekd run"):
+        config_file, config_text = run_dir / "config.yaml", to_yaml(cfg)
+        # Rewritten only on change, so an up-to-date run reads a folder it may not write (a read-only mount).
+        if not config_file.is_file() or config_file.read_text(encoding="utf-8") != config_text:
+            write_text(config_file, config_text)
+        results: dict[str, Any] = {}
+        begin, checked = time.perf_counter(), False
+        with sigterm_as_interrupt():
+            for name in selected:
+                stale_upstream = [u for u in STAGE_TABLE[name].upstream
+                                  if u in cfg.stages and u not in selected and (read_state(run_dir / u) or {}).get("state") != "done"]
+                if stale_upstream:
+                    print(f"[{name}] note: upstream {', '.join(stale_upstream)} not done and not selected; "
+                          "using the files it left", flush=True)
+                if name in ("teacher", "student", "distill") and not checked:
+                    check_against_data(cfg, selected)
+                    checked = True
+                result = run_stage(cfg, name, force=start is not None, progress=progress)
+                if result is not None:
+                    results[name] = result
+        print(f"pipeline: {len(selected)} stages in {time.perf_counter() - begin:.1f}s", flush=True)
+        if (run_dir / "report.md").is_file() and "report" in selected:
+            print(f"report: {run_dir / 'report.md'} (and report.html, report.json)", flush=True)
     return results
 
 

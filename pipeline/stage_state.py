@@ -8,6 +8,7 @@ the same hashes) or reruns from scratch (its settings or inputs changed).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -59,24 +60,35 @@ def config_hash(sections: dict[str, Any], exclude: dict[str, set[str]] | None = 
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def inputs_hash(paths: list[Path]) -> tuple[str, list[str]]:
-    """(hash over the contents of the input files, the inputs that are missing)."""
+def _name(path: Path, run_dir: Path | None) -> str:
+    """A file's name in stage.json: relative to the run folder when inside it, so that a copied or moved run
+    folder describes its own files; as given otherwise (a dataset, a shipped teacher)."""
+    if run_dir is not None:
+        with contextlib.suppress(ValueError):
+            return str(Path(path).relative_to(run_dir))
+    return str(path)
+
+
+def inputs_hash(paths: list[Path], run_dir: Path | None = None) -> tuple[str, list[str]]:
+    """(hash over the contents of the input files and their names, the inputs that are missing). Names
+    inside run_dir count relative to it; without run_dir, as given (how stage.json files before
+    run-relative names were hashed)."""
     digest, missing = hashlib.sha256(), []
     for path in paths:
         if path.is_file():
-            digest.update(f"{path}:{sha256_file(path)}\n".encode())
+            digest.update(f"{_name(path, run_dir)}:{sha256_file(path)}\n".encode())
         else:
             missing.append(str(path))
     return digest.hexdigest()[:16], missing
 
 
-def output_files(stage_dir: Path | None, extra: list[Path] = ()) -> dict[str, dict[str, Any]]:
+def output_files(stage_dir: Path | None, extra: list[Path] = (), run_dir: Path | None = None) -> dict[str, dict[str, Any]]:
     """{path: {size, sha256}} of every file a stage left (its folder, unless None, plus files it wrote
     elsewhere). The hash, not the size, tells a cached artifact is the one the stage made: a weight
     scaled in place keeps its size."""
     files = [p for p in sorted(stage_dir.rglob("*")) if p.is_file() and p.name != STATE_FILE
              and not is_temporary(p.relative_to(stage_dir))] if stage_dir is not None and stage_dir.is_dir() else []
-    return {str(p): {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in [*files, *extra] if p.is_file()}
+    return {_name(p, run_dir): {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in [*files, *extra] if p.is_file()}
 
 
 def is_temporary(path: Path) -> bool:
@@ -98,10 +110,10 @@ def remove_temporaries(stage_dir: Path) -> list[Path]:
     return found
 
 
-def output_changed(path: str, recorded: Any) -> bool:
+def output_changed(path: str, recorded: Any, run_dir: Path | None = None) -> bool:
     """True when a recorded output is missing or differs from what the stage wrote (older stage.json
-    files recorded the size alone)."""
-    p = Path(path)
+    files recorded the size alone). A relative name is the run folder's (run_dir) when given."""
+    p = Path(path) if run_dir is None else Path(run_dir) / path
     if not p.is_file():
         return True
     if isinstance(recorded, int):
@@ -139,10 +151,14 @@ class Status:
         return self.state != "done"
 
 
-def stage_status(stage_dir: Path, cfg_hash: str, in_hash: str, missing: list[str], upstream_rerun: list[str]) -> Status:
-    """Compare a stage's recorded state with its current config and input hashes."""
+def stage_status(stage_dir: Path, cfg_hash: str, in_hash: str | tuple[str, ...], missing: list[str],
+                 upstream_rerun: list[str]) -> Status:
+    """Compare a stage's recorded state with its current config and input hashes (in_hash: the hash, or
+    every hash that counts as unchanged: the run-relative one, and the one older stage.json files hold)."""
     state = read_state(stage_dir)
     if state is None:
+        if (stage_dir / STATE_FILE).exists():
+            return Status("stale", f"{stage_dir / STATE_FILE} is unreadable (empty, cut or not JSON): reruns")
         found = stage_dir.is_dir() and any(stage_dir.iterdir())
         return Status("pending", "has files from a run outside the pipeline: adopts them" if found else "never ran")
     if state.get("config_hash") != cfg_hash:
@@ -151,13 +167,14 @@ def stage_status(stage_dir: Path, cfg_hash: str, in_hash: str, missing: list[str
         return Status("stale", f"upstream {', '.join(upstream_rerun)} will rerun")
     if missing:
         return Status("pending", f"input missing: {missing[0]}")
-    if state.get("inputs_hash") != in_hash:
+    if state.get("inputs_hash") not in (in_hash if isinstance(in_hash, tuple) else (in_hash,)):
         return Status("stale", "its inputs changed")
     if state.get("state") == "running":
         return Status("pending", f"interrupted (started {state.get('started', '?')}): resumes")
     if state.get("state") == "failed":
         return Status("failed", state.get("error", ""))
-    gone = [p for p, recorded in state.get("outputs", {}).items() if output_changed(p, recorded)]
+    run_dir = stage_dir.parent if state.get("names") == "run-relative" else None
+    gone = [p for p, recorded in state.get("outputs", {}).items() if output_changed(p, recorded, run_dir)]
     if gone:
         return Status("stale", f"output changed or missing: {gone[0]}")
     return Status("done", f"finished {state.get('finished', '?')} in {state.get('wall_s', '?')} s")

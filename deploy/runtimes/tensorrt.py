@@ -16,6 +16,9 @@ import numpy as np
 from deploy.errors import DeviceError, InputError
 
 SUPPORTED = ((8, 5), (11, 0))  # [8.5, 11.0): 11 removed the FP16/INT8 builder flags and the calibrators
+# An engine built with EfficientNMS_TRT (deploy/build_engine.py --nms): fixed K slots, the first n used. Here,
+# not in deploy/predict.py, so that building an engine imports neither Pillow nor pycocotools.
+ENGINE_NMS_OUTPUTS = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
 
 
 def parse_version(version: str) -> tuple[int, int]:

@@ -11,6 +11,7 @@ dense_heads/gfl_head.py: cls_convs, reg_convs, gfl_cls, gfl_reg, scales; ConvMod
 
 from __future__ import annotations
 
+import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from deploy.errors import InputError
+from distill.checkpoint import error_line, file_damage
 
 # mmdetection key pattern -> edgekd key (edgekd's towers are Sequential(conv, GroupNorm, ReLU) x convs).
 RULES: list[tuple[str, Any]] = [
@@ -32,6 +34,7 @@ RULES: list[tuple[str, Any]] = [
     (r"bbox_head\.gfl_reg\.(weight|bias)", lambda m: f"head.reg_out.{m[1]}"),
     (r"bbox_head\.scales\.(\d+)\.scale", lambda m: f"head.scales.{m[1]}.scale"),
 ]
+CLASSIFIER = "bbox_head.gfl_cls.weight"  # [classes, C, 3, 3]: GFL's sigmoid classifier, one row per class
 DROPPED = ("bbox_head.integral.project",)  # GFL's integral bins 0..reg_max: a constant edgekd computes
 CONVERT = ("convert it where mmengine is installed: python -m pipeline.tools.convert_mmdet {path} --out plain.pth "
            "(edgekd convert-mmdet; it writes the state dict and classes only)")
@@ -65,19 +68,41 @@ def mmdet_to_edgekd(state: dict[str, torch.Tensor], source: str) -> dict[str, to
     return mapped
 
 
+def head_classes(weights: dict[str, torch.Tensor], classes: list[str], source: str, named_by: str) -> None:
+    """GFL's classifier must be there, with one row per class: a backbone alone, or class names that miscount
+    the head, is refused in one line (`named_by` says where the names came from)."""
+    head = weights.get(CLASSIFIER)
+    if not torch.is_tensor(head):
+        first = ", ".join(list(weights)[:2]) or "none"
+        raise InputError(f"{source}: no GFL classifier ({CLASSIFIER}; its {len(weights)} tensors start {first}): "
+                         "teacher.format: mmdet takes a whole mmdetection GFL detector's checkpoint, not a backbone's")
+    if head.shape[0] != len(classes):
+        raise InputError(f"{source}: {named_by} names {len(classes)} classes, its head ({CLASSIFIER}) has {head.shape[0]} "
+                         f"rows; name exactly {head.shape[0]} (edgekd convert-mmdet {source} --out plain.pth --classes ...)")
+
+
 def read_mmdet_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str]]:
     """(state dict, classes) of an mmdetection checkpoint, read with weights_only=True: classes from
-    meta['CLASSES'] (2.x) or meta['dataset_meta']['classes'] (3.x)."""
+    meta['CLASSES'] (2.x) or meta['dataset_meta']['classes'] (3.x), as many as GFL's classifier has rows."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"teacher.checkpoint: {path} not found")
+    damage = file_damage(path)
+    if damage:  # before torch.load, whose errors would read as pickled objects the converter could fix
+        raise InputError(f"{path}: {damage}; the converter cannot read it either: download or copy it again")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001  an mmengine checkpoint pickles its own objects (message_hub, ...)
-        first = str(e).strip().splitlines()[-1][:120] if str(e).strip() else type(e).__name__
-        raise InputError(f"{path}: not readable with weights_only=True ({first}); {CONVERT.format(path=path)}") from None
+    except pickle.UnpicklingError as e:  # an mmengine checkpoint pickles its own objects (message_hub, ...)
+        raise InputError(f"{path}: not readable with weights_only=True ({error_line(e)}); "
+                         f"{CONVERT.format(path=path)}") from None
+    except Exception as e:  # noqa: BLE001  a zip or pickle cut short inside
+        raise InputError(f"{path}: truncated or damaged ({error_line(e)}); download or copy it again") from None
     if not isinstance(state, dict):
-        raise InputError(f"{path}: not a checkpoint dict; {CONVERT.format(path=path)}")
+        raise InputError(f"{path}: holds a {type(state).__name__}, not a checkpoint dict (state_dict and meta); "
+                         "give the mmdetection checkpoint itself")
+    if "model" in state and "config" in state:  # distill/checkpoint.py's layout
+        raise InputError(f"{path}: an edgekd checkpoint (it has 'model' and 'config'), not an mmdetection one; "
+                         "set teacher.format: edgekd")
     weights = state.get("state_dict", state)
     meta = state.get("meta") or {}
     classes = meta.get("CLASSES") or (meta.get("dataset_meta") or {}).get("classes")
@@ -86,4 +111,6 @@ def read_mmdet_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], li
                          "meta.dataset_meta.classes in 3.x); write them in with the converter")
     if not isinstance(weights, dict) or not all(torch.is_tensor(v) for v in weights.values()):
         raise InputError(f"{path}: its state_dict holds other objects than tensors; {CONVERT.format(path=path)}")
-    return dict(weights), [str(c) for c in classes]
+    classes = [str(c) for c in classes]
+    head_classes(weights, classes, str(path), "its meta")
+    return dict(weights), classes

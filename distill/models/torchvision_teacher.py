@@ -12,6 +12,9 @@ torchvision's COCO categories.
 
 from __future__ import annotations
 
+import http.client
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +25,8 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import clip_boxes_to_image
 
 from deploy.errors import InputError
+from deploy.files import atomic_path
+from distill.checkpoint import check_sha256, error_line, file_damage
 from distill.models.config import ModelConfig
 
 MODELS = {  # torchvision builder -> its COCO weights enum
@@ -30,6 +35,10 @@ MODELS = {  # torchvision builder -> its COCO weights enum
     "fcos_resnet50_fpn": "FCOS_ResNet50_FPN_Weights",
 }
 LARGEST_STRIDE = 128
+# Seconds to connect and, then, for each read: a proxy that accepts and never answers fails here instead of
+# hanging for ever (torch.hub's download has no timeout).
+FETCH_TIMEOUT_S = 30.0
+CHUNK = 1 << 20
 
 
 @dataclass
@@ -105,10 +114,50 @@ def coco_categories(name: str) -> list[str]:
     return list(getattr(torchvision.models.detection, MODELS[name]).COCO_V1.meta["categories"])
 
 
+def fetch_weights(url: str, timeout: float = FETCH_TIMEOUT_S, folder: str | Path | None = None) -> Path:
+    """The file at `url`, downloaded once into `folder` (default: torch.hub's checkpoints, where torchvision
+    keeps it) under its own name, renamed into place only when complete; one line naming the URL if not."""
+    path = Path(folder or Path(torch.hub.get_dir()) / "checkpoints") / Path(urllib.parse.urlparse(url).path).name
+    if path.is_file():
+        return path
+    request = urllib.request.Request(url, headers={"User-Agent": "edgekd"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response, atomic_path(path) as tmp:
+            expected = int(response.headers.get("Content-Length") or -1)
+            with open(tmp, "wb") as f:
+                while block := response.read(CHUNK):
+                    f.write(block)
+            if expected >= 0 and tmp.stat().st_size != expected:  # urllib ends a cut transfer quietly
+                raise http.client.IncompleteRead(b"", expected - tmp.stat().st_size)
+    except (OSError, http.client.HTTPException) as e:  # refused, timed out, cut short, HTTP errors, disk
+        reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        raise InputError(f"{url}: download failed ({reason[:160]}; {timeout:g} s allowed to connect and per read): "
+                         "download it by hand and set teacher.checkpoint to the file") from None
+    return path
+
+
+def read_weights(path: Path, url: str) -> dict[str, torch.Tensor]:
+    """A torchvision weights file's state dict (weights_only); one line naming the file when it is not one."""
+    if not path.is_file():
+        raise InputError(f"teacher.checkpoint: {path} not found; torchvision's file is {url}")
+    damage = file_damage(path)
+    if damage:
+        raise InputError(f"{path}: {damage}; download {url} again and set teacher.checkpoint to the file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  cut inside, or pickled objects weights_only refuses
+        raise InputError(f"{path}: unreadable with weights_only=True ({error_line(e)}); torchvision's file is {url}") from None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise InputError(f"{path}: holds a {type(state).__name__}, not a state dict of tensors; "
+                         f"torchvision's file is {url}")
+    return state
+
+
 def torchvision_teacher(source: str, checkpoint: str | Path | None, dataset_classes: list[str],
-                        model: ModelConfig | None = None) -> TorchvisionTeacher:
-    """The teacher `torchvision:<name>` with its COCO weights (from `checkpoint`, else torchvision's
-    download), cut to the dataset's classes; its input size from teacher.model.input_size."""
+                        model: ModelConfig | None = None, expected_sha256: str | None = None) -> TorchvisionTeacher:
+    """The teacher `torchvision:<name>` with its COCO weights (from `checkpoint`, else downloaded once with
+    a timeout), checked against `expected_sha256` when stated, cut to the dataset's classes; its input size
+    from teacher.model.input_size."""
     name = source.removeprefix("torchvision:")
     if not source.startswith("torchvision:") or name not in MODELS:
         raise InputError(f"teacher.source: {source!r}; valid: {', '.join('torchvision:' + m for m in MODELS)}")
@@ -118,26 +167,21 @@ def torchvision_teacher(source: str, checkpoint: str | Path | None, dataset_clas
     if missing:
         raise InputError(f"teacher.source: {source} knows COCO's 80 classes, not {', '.join(repr(c) for c in missing[:3])}; "
                          "distil from a teacher trained on your classes")
-    detector = getattr(torchvision.models.detection, name)(weights=None, weights_backbone=None, num_classes=len(categories))
-    weights = getattr(torchvision.models.detection, MODELS[name]).COCO_V1
-    if checkpoint:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        try:
-            missing_keys, unexpected = detector.load_state_dict(state, strict=False)
-        except RuntimeError as e:  # shapes that differ
-            missing_keys, unexpected = [str(e).strip().splitlines()[-1].strip()[:120]], []
-        if missing_keys or unexpected:
-            raise InputError(f"{checkpoint}: not {name}'s weights (missing {missing_keys[:2]}, unexpected {unexpected[:2]}); "
-                             f"torchvision's file is {weights.url}")
-    else:
-        try:
-            detector.load_state_dict(weights.get_state_dict(progress=False))
-        except Exception as e:  # offline: say where the file is and how to point at it
-            raise InputError(f"teacher.source: {source} downloads {weights.url} and that failed ({type(e).__name__}); "
-                             f"download it elsewhere and set teacher.checkpoint to the file") from None
     input_size = list(model.input_size) if model is not None else [512, 512]
     if input_size[0] % LARGEST_STRIDE or input_size[1] % LARGEST_STRIDE:
         raise InputError(f"teacher.model.input_size {input_size}: a torchvision teacher needs multiples of {LARGEST_STRIDE} "
                          f"(its anchors sit at image_size // grid_size, the nominal stride only there)")
+    url = getattr(torchvision.models.detection, MODELS[name]).COCO_V1.url  # settings checked: now the weights
+    path = Path(checkpoint) if checkpoint else fetch_weights(url)
+    check_sha256(path, expected_sha256, "teacher.checkpoint")
+    state = read_weights(path, url)
+    detector = getattr(torchvision.models.detection, name)(weights=None, weights_backbone=None, num_classes=len(categories))
+    try:
+        missing_keys, unexpected = detector.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shapes that differ
+        missing_keys, unexpected = [str(e).strip().splitlines()[-1].strip()[:120]], []
+    if missing_keys or unexpected:
+        raise InputError(f"{path}: not {name}'s weights (missing {missing_keys[:2]}, unexpected {unexpected[:2]}); "
+                         f"torchvision's file is {url}")
     cfg = TorchvisionConfig(name=name, input_size=input_size, source=source)
     return TorchvisionTeacher(detector.eval(), [index[c] for c in dataset_classes], cfg).eval()

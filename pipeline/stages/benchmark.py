@@ -23,6 +23,7 @@ from deploy.runtimes.tensorrt import available
 from pipeline import paths
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
+from pipeline.run_lock import run_lock
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "benchmark.py"
 
@@ -78,11 +79,12 @@ def run_benchmark(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = common_arguments(argparse.ArgumentParser(prog="edgekd benchmark", description=__doc__.split("\n")[0]))
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value overrides may stand before options too
 
     def body() -> None:
         cfg = load_config(args.config, args.overrides)
-        run_benchmark(cfg, paths.stage_dir(cfg, "benchmark"))
+        with run_lock(cfg.run_dir, "edgekd benchmark"):
+            run_benchmark(cfg, paths.stage_dir(cfg, "benchmark"))
 
     return guarded(body, args.debug)
 

@@ -29,6 +29,7 @@ from pipeline import paths
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
 from pipeline.reuse import refuse_other_settings
+from pipeline.run_lock import run_lock
 from pipeline.stages.data import check_schedule_fits, load_split, run_data
 from pipeline.stages.train import external_teacher, load_role_teacher
 
@@ -42,7 +43,9 @@ def distillation_teacher(cfg: PipelineConfig, dataset_classes: list[str],
     path = paths.teacher_checkpoint(cfg, teacher_file)
     if not path.is_file():
         raise InputError(f"teacher checkpoint not found: {path} (run `make teacher` first, or pass TEACHER=path)")
-    teacher, classes = load_teacher(path)
+    # the stated hash belongs to teacher.checkpoint, not to a file given with --teacher or the teacher stage's
+    stated = cfg.teacher.checkpoint_sha256 if cfg.teacher.checkpoint and not teacher_file else None
+    teacher, classes = load_teacher(path, expected_sha256=stated)
     return teacher, classes, path
 
 
@@ -75,13 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = common_arguments(argparse.ArgumentParser(prog="edgekd distill", description=__doc__.split("\n")[0]))
     parser.add_argument("--teacher", help="teacher checkpoint (default: runs/<run>/teacher/last.pt)")
     parser.add_argument("--resume", action="store_true", help="continue from <run>/distill/last.pt if it exists")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value overrides may stand before options too
 
     def body() -> None:
         cfg = load_config(args.config, args.overrides)
-        metrics = distill_student(cfg, args.teacher or None, args.resume, progress=not args.no_progress and sys.stderr.isatty())
-        if metrics:
-            print(f"distilled student ({cfg.distill.method}): val {format_metrics(metrics)} -> {cfg.run_dir / 'distill'}")
+        with run_lock(cfg.run_dir, "edgekd distill"):
+            metrics = distill_student(cfg, args.teacher or None, args.resume, progress=not args.no_progress and sys.stderr.isatty())
+            if metrics:
+                print(f"distilled student ({cfg.distill.method}): val {format_metrics(metrics)} -> {cfg.run_dir / 'distill'}")
 
     return guarded(body, args.debug, "interrupted: rerun with --resume to continue from the last checkpoint")
 

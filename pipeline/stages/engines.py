@@ -24,6 +24,7 @@ from deploy.runtimes.tensorrt import available
 from pipeline import paths
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
+from pipeline.run_lock import run_lock
 from pipeline.stages.data import load_split
 
 
@@ -80,11 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dla-core", type=int, help="Jetson DLA core (GPU fallback on)")
     parser.add_argument("--workspace-mb", type=int, default=2048)
     parser.add_argument("--nms", action="store_true", help="NMS in the engine (EfficientNMS_TRT)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value overrides may stand before options too
 
     def body() -> None:
         cfg = load_config(args.config, args.overrides)
-        run_export_trt(cfg, args.precision, args.dla_core, args.workspace_mb, args.nms)
+        with run_lock(cfg.run_dir, "edgekd engines"):
+            run_export_trt(cfg, args.precision, args.dla_core, args.workspace_mb, args.nms)
 
     return guarded(body, args.debug)
 

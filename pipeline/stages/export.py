@@ -30,6 +30,8 @@ from export.torch_runner import TorchRunner
 from pipeline import paths
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
+from pipeline.progress import step_printer
+from pipeline.run_lock import run_lock
 from pipeline.stages.data import load_split
 from pipeline.stages.profile import count_gflops
 
@@ -45,6 +47,11 @@ def run_export(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> dic
     val = load_split(cfg.data, "val")
     if classes != val.class_names:
         raise InputError(f"{source}: its classes {classes[:3]}... differ from the val set's {val.class_names[:3]}...")
+    planned = ["model.onnx: export and parity", "pytorch: measure", "model.onnx: measure",
+               *(["model.uint8.onnx: export and measure"] if ec.uint8_input else []),
+               *(["model.nms.onnx: export and measure"] if ec.nms == "graph" else [])]
+    step = step_printer("export", planned)
+    step(planned[0])
     path = export_onnx(detector, classes, out_dir / "model.onnx", input_size, ec.opset, ec.batch, ec.dynamic_batch,
                        ec.slim, source=str(source))
     n = max(ec.batch, ec.parity_images - ec.parity_images % ec.batch)
@@ -55,14 +62,19 @@ def run_export(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> dic
     check_parity(diff, ec.score_atol, ec.box_atol, str(path))
 
     decoded = sample_images(val, 8)
+    step("pytorch: measure")
     reference, ref_results = measure_artifact(TorchRunner(detector, str(source), ec.batch, ec.threads), val,
                                               input_size, ec.warmup, ec.iters, decoded)
+    step("model.onnx: measure")
     onnx_metrics, results = measure_artifact(OrtRunner(str(path), threads=ec.threads or None), val, input_size,
                                              ec.warmup, ec.iters, decoded)
     onnx_metrics["delta_AP_vs_pytorch"] = onnx_metrics["AP"] - reference["AP"]
     check_results(val, results, str(path))
+    if ec.uint8_input:
+        step("model.uint8.onnx: export and measure")
     uint8 = uint8_artifact(detector, classes, out_dir, input_size, val, decoded, source, path, ec) if ec.uint8_input else {}
     if ec.nms == "graph":
+        step("model.nms.onnx: export and measure")
         uint8.update(graph_nms_artifact(detector, classes, out_dir, input_size, val, decoded, source, onnx_metrics, ec))
     model = {"params": sum(p.numel() for p in detector.parameters()), "gflops": count_gflops(detector, input_size)}
     metrics = {"pytorch": reference, "onnxruntime_fp32": onnx_metrics, **uint8, "parity": diff, "input_size": list(input_size),
@@ -115,16 +127,17 @@ def graph_nms_artifact(detector: nn.Module, classes: list[str], out_dir: Path, i
 
 def main(argv: list[str] | None = None) -> int:
     parser = common_arguments(argparse.ArgumentParser(prog="edgekd export", description=__doc__.split("\n")[0]))
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value overrides may stand before options too
 
     def body() -> None:
         from pipeline.stages.quantize import format_table  # one table format for every artifact
 
         cfg = load_config(args.config, args.overrides)
-        metrics = run_export(cfg, paths.stage_dir(cfg, "export"), progress=not args.no_progress)
-        rows = {k: metrics[k] for k in ("pytorch", "onnxruntime_fp32", "onnxruntime_fp32_uint8", "onnxruntime_fp32_nms")
-                if k in metrics}
-        print(format_table(rows, metrics["pytorch"]["AP"]))
+        with run_lock(cfg.run_dir, "edgekd export"):
+            metrics = run_export(cfg, paths.stage_dir(cfg, "export"), progress=not args.no_progress)
+            rows = {k: metrics[k] for k in ("pytorch", "onnxruntime_fp32", "onnxruntime_fp32_uint8", "onnxruntime_fp32_nms")
+                    if k in metrics}
+            print(format_table(rows, metrics["pytorch"]["AP"]))
 
     return guarded(body, args.debug)
 

@@ -41,6 +41,7 @@ from pipeline import paths
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
 from pipeline.gates import check_gate
+from pipeline.run_lock import run_lock
 from pipeline.stages.data import load_split
 from pipeline.stages.distill import distillation_teacher
 
@@ -141,12 +142,13 @@ def run_qat(cfg: PipelineConfig, out_dir: Path, progress: bool = True, fine_tune
 
 def main(argv: list[str] | None = None) -> int:
     parser = common_arguments(argparse.ArgumentParser(prog="edgekd qat", description=__doc__.split("\n")[0]))
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value overrides may stand before options too
 
     def body() -> None:
         cfg = load_config(args.config, args.overrides)
-        run_qat(cfg, paths.stage_dir(cfg, "qat"), progress=not args.no_progress and sys.stderr.isatty())
-        print(f"[qat] gate passed: {check_gate('qat', cfg)}")
+        with run_lock(cfg.run_dir, "edgekd qat"):
+            run_qat(cfg, paths.stage_dir(cfg, "qat"), progress=not args.no_progress and sys.stderr.isatty())
+            print(f"[qat] gate passed: {check_gate('qat', cfg)}")
 
     return guarded(body, args.debug)
 

@@ -49,6 +49,8 @@ from pipeline import paths
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
 from pipeline.gates import check_gate
+from pipeline.progress import step_printer
+from pipeline.run_lock import run_lock
 from pipeline.stages.data import load_split
 
 
@@ -88,6 +90,18 @@ def _compiled_ap(compiled, coco, input_size: tuple[int, int]) -> float:
     return 100 * coco_eval(coco, predict(infer, coco, input_size, fixed_batch=1))["AP"]
 
 
+def planned_artifacts(cfg: PipelineConfig) -> list[str]:
+    """The artifacts the quantize stage builds and measures, in its order (for its progress lines)."""
+    asked, ec = cfg.quantize.artifacts, cfg.export
+    ort = [a for a in ("onnxruntime_int8", "onnxruntime_int8_cpu", "onnxruntime_int8_trt") if a in asked]
+    ov_float = ["openvino_fp32", *(["openvino_bf16"] if "openvino_bf16" in asked else [])] \
+        if {"openvino_fp32", "openvino_bf16", "openvino_int8"} & set(asked) else []
+    ov_int8 = ["openvino_int8", *(["openvino_int8_uint8"] if ec.uint8_input else []),
+               *(["openvino_int8_nms"] + (["openvino_int8_uint8_nms"] if ec.uint8_input else []) if ec.nms == "graph" else [])] \
+        if "openvino_int8" in asked else []
+    return [*ort, *ov_float, *(["openvino_fp16"] if "openvino_fp16" in asked else []), *ov_int8]
+
+
 def run_quantize(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
     """Build and measure the configured artifacts, write metrics.json and table.md; an INT8 artifact over
     quantize.max_map_drop is first searched back under it (quantize.accuracy_aware)."""
@@ -112,7 +126,10 @@ def run_quantize(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> d
     inference = openvino_inference(qc)
     skipped: dict[str, str] = {}
 
+    step = step_printer("quantize", planned_artifacts(cfg))
+
     def measure(name: str, path: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        step(name)
         if path.suffix == ".xml":
             runner = open_runner(str(path), **options["openvino"], inference_precision=inference[name])
         else:
@@ -193,12 +210,13 @@ def run_quantize(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> d
 
 def main(argv: list[str] | None = None) -> int:
     parser = common_arguments(argparse.ArgumentParser(prog="edgekd quantize", description=__doc__.split("\n")[0]))
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value overrides may stand before options too
 
     def body() -> None:
         cfg = load_config(args.config, args.overrides)
-        run_quantize(cfg, paths.stage_dir(cfg, "quantize"), progress=not args.no_progress)
-        print(f"[quantize] gate passed: {check_gate('quantize', cfg)}")
+        with run_lock(cfg.run_dir, "edgekd quantize"):
+            run_quantize(cfg, paths.stage_dir(cfg, "quantize"), progress=not args.no_progress)
+            print(f"[quantize] gate passed: {check_gate('quantize', cfg)}")
 
     return guarded(body, args.debug)
 

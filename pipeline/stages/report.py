@@ -183,14 +183,19 @@ def _machine_line(report: dict[str, Any]) -> str:
     return f"{machine_line(m)}, {m['platform']}; Python {v['python']}, {libs}"
 
 
-def render_markdown(report: dict[str, Any], plots: dict[str, Path]) -> str:
+LEGEND = ("AP in percent on the whole val split; ΔAP in AP points; latency in ms at batch 1. "
+          "`executed`: the precision the runtime reports its convolutions run in (`(!)`: not what was asked). "
+          "`*` marks the Pareto front (no other artifact is both at least as fast and at least as accurate).")
+
+
+def stage_times_line(report: dict[str, Any]) -> str:
     stages = " · ".join(f"{s} {t['wall_s']} s" for s, t in report["stages"].items() if t.get("wall_s") is not None)
-    lines = [f"# edgekd report: {report['run']}", "",
-             f"Machine: {_machine_line(report)}.", "",
-             "AP in percent on the whole val split; ΔAP in AP points; latency in ms at batch 1. "
-             "`executed`: the precision the runtime reports its convolutions run in (`(!)`: not what was asked). "
-             "`*` marks the Pareto front (no other artifact is both at least as fast and at least as accurate).", "",
-             report_table(report["rows"]), "", f"Stage wall times: {stages}.", ""]
+    return f"Stage wall times: {stages}."
+
+
+def render_markdown(report: dict[str, Any], plots: dict[str, Path]) -> str:
+    lines = [f"# edgekd report: {report['run']}", "", f"Machine: {_machine_line(report)}.", "", LEGEND, "",
+             report_table(report["rows"]), "", stage_times_line(report), ""]
     lines += [f"- {note}" for note in report["notes"]] + ([""] if report["notes"] else [])
     lines += [f"![{name}]({path})" for name, path in plots.items()]
     return "\n".join(lines) + "\n"
@@ -205,7 +210,7 @@ def render_html(report: dict[str, Any], plots: dict[str, Path]) -> str:
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
             "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}td:first-child{text-align:left}"
             "img{max-width:100%}</style></head><body>"
-            f"<h1>edgekd report: {html.escape(report['run'])}</h1><p>{html.escape(_machine_line(report))}</p>"
-            "<p>AP in percent on the whole val split; ΔAP in AP points; latency in ms at batch 1; * marks the Pareto front.</p>"
-            f"<table><tr>{head}</tr>{body}</table>"
+            f"<h1>edgekd report: {html.escape(report['run'])}</h1><p>Machine: {html.escape(_machine_line(report))}.</p>"
+            f"<p>{html.escape(LEGEND).replace('`', '')}</p>"
+            f"<table><tr>{head}</tr>{body}</table><p>{html.escape(stage_times_line(report))}</p>"
             + "".join(f"<p>{html.escape(n)}</p>" for n in report["notes"]) + f"{images}</body></html>\n")

@@ -75,7 +75,8 @@ def plot_ap_bars(rows: list[dict[str, Any]], path: Path) -> Path:
     teacher = next((r for r in rows if r["stage"] == "teacher"), None)
     if teacher:
         ax.axhline(100 * teacher["AP"], color="black", linestyle=":", label="teacher")
-        ax.legend(loc="lower right")
+        # above the axes, where no bar can be: inside, 'lower right' covered the last bar
+        ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
     ax.set_xticks(range(len(rows)), names, rotation=30, ha="right")
     ax.set_ylabel("AP (%)")
     ax.set_title("AP after every stage")

@@ -29,6 +29,7 @@ from distill.weights_file import check_weights
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
 from pipeline.reuse import refuse_other_settings
+from pipeline.run_lock import run_lock
 from pipeline.stages.data import check_schedule_fits, load_split, run_data
 
 
@@ -85,13 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = common_arguments(argparse.ArgumentParser(prog="edgekd train", description=__doc__.split("\n")[0]))
     parser.add_argument("--role", choices=("teacher", "student"), default="teacher")
     parser.add_argument("--resume", action="store_true", help="continue from <run>/<role>/last.pt if it exists")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value overrides may stand before options too
 
     def body() -> None:
         cfg = load_config(args.config, args.overrides)
-        metrics = train_role(cfg, args.role, args.resume, progress=not args.no_progress and sys.stderr.isatty())
-        if metrics:
-            print(f"{args.role}: val {format_metrics(metrics)} -> {Path(cfg.run_dir) / args.role}")
+        with run_lock(cfg.run_dir, "edgekd train"):
+            metrics = train_role(cfg, args.role, args.resume, progress=not args.no_progress and sys.stderr.isatty())
+            if metrics:
+                print(f"{args.role}: val {format_metrics(metrics)} -> {Path(cfg.run_dir) / args.role}")
 
     return guarded(body, args.debug, "interrupted: rerun with --resume to continue from the last checkpoint")
 

@@ -38,6 +38,7 @@ from distill.validate import predict
 from pipeline import paths, reuse
 from pipeline.cli import guarded
 from pipeline.config import PipelineConfig, load_config
+from pipeline.run_lock import run_lock
 from pipeline.stages.data import load_split
 from pipeline.stages.distill import distill_student
 
@@ -261,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                         "runs go to OUT/, the others' to OUT/seed<k>/, and the summary to OUT/ablation-seeds.md")
     parser.add_argument("--out", default="runs/ablation")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value overrides may stand before options too
 
     def body() -> None:
         cfg = load_config(args.config, args.overrides)
@@ -269,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
             seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [cfg.student.train.seed]
         except ValueError:
             raise InputError(f"--seeds: expected comma-separated integers, got '{args.seeds}'") from None
-        run_seeds(cfg, paths.teacher_checkpoint(cfg, args.teacher), args.variants.split(","), Path(args.out), seeds)
+        with run_lock(Path(args.out), "edgekd ablation"):  # each variant's folder is a run under it
+            run_seeds(cfg, paths.teacher_checkpoint(cfg, args.teacher), args.variants.split(","), Path(args.out), seeds)
 
     return guarded(body)
 

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default="runs/bench-nms.json")
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--iou", type=float, default=0.6)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value overrides may stand before options too
     torch.set_num_threads(1)  # NMS runs on one thread in both
     rng = np.random.default_rng(0)
     cases = [(f"{n} candidates, {c} classes", scene(rng, n, c)) for n, c in CASES] + [("chain of 1000, 1 class", chain(1000))]

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", action="store_true", help="per-layer-kind time instead (PERF_COUNT)")
     parser.add_argument("--iters", type=int, default=200, help="calls averaged with --layers")
     parser.add_argument("--threads", type=int, help="--layers: INFERENCE_NUM_THREADS (default: the runtime's)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value overrides may stand before options too
 
     def body() -> None:
         if args.layers:

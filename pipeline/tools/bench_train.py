@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value overrides may stand before options too
     cfg = load_config(args.config, args.overrides)
     rows = {role: bench(getattr(cfg, role), args.classes, args.steps, args.warmup) for role in ("teacher", "student")}
     rows[f"distill ({cfg.distill.method})"] = bench(cfg.student, args.classes, args.steps, args.warmup, cfg.teacher, cfg.distill)

@@ -10,6 +10,7 @@ checkpoints you trust (the published mmdetection model zoo, your own training).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -17,24 +18,51 @@ import torch
 
 from deploy.errors import InputError
 from deploy.files import atomic_path
+from distill.checkpoint import error_line, file_damage
+from distill.models.mmdet import head_classes
 from pipeline.cli import guarded
 
 
-def convert(path: Path, out: Path, classes: list[str] | None = None) -> tuple[int, list[str]]:
-    """Write out/ as {'state_dict', 'meta': {'classes'}}; return (tensors written, classes)."""
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (through links and relative spellings too)."""
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def read_any_checkpoint(path: Path) -> object:
+    """The whole checkpoint, unpickled with its own classes (mmengine's); one line naming the file when it
+    is missing, cut short or not a checkpoint."""
+    if not path.is_file():
+        raise InputError(f"{path}: not found")
+    damage = file_damage(path)
+    if damage:
+        raise InputError(f"{path}: {damage}; download or copy it again")
     try:
         import mmengine  # noqa: F401  (its classes must be importable to unpickle the checkpoint)
     except ImportError:
         raise InputError("convert_mmdet needs mmengine where it runs: pip install mmengine (or pip install -e .[mmdet])") from None
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001  cut inside, or a class from a package missing here
+        raise InputError(f"{path}: cannot be unpickled ({error_line(e)}); a truncated copy, or objects of a package "
+                         "this Python lacks (install mmdet beside mmengine)") from None
+
+
+def convert(path: Path, out: Path, classes: list[str] | None = None) -> tuple[int, list[str]]:
+    """Write out/ as {'state_dict', 'meta': {'classes'}}; return (tensors written, classes)."""
+    if same_file(path, out):  # the rename onto it would replace the only copy of the original
+        raise InputError(f"--out {out}: is the checkpoint being converted; write to another file")
+    state = read_any_checkpoint(path)
     weights = state.get("state_dict", state) if isinstance(state, dict) else None
     if not isinstance(weights, dict):
-        raise InputError(f"{path}: holds no state_dict")
+        raise InputError(f"{path}: holds a {type(state).__name__}, no state_dict; give the mmdetection checkpoint itself")
     meta = state.get("meta") or {}
     found = classes or meta.get("CLASSES") or (meta.get("dataset_meta") or {}).get("classes")
     if not found:
         raise InputError(f"{path}: its meta holds no classes; pass them with --classes a,b,...")
     plain = {k: v.detach().clone() for k, v in weights.items() if torch.is_tensor(v)}
+    head_classes(plain, [str(c) for c in found], str(path), "--classes" if classes else "its meta")
     with atomic_path(out) as tmp:
         torch.save({"state_dict": plain, "meta": {"classes": [str(c) for c in found]}}, tmp)
     return len(plain), [str(c) for c in found]

@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="configs/pipelines/default.yaml", help="for the val annotations")
     parser.add_argument("--annotations", type=Path, help="COCO annotation file (default: the config's val split)")
     parser.add_argument("--json", type=Path, help="write the figures here too")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value overrides may stand before options too
 
     def body() -> None:
         annotations = args.annotations or load_config(args.config).data.split_paths("val")[0]

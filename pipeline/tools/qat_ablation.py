@@ -83,7 +83,7 @@ def run_qat_ablation(cfg: PipelineConfig, methods: list[str], progress: bool = T
 def main(argv: list[str] | None = None) -> int:
     parser = common_arguments(argparse.ArgumentParser(prog="edgekd qat-ablation", description=__doc__.split("\n")[0]))
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma-separated, of {CALIBRATED}, {', '.join(METHODS)}")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value overrides may stand before options too
 
     def body() -> None:
         cfg = load_config(args.config, args.overrides)

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--command", required=True, help="the command that trained it, for the model card")
     parser.add_argument("--note", default="", help="a line for the model card (e.g. what else ran on the machine)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value overrides may stand before options too
     return guarded(lambda: ship(args.run_dir, args.out, args.command, args.note))
 
 

@@ -331,6 +331,30 @@ def test_build_engine_runs_as_a_script_without_torch(tmp_path):
     assert proc.returncode == 2 and "building a TensorRT engine needs the tensorrt package" in proc.stderr
 
 
+def test_build_engine_runs_without_pillow_and_names_bad_paths(tmp_path):
+    """A Jetson's system Python may lack Pillow: only --calib-images reads images, so only it needs Pillow."""
+    import onnx
+
+    from tests.conftest import hand_qdq_model
+
+    code = ("import runpy, sys\nsys.modules['torch'] = None\nsys.modules['tensorrt'] = None\nsys.modules['PIL'] = None\n"
+            "sys.argv = ['build_engine.py', *sys.argv[1:]]\nrunpy.run_path('deploy/build_engine.py', run_name='__main__')")
+    model = tmp_path / "m.onnx"
+    onnx.save(hand_qdq_model(), str(model))
+    (tmp_path / "images").mkdir()
+    cases = [
+        ([str(tmp_path)], f"{tmp_path}: is a directory; give the .onnx file"),
+        ([str(model), "--precision", "int8"], f"{model}: building a TensorRT engine needs the tensorrt package"),
+        ([str(model), "--calib-images", str(tmp_path / "nope")], f"--calib-images {tmp_path / 'nope'}: no such folder"),
+        ([str(model), "--calib-images", str(tmp_path / "images")],
+         f"--calib-images {tmp_path / 'images'}: reading images needs Pillow, which this Python lacks: pip install pillow"),
+    ]
+    for args, message in cases:
+        proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO)
+        assert proc.returncode == 2 and proc.stderr.startswith(f"error: {message}"), proc.stderr[-2000:]
+        assert len(proc.stderr.strip().splitlines()) == 1
+
+
 def test_nms_in_the_engine_replaces_the_outputs_by_efficient_nms(monkeypatch, tiny_onnx, tmp_path):
     rec = fake_tensorrt.Recorder()
     fake_tensorrt.install(monkeypatch, "10.3.0", rec)

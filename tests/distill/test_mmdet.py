@@ -2,6 +2,7 @@
 own forward where mmdet is installed (the optional extra `mmdet`; it skips with the reason elsewhere)."""
 
 import importlib.util
+import re
 import sys
 import types
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from deploy.errors import InputError
+from deploy.files import sha256_file
 from distill.models.detector import ModelConfig, build_detector
 from distill.models.mmdet import mmdet_to_edgekd, read_mmdet_checkpoint
 from distill.teachers import class_rows, load_teacher
@@ -99,6 +101,55 @@ def test_checkpoint_files_classes_and_what_cannot_be_read(tmp_path):
 
 class MessageHub:  # an mmengine object pickled into a checkpoint: weights_only=True refuses it
     pass
+
+
+SMALL = ModelConfig(name="gfl", backbone="resnet18", pretrained="none", input_size=[128, 128], fpn_channels=32,
+                    extra_levels=2, head_channels=32, head_convs=1, norm_groups=8, point_offset=0.0, relu_before_p7=False)
+
+
+def test_files_that_are_not_whole_mmdetection_checkpoints_are_one_line_each(tmp_path):
+    named = mmdet_names(build_detector(SMALL, 10).state_dict(), 1)
+    ten = [f"c{i}" for i in range(10)]
+    whole = _save(tmp_path / "whole.pth", {"state_dict": named, "meta": {"CLASSES": ten}})
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"state_dict": named, "meta": {"CLASSES": ten}}, legacy, _use_new_zipfile_serialization=False)
+    cut_legacy = tmp_path / "cut_legacy.pth"
+    cut_legacy.write_bytes(legacy.read_bytes()[:300])  # inside its pickles, before any tensor data
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    text = tmp_path / "text.pth"
+    text.write_text("not a checkpoint\n")
+    edgekd = _save(tmp_path / "edgekd.pt", {"model": build_detector(SMALL, 2).state_dict(), "config": {"name": "gfl"},
+                                            "classes": ["a", "b"]})
+    cases = [
+        ({"state_dict": {k: v for k, v in named.items() if k.startswith("backbone.")}, "meta": {"CLASSES": ten}},
+         r"no GFL classifier \(bbox_head.gfl_cls.weight; its \d+ tensors start backbone.conv1.weight.*not a backbone's"),
+        ({"state_dict": named, "meta": {"CLASSES": [*ten, "x", "y"]}},
+         r"its meta names 12 classes, its head \(bbox_head.gfl_cls.weight\) has 10 rows; name exactly 10"),
+        (torch.zeros(3), r"holds a Tensor, not a checkpoint dict"),
+    ]
+    files = [(_save(tmp_path / f"case{i}.pth", obj), message) for i, (obj, message) in enumerate(cases)]
+    files += [(truncated, r"truncated or damaged \(its zip directory is missing\); the converter cannot read it either"),
+              (cut_legacy, r"truncated or damaged \(a pickle in it ends early\)"),
+              (text, r"not a PyTorch file \(it starts with b'not '"),
+              (edgekd, r"an edgekd checkpoint \(it has 'model' and 'config'\), not an mmdetection one; set teacher.format: edgekd")]
+    for path, message in files:
+        with pytest.raises(InputError, match=rf"^{re.escape(str(path))}: {message}") as error:
+            load_teacher(path, "mmdet", model=SMALL, dataset_classes=["c1"])
+        assert "\n" not in str(error.value) and "mmengine" not in str(error.value)
+    assert load_teacher(legacy, "mmdet", model=SMALL, dataset_classes=["c1"])[1] == ["c1"]  # pre-1.6 files still read
+
+
+def test_a_stated_hash_is_checked_for_every_teacher_format(tmp_path):
+    mmdet = _save(tmp_path / "gfl.pth", {"state_dict": mmdet_names(build_detector(SMALL, 2).state_dict(), 1),
+                                         "meta": {"CLASSES": ["a", "b"]}})
+    edgekd = _save(tmp_path / "edgekd.pt", {"model": build_detector(SMALL, 2).state_dict(), "config": SMALL.__dict__,
+                                            "classes": ["a", "b"]})
+    for path, fmt in ((mmdet, "mmdet"), (edgekd, "edgekd")):
+        with pytest.raises(InputError, match=rf"{path.name}: SHA-256 [0-9a-f]{{64}} does not match "
+                                             r"teacher.checkpoint_sha256 0+ \(a corrupt or other file"):
+            load_teacher(path, fmt, model=SMALL, dataset_classes=["a"], expected_sha256="0" * 64)
+        load_teacher(path, fmt, model=SMALL, dataset_classes=["a"], expected_sha256=sha256_file(path).upper())
 
 
 def test_distilling_from_an_mmdetection_teacher_changes_only_the_student(tmp_path):

@@ -2,6 +2,13 @@
 and postprocess_detections on random weights (saved to a file, as a user's download would be), and
 distillation from it into an edgekd student."""
 
+import contextlib
+import http.server
+import re
+import socket
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -10,8 +17,10 @@ import torchvision
 from deploy.errors import InputError
 from deploy.preprocess import MEAN, STD
 from distill.distiller import DistillConfig, Distiller, check_pair
+from distill.models import torchvision_teacher as tv_module
 from distill.models.detector import ModelConfig, build_detector
-from distill.models.torchvision_teacher import coco_categories, torchvision_teacher
+from distill.models.torchvision_teacher import coco_categories, fetch_weights, torchvision_teacher
+from distill.teachers import load_teacher
 
 CLASSES = ["dog", "person", "car"]  # a dataset's classes, in its own order
 SIZE = 256
@@ -128,3 +137,121 @@ def test_coco_categories_are_torchvisions_91():
     names = coco_categories("fcos_resnet50_fpn")
     assert len(names) == 91 and names[1] == "person" and names[0] == "__background__"
     assert np.sum([n == "N/A" for n in names]) == 10
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fetching and reading the weights file: only 127.0.0.1 is ever contacted here.
+
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+
+
+@pytest.fixture
+def no_proxy(monkeypatch):
+    """urllib would send even 127.0.0.1's requests to a configured proxy."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("no_proxy", "*")
+
+
+@contextlib.contextmanager
+def silent_server(seconds: float = 10.0):
+    """A TCP server on 127.0.0.1 that accepts and never answers (the proxy that hung the download), for at
+    most `seconds`; yields a URL on it."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)
+    stop, held = threading.Event(), []
+
+    def serve():
+        end = time.monotonic() + seconds
+        while not stop.is_set() and time.monotonic() < end:
+            try:
+                held.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}/retinanet_resnet50_fpn_coco-eeacb38b.pth"
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in held:
+            conn.close()
+        server.close()
+
+
+@contextlib.contextmanager
+def file_server(body: bytes, claimed_length: int):
+    """An HTTP server on 127.0.0.1 that sends `body` under Content-Length `claimed_length`, then closes."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(claimed_length))
+            self.end_headers()
+            self.wfile.write(body)
+            self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/fcos_resnet50_fpn_coco-99b0c9b7.pth"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_download_that_never_answers_fails_in_one_line_naming_the_url(no_proxy, tmp_path):
+    with silent_server() as url:
+        start = time.monotonic()
+        with pytest.raises(InputError, match=rf"^{re.escape(url)}: download failed \(TimeoutError: timed out; 1 s allowed "
+                                             r"to connect and per read\): download it by hand and set teacher.checkpoint"):
+            fetch_weights(url, timeout=1.0, folder=tmp_path)
+        assert time.monotonic() - start < 5
+    assert list(tmp_path.iterdir()) == []  # no partial file left under the final name
+
+
+def test_a_cut_download_leaves_nothing_and_a_whole_one_is_hashed(no_proxy, tmp_path, monkeypatch):
+    weights = tmp_path / "w.pth"
+    torch.save({"x": torch.zeros(4)}, weights)
+    body = weights.read_bytes()
+    cache = tmp_path / "cache"
+    with file_server(body[:100], len(body)) as url, \
+            pytest.raises(InputError, match=rf"^{re.escape(url)}: download failed \(IncompleteRead"):
+        fetch_weights(url, timeout=5.0, folder=cache)
+    assert not cache.exists() or list(cache.iterdir()) == []
+    with file_server(body, len(body)) as url:
+        path = fetch_weights(url, timeout=5.0, folder=cache)
+        assert path == cache / "fcos_resnet50_fpn_coco-99b0c9b7.pth" and path.read_bytes() == body
+        # torchvision's downloaded file is checked against teacher.checkpoint_sha256 like a local one
+        monkeypatch.setattr(tv_module, "fetch_weights", lambda _: fetch_weights(url, timeout=5.0, folder=cache))
+        with pytest.raises(InputError, match=rf"{re.escape(str(path))}: SHA-256 [0-9a-f]{{64}} does not match "
+                                             r"teacher.checkpoint_sha256 0+ \(a corrupt or other file"):
+            load_teacher(None, source="torchvision:fcos_resnet50_fpn", dataset_classes=["person"],
+                         model=ModelConfig(input_size=[SIZE, SIZE]), expected_sha256="0" * 64)
+
+
+def test_a_wrong_hash_or_a_broken_weights_file_is_one_line(tmp_path):
+    source, model = "torchvision:retinanet_resnet50_fpn", ModelConfig(input_size=[SIZE, SIZE])
+    good = tmp_path / "good.pth"
+    torch.save({"x": torch.zeros(64)}, good)
+    with pytest.raises(InputError, match=r"good.pth: SHA-256 [0-9a-f]{64} does not match teacher.checkpoint_sha256 0+ "):
+        load_teacher(good, source=source, dataset_classes=["person"], model=model, expected_sha256="0" * 64)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[:200])
+    tensor = tmp_path / "tensor.pth"
+    torch.save(torch.zeros(3), tensor)
+    text = tmp_path / "text.pth"
+    text.write_text("<html>proxy login</html>\n")
+    url = r"https://download.pytorch.org/models/retinanet_resnet50_fpn_coco-eeacb38b.pth"
+    for path, message in [(truncated, r"truncated or damaged \(its zip directory is missing\)"),
+                          (text, r"not a PyTorch file \(it starts with b'<htm'"),
+                          (tensor, r"holds a Tensor, not a state dict of tensors")]:
+        with pytest.raises(InputError, match=rf"^{re.escape(str(path))}: {message}.*{re.escape(url)}") as error:
+            torchvision_teacher(source, path, ["person"], model)
+        assert "\n" not in str(error.value)

@@ -176,3 +176,12 @@ def test_the_trainer_tells_the_loss_its_epoch(splits, tmp_path):
     run(splits, tmp_path, max_steps=3, **short)
     run(splits, tmp_path, resume=True, **{**short, "loss_fn": Recording()})
     assert seen == [0, 0, 1] + [1, 2, 2]  # 2 steps per epoch, resumed after the first step of epoch 1
+
+
+def test_the_progress_bar_counts_the_steps_an_epoch_will_run():
+    """A 3-step run over 12-step epochs showed 0/12 and an ETA for 12."""
+    from distill.trainer import steps_in_epoch
+
+    assert steps_in_epoch(0, 12, 3) == 3
+    assert [steps_in_epoch(e, 10, 25) for e in range(3)] == [10, 10, 5]
+    assert steps_in_epoch(1, 12, 12) == 0

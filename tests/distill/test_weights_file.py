@@ -37,7 +37,8 @@ def test_every_bad_teacher_is_one_line_naming_the_file(tiny_model, tmp_path):
     digest = sha256(out)
     with pytest.raises(InputError, match=rf"w.pt: SHA-256 {digest} does not match teacher.checkpoint_sha256 0+ .*restore it"):
         check_weights(out, SMALL, classes, "0" * 64)
-    with pytest.raises(InputError, match=r"w.pt: trained on classes .* the dataset has \['x'"):
+    with pytest.raises(InputError, match=r"w.pt: trained on classes .* the dataset has \['x'.*: set teacher.checkpoint=null "
+                                         r"to train one on this dataset \(with teacher.train\), or teacher.checkpoint=PATH"):
         check_weights(out, SMALL, ["x"] * len(classes))
     with pytest.raises(InputError, match=r"architecture differs from the model config: head_channels: 16 there vs 32 here"):
         check_weights(out, replace(SMALL, head_channels=32), classes)

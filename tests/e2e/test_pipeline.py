@@ -4,6 +4,7 @@ followed by a resume."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,6 +49,10 @@ def test_tiny_pipeline_caches_reruns_what_changed_and_gates(tiny_scenes, tmp_pat
     run = tmp_path / "default"
     stages = ["data", "teacher", "student", "distill", "export", "quantize", "qat", "engines", "benchmark", "report"]
     assert ran(first.stdout) == stages
+    # export and quantize number their artifacts as they go
+    assert "[export] (1/3) model.onnx: export and parity" in first.stdout and "[export] (3/3) model.onnx: measure" in first.stdout
+    steps = [line.split(")")[0].split("(")[1] for line in first.stdout.splitlines() if line.startswith("[quantize] (")]
+    assert steps[0] == f"1/{len(steps)}" and steps[-1] == f"{len(steps)}/{len(steps)}", steps
     for stage in stages:
         state = json.loads((run / stage / "stage.json").read_text())
         assert state["state"] == "done" and state["stage"] == stage and len(state["config_hash"]) == 16
@@ -102,6 +107,23 @@ def test_tiny_pipeline_caches_reruns_what_changed_and_gates(tiny_scenes, tmp_pat
     assert again.stdout.count("up to date") == len(stages)
     status = pipeline("status", tiny_scenes, tmp_path, ALL, *QAT)
     assert status.returncode == 0 and status.stdout.count(" done ") == len(stages), status.stdout
+
+    # Files get the mode open() gives under the umask (atomic writes through mkstemp used to leave 0600)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for name in ("export/model.onnx", "report.html", "quantize/openvino/model_int8.xml", "distill/best.pt"):
+        assert (run / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+    # A copied run folder describes its own files: all done there, and a file deleted in the copy is missed
+    # in the copy alone (stage.json names outputs relative to the run folder)
+    shutil.copytree(run, tmp_path / "copy")
+    copied = pipeline("status", tiny_scenes, tmp_path, ALL, *QAT, "run=copy")
+    assert copied.stdout.count(" done ") == len(stages), copied.stdout
+    (tmp_path / "copy" / "distill" / "best.pt").unlink()
+    copied = dict(line.split(maxsplit=1) for line in pipeline("status", tiny_scenes, tmp_path, ALL, *QAT, "run=copy")
+                  .stdout.splitlines()[1:])
+    assert copied["distill"] == "stale    output changed or missing: distill/best.pt", copied
+    status = pipeline("status", tiny_scenes, tmp_path, ALL, *QAT)
+    assert status.stdout.count(" done ") == len(stages), status.stdout
 
     all_stages, stages = NO_QAT, [s for s in stages if s != "qat"]  # the rest leaves qat out (a tiny QAT costs 40 s)
 

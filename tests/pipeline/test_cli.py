@@ -163,9 +163,18 @@ def test_an_up_to_date_run_writes_nothing(tmp_path):
     overrides = user_dataset(tmp_path, anns=[{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 5]}])
     assert cli("run", "--config", DEFAULT, "--no-progress", "--stages", "data", *overrides).returncode == 0
     run_dir = tmp_path / "runs" / "default"
-    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+    lock = run_dir / ".lock"  # the one file a run rewrites (its PID); where it cannot, it runs unlocked
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p != lock}
     assert cli("run", "--config", DEFAULT, "--no-progress", "--stages", "data", *overrides).returncode == 0
-    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p != lock} == before
+    for p in [run_dir, *run_dir.rglob("*")]:  # and on a folder it may not write at all
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    try:
+        if os.geteuid() != 0:  # root writes anyway
+            assert cli("run", "--config", DEFAULT, "--no-progress", "--stages", "data", *overrides).returncode == 0
+    finally:
+        for p in [run_dir, *run_dir.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
 
 
 def test_generating_the_dataset_prints_no_worker_tracebacks(tmp_path):
@@ -208,3 +217,41 @@ def test_every_edgekd_subcommand_is_its_module_command_line(command, capsys):
         main([command, "--help"])
     assert done.value.code == 0
     assert capsys.readouterr().out.startswith(f"usage: edgekd {command} ")
+
+
+def test_a_second_run_on_the_same_folder_stops_at_once_and_the_first_is_intact(tmp_path):
+    """Two runs on one folder used to resume each other's live stages and mix their outputs."""
+    import time
+
+    args = ["run", "--config", DEFAULT, "--no-progress", "--stages", "data", "data.generator.size=tiny",
+            "data.generator.num_train=600", "data.generator.num_val=8", "data.generator.workers=1",
+            f"data.root={tmp_path / 'scenes'}", f"runs_dir={tmp_path / 'runs'}"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen([sys.executable, "-m", "pipeline", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=env)
+    lock = tmp_path / "runs" / "default" / ".lock"
+    try:
+        deadline = time.monotonic() + 60
+        while not (lock.is_file() and lock.read_text().startswith(str(first.pid))):
+            assert first.poll() is None and time.monotonic() < deadline, "the first run never took the lock"
+            time.sleep(0.05)
+        second = cli(*args)
+        status = cli("status", "--config", DEFAULT, f"runs_dir={tmp_path / 'runs'}")  # reads without the lock
+    finally:
+        out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err[-2000:]  # still running when the second was refused
+    assert_one_line_error(second, f"{tmp_path / 'runs' / 'default'}: in use by another edgekd process (PID {first.pid}")
+    assert status.returncode == 0 and status.stdout.splitlines()[1].split()[0] == "data"
+    stats = json.loads((tmp_path / "runs" / "default" / "data" / "stats.json").read_text())
+    assert stats["stats"]["train"]["images"] == 600
+    again = cli("status", "--config", DEFAULT, *args[6:])
+    assert again.stdout.splitlines()[1].split()[1] == "done", again.stdout
+    assert cli(*args).returncode == 0  # released when the first ended
+
+
+def test_overrides_may_stand_before_the_options(tmp_path):
+    """`edgekd run run=x --stages data` said 'unrecognized arguments: run=x'."""
+    proc = cli("run", f"runs_dir={tmp_path}", "run=x", "--stages", "dat", "--config", DEFAULT)
+    assert_one_line_error(proc, "unknown stage 'dat'")
+    status = cli("status", f"runs_dir={tmp_path}", "run=x", "--config", DEFAULT)
+    assert status.returncode == 0 and status.stdout.splitlines()[0] == f"# {tmp_path / 'x'}"

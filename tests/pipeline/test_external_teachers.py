@@ -3,8 +3,10 @@ stage evaluates it, the distill stage distils from it), and the one-line refusal
 
 import json
 import os
+import re
 import subprocess
 import sys
+import types
 
 import torch
 
@@ -59,3 +61,33 @@ def test_a_dataset_class_outside_coco_is_one_line(tiny_scenes, tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.startswith("error: teacher.source: torchvision:fcos_resnet50_fpn knows COCO's 80 classes, not 'T-shirt/top'")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_the_converter_keeps_its_input_and_refuses_what_it_cannot_convert(tmp_path, monkeypatch, capsys):
+    from pipeline.tools.convert_mmdet import main
+
+    monkeypatch.setitem(sys.modules, "mmengine", types.ModuleType("mmengine"))  # only importable, never called here
+    monkeypatch.chdir(tmp_path)
+    state = mmdet_names(build_detector(ModelConfig(**TEACHER), 10).state_dict(), 1)
+    ten = [f"c{i}" for i in range(10)]
+    torch.save({"state_dict": state, "meta": {"CLASSES": ten}}, tmp_path / "self.pth")
+    original = (tmp_path / "self.pth").read_bytes()
+    (tmp_path / "truncated.pth").write_bytes(original[: len(original) // 2])
+    (tmp_path / "text.pth").write_text("a text file\n")
+    (tmp_path / "sub").mkdir()
+    cases = [
+        (["self.pth", "--out", "self.pth", "--classes", "a,b"], r"--out self.pth: is the checkpoint being converted"),
+        (["self.pth", "--out", "sub/../self.pth"], r"--out sub/../self.pth: is the checkpoint being converted"),
+        (["self.pth", "--out", "o.pth", "--classes", "a,b"],
+         r"self.pth: --classes names 2 classes, its head \(bbox_head.gfl_cls.weight\) has 10 rows"),
+        (["truncated.pth", "--out", "o.pth"], r"truncated.pth: truncated or damaged \(its zip directory is missing\)"),
+        (["text.pth", "--out", "o.pth"], r"text.pth: not a PyTorch file"),
+    ]
+    for args, message in cases:
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert re.match(rf"error: {message}", err) and len(err.strip().splitlines()) == 1, err
+    assert (tmp_path / "self.pth").read_bytes() == original and not (tmp_path / "o.pth").exists()
+    assert main(["self.pth", "--out", "o.pth"]) == 0
+    converted = torch.load(tmp_path / "o.pth", weights_only=True)
+    assert converted["meta"]["classes"] == ten and converted["state_dict"].keys() == state.keys()

@@ -99,3 +99,30 @@ def test_the_qat_gate_holds_both_runtimes_to_qat_max_map_drop(run):
         check_gate("qat", run)
     run.qat.max_map_drop = 1.0
     assert check_gate("qat", run) == "qat_onnxruntime -0.30 AP, qat_openvino -0.90 AP (max drop 1.0)"
+
+
+def test_the_html_report_carries_what_the_markdown_one_does(run):
+    from pipeline.stages.report import write_report
+
+    write(run.run_dir / "distill" / "stage.json", {"state": "done", "wall_s": 123.4})
+    write_report(run, run.run_dir / "report", progress=False)
+    md, page = (run.run_dir / "report.md").read_text(), (run.run_dir / "report.html").read_text()
+    assert "Stage wall times: distill 123.4 s." in md and "Stage wall times: distill 123.4 s." in page
+    for words in ("executed: the precision the runtime reports", "(!): not what was asked", "marks the Pareto front"):
+        assert words in md.replace("`", "") and words in page
+
+
+def test_the_bar_plot_legend_covers_no_bar(monkeypatch, tmp_path):
+    import pipeline.stages.report_plots as plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    rows = [{"name": n, "stage": s, "AP": ap} for n, s, ap in
+            (("teacher", "teacher", 0.30), ("distill", "distill", 0.24), ("openvino_int8", "quantize", 0.29))]
+    plots.plot_ap_bars(rows, tmp_path / "bars.png")
+    fig = figures[0]
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent()
+    for bar in ax.patches:
+        assert not legend.overlaps(bar.get_window_extent())

@@ -104,3 +104,35 @@ def test_what_a_killed_write_left_is_never_an_output_and_is_removed_on_resume(tm
     removed = remove_temporaries(stage)
     assert sorted(p.name for p in removed) == [".model.int8.onnx.x8a1.tmp", ".model_fp32.k3j2.tmp"]
     assert sorted(p.name for p in stage.rglob("*")) == ["model.int8.onnx", "model_fp32.xml", "openvino"]
+
+
+def test_an_unreadable_stage_json_is_named_not_adopted(tmp_path):
+    """An empty, cut or non-JSON stage.json used to read as files from outside the pipeline, 'adopted'."""
+    stage = tmp_path / "distill"
+    stage.mkdir()
+    (stage / "last.pt").write_bytes(b"x")
+    for text in ("", '{"state": "do', "[1, 2]"):
+        (stage / "stage.json").write_text(text)
+        status = stage_status(stage, "c", "i", [], [])
+        assert (status.state, status.reason) == ("stale", f"{stage / 'stage.json'} is unreadable (empty, cut or not JSON): reruns")
+    (stage / "stage.json").unlink()
+    assert stage_status(stage, "c", "i", [], []).reason == "has files from a run outside the pipeline: adopts them"
+
+
+def test_outputs_are_named_relative_to_the_run_folder(tmp_path):
+    run = tmp_path / "runs" / "default"
+    (run / "export").mkdir(parents=True)
+    (run / "export" / "model.onnx").write_bytes(b"onnx")
+    outside = tmp_path / "weights.pt"
+    outside.write_bytes(b"w")
+    files = output_files(run / "export", [outside], run)
+    assert set(files) == {"export/model.onnx", str(outside)}
+    assert inputs_hash([run / "export" / "model.onnx"], run)[0] != inputs_hash([run / "export" / "model.onnx"])[0]
+    copy = tmp_path / "copy"
+    (copy / "export").mkdir(parents=True)
+    (copy / "export" / "model.onnx").write_bytes(b"onnx")
+    assert inputs_hash([copy / "export" / "model.onnx"], copy)[0] == inputs_hash([run / "export" / "model.onnx"], run)[0]
+    write_state(copy / "export", state="done", config_hash="c", inputs_hash="i", names="run-relative", outputs=files)
+    assert stage_status(copy / "export", "c", ("i",), [], []).state == "done"
+    (copy / "export" / "model.onnx").unlink()  # the copy's own file, not the original's
+    assert stage_status(copy / "export", "c", "i", [], []).reason == "output changed or missing: export/model.onnx"
