@@ -4,10 +4,12 @@ with --data their COCO mAP through the same evaluator as training. Standalone on
 numpy, pillow, pycocotools and the runtime of each artifact (no torch).
 
     python deploy/benchmark.py model.onnx model_int8.xml model.engine --data instances_val.json \\
-        --json bench.json --markdown bench.md
+        --names fp32,int8,trt --json bench.json --markdown bench.md
 
 The runtime follows the suffix (.onnx ONNX Runtime, .xml OpenVINO, .engine/.plan TensorRT) unless
---backend says otherwise. On a Jetson, power is sampled from tegrastats during a timed run.
+--backend says otherwise. Latency is timed on the first images of --data, taken in turn (--latency-only:
+without evaluating AP on all of them); without --data, on one synthetic grey image, which times the
+model alone (the table says so). On a Jetson, power is sampled from tegrastats during a timed run.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -32,7 +35,7 @@ from deploy.files import write_json, write_text  # noqa: E402
 from deploy.latency import time_calls  # noqa: E402
 from deploy.machine import RUNTIME_PACKAGES, machine_info, machine_line  # noqa: E402
 from deploy.measure import measure_artifact, sample_images  # noqa: E402
-from deploy.runtimes import backend_for, check_detector, input_size, open_runner  # noqa: E402
+from deploy.runtimes import BACKENDS, backend_for, check_detector, input_size, open_runner  # noqa: E402
 from deploy.tables import markdown_table  # noqa: E402
 from deploy.tegrastats import parse_line, summarize  # noqa: E402
 
@@ -100,18 +103,28 @@ def runner_options(backend: str, args: argparse.Namespace, threads: int | None, 
     return {"cuda_graph": args.cuda_graph}
 
 
-def benchmark(spec: str, args: argparse.Namespace, coco, images, threads: int | None = None) -> dict:
-    """One artifact's entry of the JSON, at one thread setting."""
+SYNTHETIC_NOTE = ("Timed on one synthetic grey image already at the input size (no --data): the infer figures "
+                  "hold, but pre, post and e2e mean nothing (no resize, no candidates for NMS); pass --data to time "
+                  "real images.")
+SUFFIXES = ", ".join(BACKENDS)
+
+
+def benchmark(spec: str, name: str, args: argparse.Namespace, coco, images, threads: int | None = None) -> dict:
+    """One artifact's entry of the JSON, at one thread setting. AP when coco is given; latency on `images`
+    (None: one synthetic image)."""
     path, precision = split_artifact(spec)
     backend = backend_for(path, args.backend)
     runner = open_runner(path, backend, **runner_options(backend, args, threads, precision))
     check_detector(runner)
     if runner.batch and args.batch and args.batch != runner.batch:
         raise InputError(f"{path}: its batch is fixed at {runner.batch}; --batch {args.batch} needs a dynamic-batch export")
+    if coco is not None:
+        check_classes(runner, coco)
     height, width = input_size(runner)
     metrics, _ = measure_artifact(runner, coco, (height, width), args.warmup, args.iters, images, args.batch)
-    entry = {k: metrics[k] for k in ("artifact", "backend", "precision", "batch", "latency_ms", "throughput_ips", "size_mb",
-                                     "e2e_over_infer")}
+    entry = {"name": name}
+    entry.update({k: metrics[k] for k in ("artifact", "backend", "precision", "batch", "latency_ms", "throughput_ips",
+                                          "size_mb", "e2e_over_infer")})
     entry.update(inference_precision=precision, executed_precision=runner.executed_precision,
                  execution=runner.execution, threads=runner.threads, threads_setting=threads or "default")
     if runner.precision_warning:
@@ -123,49 +136,69 @@ def benchmark(spec: str, args: argparse.Namespace, coco, images, threads: int | 
     return entry
 
 
+def check_classes(runner, coco) -> None:
+    """AP maps the model's class k to the dataset's k-th category: refuse a dataset with another count (a
+    model with NMS in its graph does not show its count; its labels are mapped as they come)."""
+    classes = runner.outputs.get("scores", [0])[-1]
+    if classes > 0 and classes != len(coco.categories):
+        raise InputError(f"{coco.annotations_path}: {len(coco.categories)} categories, but {runner.path} scores "
+                         f"{classes} classes: AP needs the dataset the model was trained on (--latency-only times "
+                         "on any images)")
+
+
 def table(entries: list) -> str:
     """Markdown table of the entries."""
-    header = ["artifact", "backend", "precision", "executed", "threads", "batch", "AP", "AP50", "infer p50 ms", "infer p99 ms",
-              "e2e p50 ms", "e2e p99 ms", "pre p50 ms", "post p50 ms", "e2e/infer", "images/s", "W", "mJ/image"]
+    header = ["name", "backend", "precision", "executed", "threads", "batch", "AP", "AP50", "infer p50 ms",
+              "infer p99 ms", "e2e p50 ms", "e2e p99 ms", "pre p50 ms", "post p50 ms", "e2e/infer", "images/s", "W",
+              "mJ/image"]
     rows = []
     for e in entries:
         inf, e2e, power = e["latency_ms"]["infer"], e["latency_ms"]["end_to_end"], e.get("power", {})
         ap = [f"{100 * e['AP']:.1f}", f"{100 * e['AP50']:.1f}"] if "AP" in e else ["-", "-"]
-        name = os.path.basename(e["artifact"]) + (f"@{e['inference_precision']}" if e.get("inference_precision") else "")
         executed = e.get("executed_precision", "-") + (" (!)" if e.get("precision_warning") else "")
-        rows.append([name, e["backend"], e["precision"], executed, e.get("threads") or "-", e["batch"], *ap,
+        rows.append([e["name"], e["backend"], e["precision"], executed, e.get("threads") or "-", e["batch"], *ap,
                      f"{inf['p50']:.2f}", f"{inf['p99']:.2f}", f"{e2e['p50']:.2f}", f"{e2e['p99']:.2f}",
                      f"{e['latency_ms']['preprocess']['p50']:.2f}", f"{e['latency_ms']['postprocess']['p50']:.2f}",
-                     f"{e['e2e_over_infer']:.2f}", f"{e['throughput_ips']:.1f}", power.get("mean_w", "-"), power.get("energy_per_image_mj", "-")])
+                     f"{e['e2e_over_infer']:.2f}", f"{e['throughput_ips']:.1f}", power.get("mean_w", "-"),
+                     power.get("energy_per_image_mj", "-")])
     return markdown_table(header, rows)
 
 
+def spread(values: list) -> dict:
+    """median (of an even count: the mean of the middle two), min and max."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
 def rounds_summary(entries: list) -> tuple[str, list]:
-    """With several rounds: per (artifact, threads), the median over rounds of the infer and end-to-end p50,
-    and the infer speed-up against the first artifact at the same thread count (each round side by side)."""
+    """With several rounds: per (name, threads), the median, min and max over rounds of the infer and
+    end-to-end p50, and the infer speed-up against the first artifact at the same thread count (each round
+    side by side)."""
     groups: dict = {}
     for e in entries:
-        groups.setdefault((e["artifact"], e.get("inference_precision"), e.get("threads")), []).append(e)
+        groups.setdefault((e["name"], e.get("threads")), []).append(e)
     rows = []
-    for (artifact, precision, threads), group in groups.items():
-        infer = sorted(g["latency_ms"]["infer"]["p50"] for g in group)
-        e2e = sorted(g["latency_ms"]["end_to_end"]["p50"] for g in group)
-        first = next(g for g in group if "AP" in g) if any("AP" in g for g in group) else group[0]
-        rows.append({"artifact": artifact, "inference_precision": precision, "threads": threads,
-                     "precision": first["precision"], "executed_precision": first.get("executed_precision"),
-                     "AP": first.get("AP"), "rounds": len(group), "infer_p50_ms": infer, "e2e_p50_ms": e2e,
-                     "infer_p50_median": infer[len(infer) // 2], "e2e_p50_median": e2e[len(e2e) // 2]})
+    for (name, threads), group in groups.items():
+        infer = [g["latency_ms"]["infer"]["p50"] for g in group]
+        e2e = [g["latency_ms"]["end_to_end"]["p50"] for g in group]
+        first = next((g for g in group if "AP" in g), group[0])
+        row = {"name": name, "artifact": first["artifact"], "inference_precision": first.get("inference_precision"),
+               "threads": threads, "precision": first["precision"],
+               "executed_precision": first.get("executed_precision"), "AP": first.get("AP"), "rounds": len(group),
+               "infer_p50_ms": infer, "e2e_p50_ms": e2e}
+        row.update({f"infer_p50_{k}": v for k, v in spread(infer).items()})
+        row.update({f"e2e_p50_{k}": v for k, v in spread(e2e).items()})
+        rows.append(row)
     base = {r["threads"]: r["infer_p50_median"] for r in reversed(rows)}  # the first artifact's, per thread count
     lines = []
     for r in rows:
         r["speedup_vs_first"] = base[r["threads"]] / r["infer_p50_median"]
-        name = os.path.basename(r["artifact"]) + (f"@{r['inference_precision']}" if r["inference_precision"] else "")
         ap = f"{100 * r['AP']:.2f}" if r["AP"] is not None else "-"
-        lines.append([name, r["precision"], r["executed_precision"], r["threads"], ap, f"{r['infer_p50_median']:.2f}",
+        lines.append([r["name"], r["precision"], r["executed_precision"], r["threads"], ap,
+                      f"{r['infer_p50_median']:.2f}", f"{r['infer_p50_min']:.2f}", f"{r['infer_p50_max']:.2f}",
                       " / ".join(f"{v:.2f}" for v in r["infer_p50_ms"]), f"{r['e2e_p50_median']:.2f}",
-                      f"{r['speedup_vs_first']:.2f}x"])
-    header = ["artifact", "precision", "executed", "threads", "AP", "infer p50 ms (median)", "infer p50 per round",
-              "e2e p50 ms (median)", "speed-up vs first"]
+                      f"{r['e2e_p50_min']:.2f}", f"{r['e2e_p50_max']:.2f}", f"{r['speedup_vs_first']:.2f}x"])
+    header = ["name", "precision", "executed", "threads", "AP", "infer p50 ms (median)", "min", "max",
+              "infer p50 per round", "e2e p50 ms (median)", "min", "max", "speed-up vs first"]
     return markdown_table(header, lines), rows
 
 
@@ -175,11 +208,72 @@ def thread_settings(text: str | None) -> list[int | None]:
         return [None]
     try:
         values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise InputError(f"--threads {text}: expected a number or a comma-separated list (1,2)") from None
+    except ValueError as exc:
+        raise InputError(f"--threads {text}: expected a number or a comma-separated list (1,2)") from exc
     if any(v < 1 for v in values):
         raise InputError(f"--threads {text}: thread counts must be at least 1")
     return values
+
+
+def default_name(spec: str) -> str:
+    path, precision = split_artifact(spec)
+    return os.path.basename(path) + (f"@{precision}" if precision else "")
+
+
+def artifact_names(text: str | None, specs: list) -> list[str]:
+    """--names 'a,b' -> one name per artifact, in order; without it each file's name (with its @precision),
+    or the path as given where two files share a name, so that no two rows read alike."""
+    if text is None:
+        names = [default_name(s) for s in specs]
+        files = {n: {s for s, m in zip(specs, names) if m == n} for n in names}
+        names = [s if len(files[n]) > 1 else n for n, s in zip(names, specs)]  # two files of one name: their paths
+        seen: dict = {}
+        for k, n in enumerate(names):  # one file listed twice: model.onnx, model.onnx#2
+            seen[n] = seen.get(n, 0) + 1
+            names[k] = n if seen[n] == 1 else f"{n}#{seen[n]}"
+        return names
+    names = [n.strip() for n in text.split(",")]
+    if len(names) != len(specs):
+        raise InputError(f"--names {text}: {len(names)} names for {len(specs)} artifacts; give one per ARTIFACT, "
+                         "in order")
+    if not all(names):
+        raise InputError(f"--names {text}: an empty name; give one per ARTIFACT, in order")
+    repeated = next((n for k, n in enumerate(names) if n in names[:k]), None)
+    if repeated:
+        raise InputError(f"--names {text}: '{repeated}' names two artifacts; every name must differ")
+    return names
+
+
+def check_counts(args: argparse.Namespace) -> None:
+    """Refuse counts the timing loops cannot use, before any model is loaded."""
+    for option, value, least in (("--iters", args.iters, 1), ("--warmup", args.warmup, 0), ("--rounds", args.rounds, 1),
+                                 ("--batch", args.batch, 1)):
+        if value is not None and value < least:
+            raise InputError(f"{option} {value}: must be at least {least}")
+
+
+def check_artifact(spec: str, backend: str | None) -> None:
+    """A file the runtimes can open, checked before any timing starts (a bad last one would waste the others')."""
+    path, _ = split_artifact(spec)
+    if os.path.isdir(path):
+        inside = sorted(f for f in os.listdir(path) if os.path.splitext(f)[1].lower() in BACKENDS)
+        holds = f" (it holds {', '.join(inside[:5])}{', ...' if len(inside) > 5 else ''})" if inside else \
+            " (it holds none)"
+        raise InputError(f"{path}: is a directory; give the model file: {SUFFIXES} (an OpenVINO .xml with its .bin "
+                         f"beside it){holds}")
+    if not os.path.isfile(path):
+        raise InputError(f"artifact not found: {path}")
+    backend_for(path, backend)
+
+
+def load_data(args: argparse.Namespace):
+    """(dataset or None, the images latency is timed on or None for the synthetic one)."""
+    if not args.data:
+        return None, None
+    coco = load_coco(args.data, image_dir_beside(args.data))
+    if not coco.images:
+        raise InputError(f"{args.data}: no images to time on")
+    return coco, sample_images(coco, 8)
 
 
 def parse_args(argv: list | None = None) -> argparse.Namespace:
@@ -187,6 +281,8 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
     parser.add_argument("artifacts", nargs="+", metavar="ARTIFACT",
                         help=".onnx, OpenVINO .xml or TensorRT .engine; model_fp32.xml@bf16 compiles an IR with another "
                              "inference precision (f32, bf16, f16)")
+    parser.add_argument("--names", help="a name per ARTIFACT, comma-separated, in order, for the table and JSON "
+                                        "(default: each file's name)")
     parser.add_argument("--backend", choices=sorted(set(RUNTIME_PACKAGES)), help="override the runtime the suffix implies")
     parser.add_argument("--device", help="onnxruntime: cpu|cuda; openvino: CPU|GPU|NPU|AUTO")
     parser.add_argument("--batch", type=int, help="batch size for dynamic-batch artifacts (static ones keep theirs)")
@@ -198,35 +294,50 @@ def parse_args(argv: list | None = None) -> argparse.Namespace:
     parser.add_argument("--resize", choices=("pil", "opencv"), default="pil",
                         help="the letterbox's resize: PIL (as training) or OpenCV (faster, where cv2 imports)")
     parser.add_argument("--cuda-graph", action="store_true", help="TensorRT: capture inference in a CUDA graph")
-    parser.add_argument("--data", help="COCO annotations json; images in the folder the COCO layout puts them")
+    parser.add_argument("--data", help="COCO annotations json; images in the folder the COCO layout puts them. Latency "
+                                       "is timed on its first 8 images, and AP evaluated on all")
+    parser.add_argument("--latency-only", action="store_true",
+                        help="with --data: time on its images, but skip the AP evaluation (slow on a large split)")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--markdown", help="write the table here")
     return parser.parse_args(argv)
 
 
+def run_all(args: argparse.Namespace) -> tuple[list, bool]:
+    """(every entry, whether latency was timed on the synthetic image): the checks first, then each
+    artifact at each thread setting, round after round."""
+    check_counts(args)
+    threads = thread_settings(args.threads)
+    names = artifact_names(args.names, args.artifacts)
+    for spec in args.artifacts:
+        check_artifact(spec, args.backend)
+    if args.resize == "opencv":
+        try:
+            import cv2  # noqa: F401
+        except ImportError as exc:
+            raise InputError("--resize opencv: OpenCV is not importable here "
+                             "(pip install opencv-python-headless)") from exc
+    preprocess_module.resize_backend = args.resize
+    coco, images = load_data(args)
+    evaluate_on = None if args.latency_only else coco
+    entries = []
+    for round_index in range(args.rounds):
+        for spec, name in zip(args.artifacts, names):
+            for t in threads:
+                entry = benchmark(spec, name, args, evaluate_on if round_index == 0 else None, images, t)
+                entry["round"] = round_index
+                entries.append(entry)
+                print(f"{name}{f' ({t} threads)' if t else ''}: done", file=sys.stderr, flush=True)
+    return entries, images is None
+
+
 def main(argv: list | None = None) -> int:
     args = parse_args(argv)
     try:
-        threads = thread_settings(args.threads)
-        if args.resize == "opencv":
-            try:
-                import cv2  # noqa: F401
-            except ImportError:
-                raise InputError("--resize opencv: OpenCV is not importable here (pip install opencv-python-headless)") from None
-        preprocess_module.resize_backend = args.resize
-        coco = load_coco(args.data, image_dir_beside(args.data)) if args.data else None
-        images = sample_images(coco, 8) if coco is not None else None
-        entries = []
-        for round_index in range(max(args.rounds, 1)):
-            for spec in args.artifacts:
-                for t in threads:
-                    entry = benchmark(spec, args, coco if round_index == 0 else None, images, t)
-                    entry["round"] = round_index
-                    entries.append(entry)
-                    print(f"{spec}{f' ({t} threads)' if t else ''}: done", file=sys.stderr, flush=True)
+        entries, synthetic = run_all(args)
     except (InputError, DeviceError) as e:
         return report(e)
-    text = table(entries)
+    text = table(entries) + (f"\n\n{SYNTHETIC_NOTE}" if synthetic else "")
     summary_text, summary = rounds_summary(entries) if args.rounds > 1 else ("", [])
     if summary_text:
         text += f"\n\nMedian over {args.rounds} rounds (each round times every artifact once, in order):\n\n{summary_text}"
@@ -234,7 +345,8 @@ def main(argv: list | None = None) -> int:
     machine = machine_info()
     result = {"machine": machine, "results": entries, "summary": summary,
               "settings": {"warmup": args.warmup, "iters": args.iters, "threads": args.threads, "rounds": args.rounds,
-                           "data": args.data, "resize": args.resize}}
+                           "data": args.data, "images": "synthetic" if synthetic else args.data,
+                           "evaluate_ap": bool(args.data and not args.latency_only), "resize": args.resize}}
     if args.json:
         write_json(args.json, result)
     if args.markdown:

@@ -86,8 +86,8 @@ def has_qdq(onnx_path: str | Path) -> bool:
     """Whether the ONNX carries explicit quantization (QuantizeLinear / DequantizeLinear nodes)."""
     try:
         import onnx
-    except ImportError:
-        raise InputError(f"{onnx_path}: reading the model needs the onnx package (pip install onnx)") from None
+    except ImportError as exc:
+        raise InputError(f"{onnx_path}: reading the model needs the onnx package (pip install onnx)") from exc
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear")
                for n in onnx.load(str(onnx_path), load_external_data=False).graph.node)
 
@@ -303,7 +303,7 @@ def calibration_inputs(image_dir: str, input_size: tuple[int, int], count: int) 
         if (e.name or "").split(".")[0] != "PIL":
             raise
         raise InputError(f"--calib-images {image_dir}: reading images needs Pillow, which this Python lacks: "
-                         "pip install pillow, or drop --calib-images and build from the Q/DQ ONNX") from None
+                         "pip install pillow, or drop --calib-images and build from the Q/DQ ONNX") from e
     names = sorted(n for n in os.listdir(image_dir) if n.lower().endswith((".jpg", ".jpeg", ".png", ".bmp")))
     if not names:
         raise InputError(f"--calib-images {image_dir}: no .jpg/.png images there")

@@ -75,9 +75,9 @@ def _read_json(path: str, what: str) -> dict:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+        raise InputError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
     except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot be read: {e}") from None
+        raise InputError(f"{path}: cannot be read: {e}") from e
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a JSON object with 'images', 'annotations', 'categories'")
     for key in ("images", "annotations", "categories"):
@@ -137,7 +137,7 @@ def check_image_files(dataset: CocoDataset) -> None:
             with Image.open(file) as im:
                 width, height = im.size
         except Exception as e:  # PIL raises many types for a bad file
-            raise InputError(f"{file}: cannot be read as an image ({type(e).__name__}: {e})") from None
+            raise InputError(f"{file}: cannot be read as an image ({type(e).__name__}: {e})") from e
         if (width, height) != (img["width"], img["height"]):
             raise InputError(
                 f"{file}: is {width}x{height} pixels but {dataset.annotations_path} says "

@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with open(args.predictions, encoding="utf-8") as f:
                 results = json.load(f)
         except (OSError, json.JSONDecodeError) as e:
-            raise InputError(f"{args.predictions}: cannot be read as JSON: {e}") from None
+            raise InputError(f"{args.predictions}: cannot be read as JSON: {e}") from e
         if not isinstance(results, list):
             raise InputError(f"{args.predictions}: expected a list of detections (COCO results format)")
         check_results(ds, results, args.predictions)

@@ -64,7 +64,7 @@ def check_writable(directory: PathLike) -> Path:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise InputError(f"output directory {directory} cannot be created ({e.strerror})") from None
+        raise InputError(f"output directory {directory} cannot be created ({e.strerror})") from e
     if not os.access(directory, os.W_OK | os.X_OK):
         raise InputError(f"output directory {directory} is not writable")
     return directory

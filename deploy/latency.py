@@ -13,8 +13,8 @@ STAT_KEYS = ("mean", "std", "min", "p50", "p90", "p99")
 def time_calls(fn: Callable[[], Any], iters: int, warmup: int = 10,
                timer: Callable[[], float] = time.perf_counter) -> list[float]:
     """Milliseconds per call of fn over `iters` timed calls, after `warmup` untimed ones."""
-    if iters < 1:
-        raise ValueError(f"iters must be at least 1, got {iters}")
+    if iters < 1 or warmup < 0:
+        raise ValueError(f"iters must be at least 1 and warmup at least 0, got {iters} and {warmup}")
     for _ in range(warmup):
         fn()
     samples = []

@@ -10,7 +10,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from deploy.coco import CocoDataset
+from deploy.coco import CocoDataset, decode_image_files
+from deploy.errors import InputError
 from deploy.evaluate import coco_eval
 from deploy.latency import latency_stats, time_calls
 from deploy.predict import end_to_end, image_detections, predict, runner_infer
@@ -26,8 +27,16 @@ def artifact_size_mb(path: str) -> float:
 
 
 def sample_images(coco: CocoDataset, count: int) -> list[np.ndarray]:
-    """The first `count` images of a dataset, decoded (end-to-end timing excludes file decoding)."""
-    return [load_image(coco.image_path(info)) for info in coco.images[:count]]
+    """The first `count` images of a dataset, decoded (end-to-end timing excludes file decoding); a file
+    that does not decode is one InputError naming it."""
+    return [decoded(coco.image_path(info)) for info in coco.images[:count]]
+
+
+def decoded(path: str) -> np.ndarray:
+    try:
+        return load_image(path)
+    except Exception as e:  # PIL raises many types for a bad file (a cut JPEG passes the header check)
+        raise InputError(f"{path}: cannot be decoded as an image ({type(e).__name__}: {e})") from e
 
 
 def measure_latency(runner: Any, images: list[np.ndarray], input_size: tuple[int, int], warmup: int = 10,
@@ -83,8 +92,13 @@ def measure_artifact(runner: Any, coco: CocoDataset | None, input_size: tuple[in
                                "batch": batch, "size_mb": artifact_size_mb(runner.path)}
     results: list = []
     if coco is not None:
-        results = predict(runner_infer(runner), coco, input_size, batch_size=batch, fixed_batch=runner.batch,
-                          uint8=getattr(runner, "input_uint8", False))
+        try:
+            results = predict(runner_infer(runner), coco, input_size, batch_size=batch, fixed_batch=runner.batch,
+                              uint8=getattr(runner, "input_uint8", False))
+        except Exception:
+            # a file that does not decode is the likely cause: name it in one line (a cost only on failure)
+            decode_image_files(coco)
+            raise
         evaluation = coco_eval(coco, results)
         metrics.update({k: evaluation[k] for k in METRIC_KEYS}, num_images=evaluation["num_images"])
     if images is None:

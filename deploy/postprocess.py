@@ -5,6 +5,8 @@ Boxes are xyxy in pixels; scores are sigmoid probabilities [A, C] as the exporte
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import numpy as np
 
 try:  # JetPack (and opencv-python) ship OpenCV: its C++ NMS keeps the same set as ours, faster (bench-nms)
@@ -76,7 +78,7 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_t
     """
     if boxes.size == 0:
         return np.zeros((0,), dtype=np.int64)
-    if _cv2 is not None if use_opencv is None else use_opencv:
+    if _use_opencv(use_opencv):
         return opencv_batched_nms(boxes, scores, labels, iou_threshold)
     keep = np.concatenate([members[nms(boxes[members], scores[members], iou_threshold)]
                            for members in (np.flatnonzero(labels == c) for c in np.unique(labels))])
@@ -86,10 +88,7 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_t
 def opencv_batched_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold: float) -> np.ndarray:
     """OpenCV's class-aware NMS (xywh boxes in float64, its stable descending sort, suppression at IoU >
     threshold, as torchvision), every candidate considered; indices in decreasing score."""
-    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1).astype(np.float64)
-    floor = float(scores.min()) - 1.0  # keep every candidate: OpenCV drops scores at or below this
-    kept = _cv2.dnn.NMSBoxesBatched(xywh, scores.astype(np.float64), labels.astype(np.int64), floor, float(iou_threshold))
-    return np.asarray(kept, dtype=np.int64).reshape(-1)
+    return _opencv_nms_on(boxes, scores, labels, iou_threshold)(slice(None))
 
 
 def select_detections(
@@ -99,16 +98,78 @@ def select_detections(
     iou_threshold: float = IOU_THRESHOLD,
     max_detections: int = MAX_DETECTIONS,
     pre_nms_topk: int = PRE_NMS_TOPK,
+    use_opencv: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One image's boxes [A, 4] and scores [A, C] -> kept (boxes [K, 4], scores [K], labels [K]).
+    """One image's boxes [A, 4] and scores [A, C] -> kept (boxes [K, 4], scores [K], labels [K]), in
+    decreasing score: the first max_detections that class-aware greedy NMS keeps among the pre_nms_topk
+    best (location, class) pairs above score_threshold, as in GFL/mmdet's test config. Equal scores
+    go in (location, class) order."""
+    index, cand_scores = candidates(scores, score_threshold, pre_nms_topk)
+    loc, cls = np.divmod(index, max(scores.shape[-1], 1))
+    cand_boxes = np.asarray(boxes, dtype=np.float32)[loc]
+    keep = greedy_nms_until(cand_boxes, cand_scores, cls, iou_threshold, max_detections, use_opencv)
+    return cand_boxes[keep], cand_scores[keep], cls[keep]
 
-    Every (location, class) pair above the threshold is a candidate, as in GFL/mmdet's test config.
+
+def candidates(scores: np.ndarray, score_threshold: float, topk: int) -> tuple[np.ndarray, np.ndarray]:
+    """(flat indices into scores [A, C], their scores) of the `topk` best above the threshold, in
+    decreasing score, ties in index order."""
+    flat = np.asarray(scores, dtype=np.float32).reshape(-1)  # a view for the contiguous [A, C] a runtime returns
+    index = np.flatnonzero(flat > score_threshold)  # ~9x faster than np.nonzero on the 2-D mask at 80 classes
+    if index.size > topk > 0:
+        # argpartition is linear; a full sort of the few thousand candidates is not needed to find the best topk
+        index = np.sort(index[np.argpartition(-flat[index], topk - 1)[:topk]])
+    index = index[np.argsort(-flat[index], kind="stable")]
+    return index, flat[index]
+
+
+def greedy_nms_until(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold: float,
+                     max_detections: int, use_opencv: bool | None = None) -> np.ndarray:
+    """Class-aware greedy NMS over candidates in decreasing score: positions of the first max_detections
+    it keeps, in order.
+
+    Without OpenCV, one batched_nms over all, cut. With it, the candidates go in slices, stopping once
+    max_detections are kept: OpenCV's binding converts every box it is given one Python object at a
+    time (~0.3 us each on a Zen 4: most of its time on 1000 candidates), and its NMS compares each
+    candidate with every box kept so far, of any class. Exact: greedy NMS decides a candidate from the
+    higher ones alone, and the kept never suppress each other, so (kept so far + next slice) in one call
+    resolves the slice as one pass over everything would.
     """
-    loc, cls = np.nonzero(scores > score_threshold)
-    cand_scores = scores[loc, cls]
-    if cand_scores.size > pre_nms_topk:
-        top = np.argpartition(-cand_scores, pre_nms_topk - 1)[:pre_nms_topk]
-        loc, cls, cand_scores = loc[top], cls[top], cand_scores[top]
-    cand_boxes = boxes[loc]
-    keep = batched_nms(cand_boxes, cand_scores, cls, iou_threshold)[:max_detections]
-    return cand_boxes[keep].astype(np.float32), cand_scores[keep].astype(np.float32), cls[keep].astype(np.int64)
+    if max_detections <= 0:
+        return np.zeros(0, dtype=np.int64)
+    if not _use_opencv(use_opencv) or len(scores) <= 2 * max_detections:
+        # positions are score order: sorted, ties stay in input order (numpy's batched_nms puts them by class)
+        return np.sort(batched_nms(boxes, scores, labels, iou_threshold, use_opencv))[:max_detections]
+    nms_of = _opencv_nms_on(boxes, scores, labels, iou_threshold)
+    kept = np.zeros(0, dtype=np.int64)
+    start, step = 0, 2 * max_detections
+    while start < len(scores) and kept.size < max_detections:
+        stop = min(start + step, len(scores))
+        members = np.concatenate([kept, np.arange(start, stop)])
+        kept = np.sort(members[nms_of(members)])  # positions are score order; ties stay in input order
+        # the next slice: what the keep rate so far says reaches max_detections, with a margin (fewer calls),
+        # and the rest with it when a short tail would be left for one more call
+        step = max(int(1.5 * (max_detections - kept.size) * stop / max(kept.size, 1)), max_detections)
+        if len(scores) - (stop + step) < step // 2:
+            step = len(scores) - stop
+        start = stop
+    return kept[:max_detections]
+
+
+def _use_opencv(use_opencv: bool | None) -> bool:
+    return _cv2 is not None if use_opencv is None else use_opencv
+
+
+def _opencv_nms_on(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
+                   iou_threshold: float) -> Callable[[Any], np.ndarray]:
+    """members (indices or a slice) -> indices into members that OpenCV's class-aware NMS keeps, in
+    decreasing score; the boxes are converted to its xywh float64 once, not once per call."""
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1).astype(np.float64)
+    scores64, labels64 = scores.astype(np.float64), labels.astype(np.int64)
+    floor = float(scores.min()) - 1.0 if scores.size else 0.0  # OpenCV drops scores at or below this: keep all
+
+    def kept(members: Any) -> np.ndarray:
+        found = _cv2.dnn.NMSBoxesBatched(xywh[members], scores64[members], labels64[members], floor,
+                                         float(iou_threshold))
+        return np.asarray(found, dtype=np.int64).reshape(-1)
+    return kept

@@ -125,8 +125,8 @@ def check_tensorrt_qdq(path: str | Path) -> None:
     TensorRT can build the file as explicit INT8 quantization. Needs the onnx package."""
     try:
         import onnx
-    except ImportError:
-        raise InputError(f"{path}: checking a Q/DQ model needs the onnx package (pip install onnx)") from None
+    except ImportError as exc:
+        raise InputError(f"{path}: checking a Q/DQ model needs the onnx package (pip install onnx)") from exc
     problems = tensorrt_qdq_problems(onnx.load(str(path), load_external_data=False))
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""

@@ -36,7 +36,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, not a torch file, or pickled objects weights_only refuses
         raise InputError(f"{path}: cannot be read as a checkpoint, truncated or not one of ours "
-                         f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from e
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise InputError(f"{path}: not an edgekd checkpoint (no 'model' state dict)")
     return state
@@ -113,7 +113,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a torch file, pickled objects
-        raise InputError(f"{path}: cannot be read as weights ({type(e).__name__}: {e})") from None
+        raise InputError(f"{path}: cannot be read as weights ({type(e).__name__}: {e})") from e
     for key in ("model", "state_dict"):
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]

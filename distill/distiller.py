@@ -10,9 +10,6 @@ input pixels).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
-
 import torch
 from torch import nn
 
@@ -22,6 +19,7 @@ from distill.losses.detection import head_loss
 from distill.losses.kd import ld_loss, positive_kd_loss, softmax_kd_loss
 from distill.models.detector import ModelConfig
 from distill.models.probe import probe
+from distill.settings import DistillConfig
 
 METHODS = ("none", "bckd", "kd", "kd_pos", "ld")
 TERMS = ("cls", "loc", "kd")
@@ -30,37 +28,6 @@ TERMS = ("cls", "loc", "kd")
 ANCHOR_TOLERANCE = 0.05
 
 
-@dataclass
-class DistillConfig:
-    # kd: softmax KD at every location; kd_pos: softmax KD at positive locations only, as the LD codebase
-    method: Literal["none", "bckd", "kd", "kd_pos", "ld"] = "bckd"
-    # BCKD's terms: cls, loc, and kd (softmax KD beside them, with kd_weight: BCKD's absolute per-class
-    # protocol plus KD's relative one)
-    terms: list[Literal["cls", "loc", "kd"]] = field(default_factory=lambda: ["cls", "loc"])
-    cls_weight: float = 1.0  # BCKD classification term
-    cls_region: Literal["all", "negatives"] = "all"  # where BCKD's classification term applies
-    loc_weight: float = 4.0  # BCKD IoU localization term
-    beta: float = 1.0  # BCKD modulating exponent
-    kd_weight: float = 1.0  # softmax KD
-    kd_temperature: float = 1.0
-    kd_pos_weight: float = 10.0  # kd_pos, as HikariTJU/LD's GFL configs (loss_kd weight 10, T = 2)
-    kd_pos_temperature: float = 2.0
-    ld_weight: float = 0.25  # LD, as mmdet's LD config
-    ld_temperature: float = 10.0
-    teacher_half: bool = True  # teacher forward in float16 on CUDA
-    positive_levels_only: bool = False  # the official code's quirk: only FPN levels with a positive in the batch
-    # Not the paper's method, a diagnostic (README, issue 4): the IoU term only at positive locations. On
-    # the embedded default 94% of its mass lies on background locations, where boxes have no target.
-    loc_positives_only: bool = False
-    # Diagnostics for issue 17 (not the paper's method). loc_detached_features: the IoU term's student
-    # boxes come from the head run a second time on detached FPN features, so that term trains the
-    # regression branch only and cannot pull the small shared FPN and backbone. until_epoch: the
-    # distillation terms only in the first `until_epoch` epochs; the student trains alone after.
-    loc_detached_features: bool = False
-    until_epoch: int | None = None
-    # Pipeline gate: when the student-alone stage runs too, the distilled student must reach its AP plus
-    # this many AP points (null: no gate).
-    min_gain_over_baseline: float | None = 0.0
 
 
 def check_pair(teacher: nn.Module, student: nn.Module, teacher_classes: list[str], student_classes: list[str],

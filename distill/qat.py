@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,8 +20,6 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from deploy.errors import InputError
-from distill.distiller import DistillConfig
-from distill.trainer import TrainConfig
 
 # Folding must not change what the model computes beyond float rounding (checked on a random input).
 FOLD_ATOL = 1e-3
@@ -32,23 +29,6 @@ FOLD_ATOL = 1e-3
 MIN_AMAX = 1e-6
 
 
-def _qat_schedule() -> TrainConfig:
-    # NVIDIA's QAT guidance (pytorch-quantization and ModelOpt docs): about 10% of the original schedule,
-    # annealed from about 1% of its learning rate: 60 steps of batch 8 (the default distillation runs
-    # 561) at 1e-5 (it runs at 1e-3). docs/qat.md compares 60 and 187 steps.
-    return TrainConfig(epochs=1, max_train_images=480, batch_size=8, optimizer="adamw", lr=1e-5, weight_decay=0.0,
-                       warmup_steps=0, schedule="cosine", grad_clip=35.0, max_val_images=100, save_every_steps=50,
-                       workers=1)
-
-
-@dataclass
-class QatConfig:
-    # The fine-tuning schedule; its seed also picks the calibration images.
-    train: TrainConfig = field(default_factory=_qat_schedule)
-    # The teacher's terms added to the student's own losses (method none: the task losses alone).
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    calib_images: int = 300  # training images the scales are calibrated on (as quantize.calib_images)
-    max_map_drop: float = 0.5  # gate: the QAT model's AP may fall at most this far below the FP32 ONNX's
 
 
 def fold_batchnorm(model: nn.Module, input_size: tuple[int, int]) -> int:
@@ -100,7 +80,7 @@ def insert_quantizers(model: nn.Module, forward_loop: Callable[[nn.Module], None
     try:
         import modelopt.torch.quantization as mtq
     except ImportError as e:
-        raise InputError(f"QAT needs NVIDIA ModelOpt: pip install nvidia-modelopt ({e})") from None
+        raise InputError(f"QAT needs NVIDIA ModelOpt: pip install nvidia-modelopt ({e})") from e
     model.eval()
     with torch.no_grad():
         model = mtq.quantize(model, quantization_config(), forward_loop)

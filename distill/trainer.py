@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -36,45 +36,15 @@ from deploy.evaluate import format_metrics, write_evaluation
 from deploy.files import write_json, write_text
 from distill.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from distill.data.dataset import DetectionDataset, collate
+from distill.settings import NonFiniteLoss, TrainConfig
 from distill.validate import evaluate_model, subset
 
 LossFn = Callable[[nn.Module, torch.Tensor, list], dict[str, torch.Tensor]]
 
 
-@dataclass
-class TrainConfig:
-    epochs: int = 12
-    batch_size: int = 8  # per process
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.01  # for batch_size x processes as given; not rescaled
-    momentum: float = 0.9  # SGD momentum
-    weight_decay: float = 1e-4
-    warmup_steps: int = 500  # linear warm-up from warmup_ratio * lr
-    warmup_ratio: float = 0.001
-    schedule: Literal["step", "cosine"] = "step"
-    decay_epochs: list[int] = field(default_factory=lambda: [8, 11])  # step schedule: x gamma at these epochs
-    gamma: float = 0.1
-    min_lr_ratio: float = 0.01  # cosine schedule ends at min_lr_ratio * lr
-    grad_clip: float = 0.0  # max gradient norm; 0 = off
-    augment: list[str] = field(default_factory=lambda: ["hflip", "photometric"])  # see distill/data/dataset.py
-    amp: bool = True  # mixed precision (CUDA only)
-    channels_last: bool = True  # NHWC memory format (faster on CUDA and, with oneDNN, on CPU)
-    eval_every: int = 1  # validate every N epochs (and after the last)
-    max_val_images: int = 0  # validate during training on the first N val images (0 = all); final eval uses all
-    log_every: int = 10  # steps between log.jsonl lines
-    save_every_steps: int = 0  # extra mid-epoch checkpoints (0 = at epoch ends only)
-    workers: int = 2  # data-loading processes per training process
-    seed: int = 0
-    max_steps: int = 0  # stop after this many steps in all (0 = run every epoch); smoke runs and tests
-    max_train_images: int = 0  # train on the first N images (0 = all)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
 
 
 DIVERGED = "diverged.json"  # written beside last.pt when the loss or the weights turned non-finite
-
-
-class NonFiniteLoss(RuntimeError):
-    """A loss term became NaN or Inf; the message names the step and the term."""
 
 
 @dataclass

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import onnx
@@ -28,26 +27,6 @@ from deploy.runtimes.onnxruntime import OrtRunner
 INPUT, OUTPUTS = "images", ("boxes", "scores")
 
 
-@dataclass
-class ExportConfig:
-    checkpoint: str | None = None  # the model to export; default <run>/distill/last.pt
-    opset: int = 17
-    batch: int = 1  # the static batch size (the device's)
-    dynamic_batch: bool = False  # a symbolic batch axis instead
-    slim: bool = True  # onnxslim after the checker
-    score_atol: float = 1e-4  # gate: max |scores ONNX Runtime - PyTorch|
-    box_atol: float = 1e-2  # gate: max |boxes ONNX Runtime - PyTorch| in input pixels
-    parity_images: int = 16  # val images the parity check runs on
-    warmup: int = 10  # latency: untimed calls, then timed ones
-    iters: int = 100
-    threads: int = 0  # runtime threads; 0 = the runtime's default (all cores)
-    # Also write model.uint8.onnx: input the letterboxed uint8 image [N, H, W, 3] as a camera or decoder
-    # gives it; the cast, mean/std and layout run inside the graph, so the host only letterboxes.
-    uint8_input: bool = False
-    # Also write model.nms.onnx (batch 1): the detections after NMS as its outputs det_boxes [K, 4] xyxy
-    # input pixels, det_scores [K], det_labels [K], with host NMS's thresholds (deploy/postprocess.py)
-    # in the graph as ONNX NonMaxSuppression, which ONNX Runtime, OpenVINO and TensorRT run.
-    nms: Literal["host", "graph"] = "host"
 
 
 class UInt8Input(nn.Module):
@@ -128,7 +107,7 @@ def check_onnx(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
         onnx.checker.check_model(model, full_check=True)
         return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise InputError(f"{where}: the ONNX model fails the checker: {str(e).splitlines()[0][:300]}") from None
+        raise InputError(f"{where}: the ONNX model fails the checker: {str(e).splitlines()[0][:300]}") from e
 
 
 def export_onnx(detector: nn.Module, classes: list[str], out: str | Path, input_size: tuple[int, int],

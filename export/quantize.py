@@ -1,6 +1,6 @@
 """INT8 post-training quantization and OpenVINO IR: ONNX Runtime QDQ (static, per-channel symmetric
 weights, symmetric activations so TensorRT takes the same file as explicit quantization), OpenVINO
-FP32/FP16 IR and NNCF INT8.
+FP32/FP16 IR and NNCF INT8, and that INT8 IR with export.nms: graph's NMS appended (calibrated once).
 
 The decode (DFL softmax and integral, anchor arithmetic, sigmoid, the concatenations) stays in float:
 it is everything after the last convolutions, found from the graph rather than from names. When INT8
@@ -14,9 +14,9 @@ import random
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import onnx
@@ -25,43 +25,19 @@ from onnxruntime.quantization import CalibrationDataReader
 from deploy.coco import CocoDataset
 from deploy.errors import InputError
 from deploy.files import atomic_path
+from deploy.postprocess import IOU_THRESHOLD, MAX_DETECTIONS, PRE_NMS_TOPK, SCORE_THRESHOLD
+from deploy.predict import GRAPH_NMS_OUTPUTS
 from deploy.preprocess import MEAN, STD, load_image, preprocess
 
 MIN_CALIBRATION_IMAGES = 8
 SENSITIVITY_IMAGES = 32  # calibration images the per-layer sensitivity is measured on
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-ARTIFACTS = ("onnxruntime_int8", "onnxruntime_int8_trt", "openvino_fp32", "openvino_bf16", "openvino_fp16", "openvino_int8")
 # The inference precision (OpenVINO INFERENCE_PRECISION_HINT) each OpenVINO artifact compiles with unless
 # quantize.inference_precision says otherwise; openvino_bf16 is the FP32 IR run in bf16, no file of its own.
 OPENVINO_INFERENCE = {"openvino_fp32": "f32", "openvino_bf16": "bf16", "openvino_fp16": "f32", "openvino_int8": "f32",
                       "openvino_int8_uint8": "f32", "openvino_int8_nms": "f32", "openvino_int8_uint8_nms": "f32"}
 
 
-@dataclass
-class QuantizeConfig:
-    # which to build and measure; onnxruntime_int8_cpu (uint8 activations, ONNX Runtime's fast x86 path,
-    # not for TensorRT) is extra
-    # openvino_bf16 (the FP32 IR compiled for bf16 arithmetic) is built where the CPU reports BF16, and
-    # listed as skipped, with the reason, elsewhere.
-    # onnxruntime_int8_trt is the file TensorRT builds INT8 engines from (make export-trt PRECISION=int8),
-    # measured here in ONNX Runtime.
-    artifacts: list[Literal["onnxruntime_int8", "onnxruntime_int8_cpu", "onnxruntime_int8_trt", "openvino_fp32", "openvino_bf16", "openvino_fp16",
-                            "openvino_int8"]] = field(default_factory=lambda: list(ARTIFACTS))
-    # Per OpenVINO artifact, the inference precision to compile with (f32 | bf16 | f16), overriding
-    # OPENVINO_INFERENCE: e.g. {openvino_fp16: f16} for f16 arithmetic on a CPU that has it.
-    inference_precision: dict[str, str] = field(default_factory=dict)
-    calib_images: int = 300  # drawn from the train split, never val
-    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"  # ONNX Runtime's calibrator
-    seed: int = 0  # which training images calibrate
-    # ORT QDQ activations: false = uint8 asymmetric (ORT's x86 fast path; after ReLU6 it keeps the bit
-    # a symmetric int8 wastes on the sign: -0.6 AP on the default student where symmetric lost -3.5);
-    # true = int8 with zero point 0 (TensorRT builds from onnxruntime_int8_trt, which is always symmetric).
-    symmetric_activations: bool = False
-    max_map_drop: float = 1.0  # gate: INT8 AP may fall at most this far (AP points) below FP32
-    accuracy_aware: bool = True  # over the gate: keep the most sensitive layers in float until it holds
-    max_float_layers: int = 32  # accuracy-aware search gives up beyond this many float layers
-    openvino_hint: Literal["LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"] = "LATENCY"
-    openvino_cache_dir: str | None = None  # compiled-model cache (faster start-up; latency unchanged)
 
 
 def calibration_paths(train: CocoDataset, count: int, seed: int = 0) -> list[str]:
@@ -362,6 +338,61 @@ def openvino_uint8_input(xml: str | Path, out_xml: str | Path) -> Path:
     ppp.input().preprocess().convert_element_type(ov.Type.f32).mean(list(MEAN)).scale(list(STD))
     ppp.input().model().set_layout(ov.Layout("NCHW"))
     return save_ir(ppp.build(), out_xml, fp16=False)
+
+
+def append_openvino_nms(model: Any, score_threshold: float = SCORE_THRESHOLD, iou_threshold: float = IOU_THRESHOLD,
+                        max_detections: int = MAX_DETECTIONS, pre_nms_topk: int = PRE_NMS_TOPK) -> Any:
+    """Replace a batch-1 model's `boxes` and `scores` outputs, in place, with export/onnx.py GraphNMS's steps
+    in OpenVINO ops: outputs det_boxes [K, 4] f32, det_scores [K] f32, det_labels [K] i64 (GRAPH_NMS_OUTPUTS).
+    Appended to an INT8 IR, it reuses that IR's calibration instead of quantizing model.nms.onnx again."""
+    import openvino.opset16 as ops  # opset17 of OpenVINO 2026.4 holds only its new ops
+
+    old = [model.output(name).get_node() for name in ("boxes", "scores")]
+    boxes, scores = (result.input_value(0) for result in old)
+    anchors, classes = scores.get_partial_shape()[1].get_length(), scores.get_partial_shape()[2].get_length()
+    flat, all_boxes = ops.reshape(scores, [-1], False), ops.reshape(boxes, [-1, 4], False)
+    # Sorted by score, so the candidates above the threshold are the same set as thresholding first.
+    top = ops.topk(flat, np.int64(min(pre_nms_topk, anchors * classes)), axis=0, mode="max", sort="value",
+                   index_element_type="i64")
+    above = ops.squeeze(ops.non_zero(ops.greater(top.output(0), np.float32(score_threshold)), "i64"), [0])
+    cand_scores, index = ops.gather(top.output(0), above, 0), ops.gather(top.output(1), above, 0)
+    labels = ops.floor_mod(index, np.int64(classes))
+    candidates = ops.gather(all_boxes, ops.divide(index, np.int64(classes)), 0)
+    # Class-aware NMS as one NMS: each class shifted by more than the span of every decoded box (never an
+    # empty set, negative coordinates included), so boxes of two classes never overlap.
+    span = ops.add(ops.subtract(ops.reduce_max(all_boxes, [0, 1]), ops.reduce_min(all_boxes, [0, 1])), np.float32(1))
+    shifted = ops.add(candidates, ops.unsqueeze(ops.multiply(ops.convert(labels, "f32"), span), [1]))
+    # Greedy NMS selects in score order, so stopping at max_detections keeps GraphNMS's [:MAX_DETECTIONS].
+    nms = ops.non_max_suppression(ops.unsqueeze(shifted, [0]), ops.unsqueeze(cand_scores, [0, 1]),
+                                  np.int64(max_detections), np.float32(iou_threshold), box_encoding="corner",
+                                  sort_result_descending=True, output_type="i64")
+    kept = ops.gather(nms.output(0), np.int64(2), 1)  # [K, 3] (batch, class, box) -> box index
+    outputs = []
+    for name, source in zip(GRAPH_NMS_OUTPUTS, (candidates, cand_scores, labels)):
+        node = ops.gather(source, kept, 0, name=name)
+        node.output(0).get_tensor().set_names({name})
+        outputs.append(ops.result(node, name=f"{name}/sink_port_0"))
+    model.add_results(outputs)
+    for result in old:
+        model.remove_result(result)
+    model.validate_nodes_and_infer_types()
+    return model
+
+
+def openvino_nms_ir(int8_xml: str | Path, out_xml: str | Path) -> Path:
+    """The IR `int8_xml` with NMS in its graph (append_openvino_nms), batch 1 as model.nms.onnx: its
+    convolutions and FakeQuantize ranges are the INT8 IR's, NNCF not run again."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(int8_xml))
+    shape = model.inputs[0].get_partial_shape()
+    if shape[0].is_static and shape[0].get_length() != 1:
+        raise InputError(f"{int8_xml}: batch {shape[0].get_length()}; NMS in the graph needs a batch-1 (or dynamic "
+                         "batch) IR")
+    if shape[0].is_dynamic:  # a dynamic-batch export: the NMS IR takes one image, as model.nms.onnx does
+        shape[0] = 1
+        model.reshape({model.inputs[0]: shape})
+    return save_ir(append_openvino_nms(model), out_xml, fp16=False)
 
 
 def openvino_ir(onnx_path: str | Path, out_xml: str | Path, fp16: bool = False) -> Path:

@@ -7,10 +7,8 @@ import argparse
 import sys
 from collections.abc import Callable
 
-import torch.distributed as dist
-
 from deploy.errors import DeviceError, GateError, InputError
-from distill.trainer import NonFiniteLoss
+from distill.settings import NonFiniteLoss
 
 
 def guarded(body: Callable[[], None], debug: bool = False,
@@ -44,7 +42,8 @@ def guarded(body: Callable[[], None], debug: bool = False,
         print(on_interrupt, file=sys.stderr)
         return 130
     finally:
-        if dist.is_available() and dist.is_initialized():
+        dist = sys.modules.get("torch.distributed")  # never imported (status, --help): nothing to tear down
+        if dist is not None and dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
     return 0
 

@@ -20,12 +20,9 @@ import yaml
 
 from deploy.errors import InputError
 from distill.data.fashion_scenes import FashionScenesConfig
-from distill.distiller import DistillConfig
-from distill.models.detector import ModelConfig
-from distill.qat import QatConfig
-from distill.trainer import TrainConfig
-from export.onnx import ExportConfig
-from export.quantize import QuantizeConfig
+from distill.models.config import ModelConfig
+from distill.settings import DistillConfig, QatConfig, TrainConfig
+from export.settings import ExportConfig, QuantizeConfig
 
 
 class ConfigError(InputError):
@@ -98,6 +95,14 @@ class BenchmarkConfig:
     resize: Literal["pil", "opencv"] = "pil"
 
 
+@dataclass
+class ReportConfig:
+    """The report names one deployed artifact: the fastest end to end whose AP passes the gates, or, with a
+    budget, the most accurate one within it."""
+
+    latency_budget_ms: float | None = None  # end-to-end p50 at batch 1 on this machine (null: the fastest)
+
+
 # In order. `student` (the student trained alone, the no-distillation baseline) is off by default.
 STAGES = ("data", "teacher", "student", "distill", "export", "quantize", "qat", "engines", "benchmark", "report")
 DEFAULT_STAGES = [s for s in STAGES if s != "student"]
@@ -116,6 +121,7 @@ class PipelineConfig:
     qat: QatConfig = field(default_factory=QatConfig)
     engines: EnginesConfig = field(default_factory=EnginesConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     stages: list[str] = field(default_factory=lambda: list(DEFAULT_STAGES))  # which stages `run` runs by default
 
     @property
@@ -212,7 +218,7 @@ def read_yaml(path: str | Path) -> dict:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+        raise ConfigError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', e)}") from e
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -304,7 +310,7 @@ RANGES = [(f"{role}.train.{key}", low, strict) for role in ("teacher", "student"
                                    ("weight_decay", 0.0, False), ("warmup_steps", 0, False), ("max_steps", 0, False),
                                    ("max_train_images", 0, False), ("max_val_images", 0, False), ("grad_clip", 0.0, False),
                                    ("eval_every", 1, False), ("save_every_steps", 0, False), ("workers", 0, False))]
-RANGES += [("data.select_images", 0, False), ("data.generator.long_tail_ratio", 1.0, False),
+RANGES += [("report.latency_budget_ms", 0.0, True), ("data.select_images", 0, False), ("data.generator.long_tail_ratio", 1.0, False),
            ("distill.until_epoch", 0, False), ("quantize.calib_images", 8, False), ("quantize.max_map_drop", 0.0, False), ("export.iters", 1, False),
            ("qat.calib_images", 8, False), ("qat.max_map_drop", 0.0, False)]
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from deploy.errors import GateError
-from export.onnx import check_parity
+from deploy.errors import GateError, InputError
 from pipeline import paths
 from pipeline.config import PipelineConfig
 
@@ -31,6 +31,16 @@ def _metrics(path: Path) -> dict:
         return {}
 
 
+def _read_key(path: Path, key: str) -> Any:
+    """metrics.json's `key`; one line naming the file when it is missing, unreadable or lacks the key (a stage
+    folder edited or cut by hand), rather than a KeyError."""
+    metrics = _metrics(path)
+    if key not in metrics:
+        raise InputError(f"{path}: {'missing or unreadable' if not metrics else f'has no {key!r}'}; "
+                         f"its gate cannot be checked (rerun the {path.parent.name} stage)")
+    return metrics[key]
+
+
 def check_gate(stage: str, cfg: PipelineConfig) -> str | None:
     """Raise GateError (stage, figure, limit) when the stage's gate fails; return a one-line summary of
     what was checked, or None for a stage without a gate."""
@@ -39,20 +49,22 @@ def check_gate(stage: str, cfg: PipelineConfig) -> str | None:
         baseline = _metrics(paths.metrics_file(cfg, "student"))
         if limit is None or "student" not in cfg.stages or "AP" not in baseline:
             return None
-        ap, base = 100 * _metrics(paths.metrics_file(cfg, "distill"))["AP"], 100 * baseline["AP"]
+        ap, base = 100 * _read_key(paths.metrics_file(cfg, "distill"), "AP"), 100 * baseline["AP"]
         if ap < base + limit:
             raise GateError(f"stage distill: AP {ap:.2f} is below the student-alone baseline's {base:.2f} + {limit} "
                             f"(distill.min_gain_over_baseline); artifacts left in {paths.stage_dir(cfg, 'distill')}")
         return f"AP {ap:.2f} >= baseline {base:.2f} + {limit}"
     if stage == "export":
-        parity = _metrics(paths.metrics_file(cfg, "export"))["parity"]
+        parity = _read_key(paths.metrics_file(cfg, "export"), "parity")
+        from export.onnx import check_parity  # torch: only when the export gate is checked
+
         check_parity(parity, cfg.export.score_atol, cfg.export.box_atol, f"stage export ({paths.onnx_model(cfg)})")
         return (f"parity scores {parity['scores_max_abs']:.1e} <= {cfg.export.score_atol:.0e}, "
                 f"boxes {parity['boxes_max_abs']:.1e} <= {cfg.export.box_atol:.0e} px")
     if stage in ("quantize", "qat"):
-        metrics = _metrics(paths.metrics_file(cfg, stage))
-        fp32 = 100 * metrics["reference"]["fp32_AP"]
-        drops = {n: fp32 - 100 * m["AP"] for n, m in metrics["artifacts"].items() if m["precision"] == "int8"}
+        path = paths.metrics_file(cfg, stage)
+        fp32, artifacts = 100 * _read_key(path, "reference")["fp32_AP"], _read_key(path, "artifacts")
+        drops = {n: fp32 - 100 * m["AP"] for n, m in artifacts.items() if m["precision"] == "int8"}
         limit = getattr(cfg, stage).max_map_drop
         for name, drop in drops.items():
             if drop > limit:

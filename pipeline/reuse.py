@@ -14,10 +14,9 @@ from typing import Any
 
 from deploy.errors import InputError
 from distill.checkpoint import load_checkpoint
-from distill.distiller import DistillConfig
 from distill.losses.detection import DEFAULT_WEIGHTS
 from distill.models.detector import ModelConfig
-from distill.trainer import TrainConfig
+from distill.settings import DistillConfig, TrainConfig
 
 # Settings that do not change what a run learns, so a resumed or reused run may differ in them.
 RUN_ONLY = {"eval_every", "max_val_images", "log_every", "save_every_steps", "workers", "device", "min_gain_over_baseline"}

@@ -11,6 +11,7 @@ renamed into place, so no stage reads a half-written file after a kill.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import signal
 import time
@@ -39,16 +40,30 @@ from pipeline.stage_state import (
     versions,
     write_state,
 )
-from pipeline.stages.benchmark import artifacts as benchmark_artifacts
-from pipeline.stages.benchmark import run_benchmark
-from pipeline.stages.data import load_split, run_data
-from pipeline.stages.distill import distill_student
-from pipeline.stages.engines import engine_source, run_engines
-from pipeline.stages.export import run_export
-from pipeline.stages.qat import run_qat
-from pipeline.stages.quantize import run_quantize
-from pipeline.stages.report import write_report
-from pipeline.stages.train import external_teacher, load_role_teacher, train_role
+
+
+def _deferred(module: str, name: str) -> Callable[..., Any]:
+    """`module.name`, imported when first called: a stage's code (torch, the runtimes) loads only when that
+    stage runs, so `edgekd status` and `--help` start in well under a second."""
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+    return call
+
+
+run_data = _deferred("pipeline.stages.data", "run_data")
+load_split = _deferred("pipeline.stages.data", "load_split")
+distill_student = _deferred("pipeline.stages.distill", "distill_student")
+train_role = _deferred("pipeline.stages.train", "train_role")
+external_teacher = _deferred("pipeline.stages.train", "external_teacher")
+load_role_teacher = _deferred("pipeline.stages.train", "load_role_teacher")
+run_export = _deferred("pipeline.stages.export", "run_export")
+run_quantize = _deferred("pipeline.stages.quantize", "run_quantize")
+run_qat = _deferred("pipeline.stages.qat", "run_qat")
+run_engines = _deferred("pipeline.stages.engines", "run_engines")
+engine_source = _deferred("pipeline.stages.engines", "engine_source")
+run_benchmark = _deferred("pipeline.stages.benchmark", "run_benchmark")
+benchmark_artifacts = _deferred("pipeline.stages.benchmark", "artifacts")
+write_report = _deferred("pipeline.stages.report", "write_report")
 
 
 @dataclass
@@ -132,9 +147,9 @@ STAGE_TABLE: dict[str, Stage] = {
                      lambda cfg: [paths.onnx_model(cfg)] + ([engine_source(cfg, "int8")] if "int8" in cfg.engines.precisions else []),
                      ("export", "quantize", "qat")),
     "benchmark": Stage(run_benchmark, lambda cfg: {"benchmark": cfg.benchmark},
-                       lambda cfg: sorted({Path(split_artifact(s)[0]) for s in benchmark_artifacts(cfg)[0]}),
+                       lambda cfg: sorted({Path(split_artifact(s)[0]) for _, s in benchmark_artifacts(cfg)[0]}),
                        ("export", "quantize", "qat", "engines")),
-    "report": Stage(_report, lambda cfg: {}, _report_inputs,
+    "report": Stage(_report, lambda cfg: {"report": cfg.report}, _report_inputs,
                     ("data", "teacher", "student", "distill", "export", "quantize", "qat", "engines", "benchmark"),
                     lambda cfg: [cfg.run_dir / f"report.{ext}" for ext in ("md", "json", "html")]),
 }
@@ -282,7 +297,7 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None, progress:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise InputError(f"runs_dir: the run folder {run_dir} cannot be created ({e.strerror})") from None
+        raise InputError(f"runs_dir: the run folder {run_dir} cannot be created ({e.strerror})") from e
     with run_lock(run_dir, "edgekd run"):
         config_file, config_text = run_dir / "config.yaml", to_yaml(cfg)
         # Rewritten only on change, so an up-to-date run reads a folder it may not write (a read-only mount).

@@ -37,11 +37,11 @@ def run_lock(run_dir: Path, command: str = "edgekd") -> Iterator[None]:
         return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    except BlockingIOError as exc:
         holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
         raise InputError(f"{run_dir}: in use by another edgekd process (PID {holder}); wait for it to finish, or "
-                         "give this one another folder (run=NAME)") from None
+                         "give this one another folder (run=NAME)") from exc
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()} ({command})\n".encode(), 0)
     _held[key] = fd

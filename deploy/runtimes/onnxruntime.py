@@ -54,7 +54,7 @@ class OrtRunner:
         try:
             stored_ops = [n.op_type for n in _graph_nodes(str(path))]
         except Exception as e:  # protobuf's DecodeError and friends: not an ONNX file
-            raise InputError(f"{path}: ONNX Runtime cannot load it (not an ONNX model: {str(e).splitlines()[0][:160]})") from None
+            raise InputError(f"{path}: ONNX Runtime cannot load it (not an ONNX model: {str(e).splitlines()[0][:160]})") from e
         qdq = "QuantizeLinear" in stored_ops or "QLinearConv" in stored_ops
         options = _options(threads)
         with tempfile.TemporaryDirectory() as work:
@@ -63,7 +63,7 @@ class OrtRunner:
             try:
                 self.session = ort.InferenceSession(str(path), options, providers=PROVIDERS[device])
             except Exception as e:  # ORT raises its own Fail/InvalidGraph types
-                raise InputError(f"{path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:200]})") from None
+                raise InputError(f"{path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:200]})") from e
             run_ops = [n.op_type for n in _graph_nodes(options.optimized_model_filepath)] if qdq else stored_ops
         self.path, self.device = str(path), device
         self.inputs = {i.name: _shape(i.shape) for i in self.session.get_inputs()}

@@ -100,7 +100,7 @@ class OpenVinoRunner:
         try:
             model = core.read_model(str(path))
         except Exception as e:
-            raise InputError(f"{path}: OpenVINO cannot read it ({str(e).splitlines()[0][:200]})") from None
+            raise InputError(f"{path}: OpenVINO cannot read it ({str(e).splitlines()[0][:200]})") from e
         device = device.upper()
         stored = ir_precision(model)
         inference = inference_precision or "f32"
@@ -119,7 +119,7 @@ class OpenVinoRunner:
         except Exception as e:  # e.g. a capped instruction set that lacks the asked precision's kernels
             lines = [line.strip() for line in str(e).splitlines() if line.strip()]
             raise InputError(f"{path}: OpenVINO cannot compile it for {device} with {inference} inference "
-                             f"({(lines or ['no message'])[-1][:200]})") from None
+                             f"({(lines or ['no message'])[-1][:200]})") from e
         self.request = self.compiled.create_infer_request()
         self.path, self.device, self.hint = str(path), device, hint
         self.inputs = {p.get_any_name(): _shape(p.get_partial_shape()) for p in model.inputs}

@@ -46,15 +46,15 @@ def import_tensorrt(what: str) -> tuple[Any, Any]:
         import tensorrt as trt
     except ImportError as e:
         raise InputError(f"{what} needs the tensorrt package ({e}); JetPack installs it system-wide (make the venv "
-                         "with --system-site-packages), elsewhere pip install -e .[tensorrt]") from None
+                         "with --system-site-packages), elsewhere pip install -e .[tensorrt]") from e
     try:
         import pycuda.autoinit  # noqa: F401  (one CUDA context for the process)
         import pycuda.driver as cuda
     except ImportError as e:
         raise InputError(f"{what} needs pycuda ({e}): pip install pycuda (on a Jetson with /usr/local/cuda/bin on "
-                         "PATH: it builds against JetPack's CUDA)") from None
+                         "PATH: it builds against JetPack's CUDA)") from e
     except Exception as e:  # noqa: BLE001  pycuda._driver.Error: no GPU, no driver, cuInit failed
-        raise InputError(f"{what}: pycuda cannot open a CUDA device ({type(e).__name__}: {str(e)[:120]})") from None
+        raise InputError(f"{what}: pycuda cannot open a CUDA device ({type(e).__name__}: {str(e)[:120]})") from e
     check_version(trt.__version__)
     return trt, cuda
 
@@ -92,9 +92,9 @@ def import_cudart(driver_version: int | None = None) -> Any:
     except ImportError:
         try:
             from cuda import cudart
-        except ImportError:
+        except ImportError as exc:
             raise InputError("cuda_graph needs cuda-python: pip install 'cuda-python>=11.8,<12' on JetPack 5 (CUDA 11.4), "
-                             "'cuda-python>=12.6,<13' on JetPack 6 (CUDA 12.6)") from None
+                             "'cuda-python>=12.6,<13' on JetPack 6 (CUDA 12.6)") from exc
     runtime = cuda_call(cudart.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion", "cuda-python")
     driver = driver_version or cuda_call(cudart.cudaDriverGetVersion(), "cudaDriverGetVersion", "cuda-python")
     if runtime // 1000 > driver // 1000:

@@ -68,7 +68,7 @@ class DetectionDataset(Dataset):
                 image = np.array(im.convert("RGB"))  # writable: torch.from_numpy shares it
         except Exception as e:  # changed on disk after the data stage decoded it
             raise InputError(f"{self.coco.image_path(info)}: cannot be read ({type(e).__name__}: {e}); "
-                             "rerun the data stage") from None
+                             "rerun the data stage") from e
         keep = ~self.coco.crowd[iid]  # crowd regions are not objects to learn
         boxes, labels = self.coco.boxes[iid][keep], self.coco.labels[iid][keep]
         if self.augment is not None:

@@ -35,7 +35,7 @@ def _download(split: str, cache: Path) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(
             f"Fashion-MNIST not found in {DEBIAN_DIR} and the download failed ({type(e).__name__}: {e}); "
             "install the Debian package dataset-fashion-mnist or set data.generator.fashion_mnist_dir "
-            "to a folder with the four idx .gz files") from None
+            "to a folder with the four idx .gz files") from e
     return ds.data.numpy(), ds.targets.numpy()
 
 

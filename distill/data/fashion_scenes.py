@@ -27,7 +27,7 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
+
 from tqdm import tqdm
 
 from deploy.errors import InputError
@@ -128,6 +128,8 @@ def _background(rng: np.random.Generator, photos: list[np.ndarray], width: int, 
 
 def _object(rng: np.random.Generator, grey28: np.ndarray, cfg: FashionScenesConfig, max_side: int):
     """A tinted object: colour [h, w, 3] float, alpha [h, w] in [0, 1]."""
+    from scipy import ndimage  # here: reading the generator's settings (a config) should not load scipy
+
     mask28 = ndimage.binary_fill_holes(grey28 > MASK_THRESHOLD)
     ys, xs = np.nonzero(mask28)
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1

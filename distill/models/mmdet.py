@@ -94,9 +94,9 @@ def read_mmdet_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], li
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # an mmengine checkpoint pickles its own objects (message_hub, ...)
         raise InputError(f"{path}: not readable with weights_only=True ({error_line(e)}); "
-                         f"{CONVERT.format(path=path)}") from None
+                         f"{CONVERT.format(path=path)}") from e
     except Exception as e:  # noqa: BLE001  a zip or pickle cut short inside
-        raise InputError(f"{path}: truncated or damaged ({error_line(e)}); download or copy it again") from None
+        raise InputError(f"{path}: truncated or damaged ({error_line(e)}); download or copy it again") from e
     if not isinstance(state, dict):
         raise InputError(f"{path}: holds a {type(state).__name__}, not a checkpoint dict (state_dict and meta); "
                          "give the mmdetection checkpoint itself")

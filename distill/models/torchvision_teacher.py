@@ -132,7 +132,7 @@ def fetch_weights(url: str, timeout: float = FETCH_TIMEOUT_S, folder: str | Path
     except (OSError, http.client.HTTPException) as e:  # refused, timed out, cut short, HTTP errors, disk
         reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         raise InputError(f"{url}: download failed ({reason[:160]}; {timeout:g} s allowed to connect and per read): "
-                         "download it by hand and set teacher.checkpoint to the file") from None
+                         "download it by hand and set teacher.checkpoint to the file") from e
     return path
 
 
@@ -146,7 +146,7 @@ def read_weights(path: Path, url: str) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  cut inside, or pickled objects weights_only refuses
-        raise InputError(f"{path}: unreadable with weights_only=True ({error_line(e)}); torchvision's file is {url}") from None
+        raise InputError(f"{path}: unreadable with weights_only=True ({error_line(e)}); torchvision's file is {url}") from e
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise InputError(f"{path}: holds a {type(state).__name__}, not a state dict of tensors; "
                          f"torchvision's file is {url}")

@@ -21,6 +21,7 @@ from deploy.errors import InputError
 from deploy.files import write_json
 from deploy.runtimes.tensorrt import available
 from pipeline import paths
+from pipeline.artifacts import run_artifacts
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
 from pipeline.run_lock import run_lock
@@ -28,25 +29,17 @@ from pipeline.run_lock import run_lock
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "benchmark.py"
 
 
-def artifacts(cfg: PipelineConfig) -> tuple[list[str], list[tuple[str, str]]]:
-    """(runnable artifacts as deploy/benchmark.py arguments, [(artifact, why skipped)]) of the run. OpenVINO
-    IRs run with the inference precision the quantize stage measured them with (openvino_bf16 is the FP32 IR @bf16)."""
-    found = [paths.onnx_model(cfg), paths.onnxruntime_int8(cfg), paths.onnxruntime_int8(cfg, cpu=True), paths.tensorrt_int8_onnx(cfg),
-             *sorted(paths.openvino_dir(cfg).glob("model_*.xml")), paths.qat_onnx(cfg), paths.qat_openvino(cfg),
-             *sorted(paths.engines_dir(cfg).glob("*.engine"))]
-    found = [p for p in found if p.is_file()]
-    quantize_json = paths.metrics_file(cfg, "quantize")
-    quantized = json.loads(quantize_json.read_text()) if quantize_json.is_file() else {}
-    specs: list[str] = []
-    for p in found:
-        asked = [m.get("inference_precision") for m in quantized.get("artifacts", {}).values()
-                 if Path(m["artifact"]).resolve() == p.resolve()]
-        specs += [join_artifact(p, ip) for ip in dict.fromkeys(asked or [None])]
-    skipped = [(f"{paths.openvino_ir(cfg, 'fp32')}@bf16 ({name})", why)
+def artifacts(cfg: PipelineConfig) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """([(stage-qualified name, deploy/benchmark.py argument)] runnable here, [(artifact, why skipped)]) of the
+    run. OpenVINO IRs run with the inference precision their stage measured them with (quantize/openvino_bf16
+    is the FP32 IR @bf16)."""
+    quantized = json.loads(paths.metrics_file(cfg, "quantize").read_text()) if paths.metrics_file(cfg, "quantize").is_file() else {}
+    specs = [(a.name, join_artifact(a.path, a.inference_precision)) for a in run_artifacts(cfg)]
+    skipped = [(f"{paths.openvino_ir(cfg, 'fp32')}@bf16 (quantize/{name})", why)
                for name, why in quantized.get("skipped", {}).items()]
     trt_reason = available()
-    runnable = [s for s in specs if not s.endswith(".engine") or not trt_reason]
-    skipped += [(s, trt_reason) for s in specs if s.endswith(".engine") and trt_reason]
+    runnable = [(n, s) for n, s in specs if not s.endswith(".engine") or not trt_reason]
+    skipped += [(s, trt_reason) for n, s in specs if s.endswith(".engine") and trt_reason]
     return runnable, skipped
 
 
@@ -59,10 +52,13 @@ def run_benchmark(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> 
     if not runnable:
         raise InputError(f"nothing to benchmark in {cfg.run_dir}: run the export and quantize stages first")
     bc = cfg.benchmark
-    cmd = [sys.executable, str(DEPLOY), *runnable, "--warmup", str(bc.warmup), "--iters", str(bc.iters),
+    # Always on the val images, taken in turn: a blank canvas has no candidates for NMS and needs no resize,
+    # so its end-to-end time was the model's alone. Their AP only with benchmark.evaluate (each stage measured it).
+    cmd = [sys.executable, str(DEPLOY), *(s for _, s in runnable), "--names", ",".join(n for n, _ in runnable),
+           "--warmup", str(bc.warmup), "--iters", str(bc.iters), "--data", str(Path(cfg.data.root) / cfg.data.val_annotations),
            "--json", str(out_dir / "benchmark.json"), "--markdown", str(out_dir / "benchmark.md")]
-    if bc.evaluate:
-        cmd += ["--data", str(Path(cfg.data.root) / cfg.data.val_annotations)]
+    if not bc.evaluate:
+        cmd.append("--latency-only")
     if bc.threads:
         cmd += ["--threads", str(bc.threads)]
     if bc.resize != "pil":

@@ -14,7 +14,7 @@ from deploy.coco import CocoDataset, dataset_stats, decode_image_files, load_coc
 from deploy.errors import InputError
 from deploy.files import write_json
 from distill.data.fashion_scenes import generate, is_current
-from distill.trainer import TrainConfig
+from distill.settings import TrainConfig
 from pipeline.config import DataConfig
 
 

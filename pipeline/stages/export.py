@@ -25,7 +25,8 @@ from deploy.measure import measure_artifact, sample_images
 from deploy.preprocess import model_input, preprocess_batch
 from deploy.runtimes.onnxruntime import OrtRunner
 from distill.models.detector import load_detector
-from export.onnx import ExportConfig, check_parity, export_onnx, parity
+from export.onnx import check_parity, export_onnx, parity
+from export.settings import ExportConfig
 from export.torch_runner import TorchRunner
 from pipeline import paths
 from pipeline.cli import common_arguments, guarded

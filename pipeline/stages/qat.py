@@ -33,7 +33,8 @@ from deploy.runtimes import open_runner
 from distill.checkpoint import load_checkpoint
 from distill.distiller import Distiller, check_pair
 from distill.models.detector import load_detector
-from distill.qat import QatConfig, calibration_loop, fold_batchnorm, insert_quantizers, restore_scales
+from distill.qat import calibration_loop, fold_batchnorm, insert_quantizers, restore_scales
+from distill.settings import QatConfig
 from distill.trainer import setup_distributed, total_steps_for, train
 from export.onnx import export_onnx, parity
 from export.quantize import calibration_batches, calibration_paths, onnx_decode_nodes, openvino_ir

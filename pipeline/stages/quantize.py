@@ -40,6 +40,7 @@ from export.quantize import (
     onnxruntime_accuracy_aware,
     openvino_accuracy_aware,
     openvino_ir,
+    openvino_nms_ir,
     openvino_uint8_input,
     preprocess_for_quantization,
     quantize_onnxruntime,
@@ -189,8 +190,11 @@ def run_quantize(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> d
             measure("openvino_int8", int8_xml, openvino_accuracy_aware(fp32, int8_xml, calib, input_size, control))
         if cfg.export.uint8_input:  # the same INT8 IR taking the letterboxed uint8 image (PrePostProcessor)
             measure("openvino_int8_uint8", openvino_uint8_input(int8_xml, paths.openvino_ir(cfg, "int8.uint8")))
-        if ec.nms == "graph":  # NNCF INT8 of model.nms.onnx: the host only letterboxes and rescales
-            nms_xml = quantize_openvino(paths.graph_nms_onnx(cfg), paths.openvino_ir(cfg, "int8.nms"), calib, input_size)
+        if ec.nms == "graph":  # NMS in the graph: the host only letterboxes and rescales
+            # NMS appended to the INT8 IR reuses its calibration; a static batch-N IR cannot become batch 1,
+            # so model.nms.onnx is quantized again then.
+            nms_xml = (openvino_nms_ir(int8_xml, paths.openvino_ir(cfg, "int8.nms")) if ec.batch == 1 or ec.dynamic_batch
+                       else quantize_openvino(paths.graph_nms_onnx(cfg), paths.openvino_ir(cfg, "int8.nms"), calib, input_size))
             measure("openvino_int8_nms", nms_xml)
             if ec.uint8_input:
                 measure("openvino_int8_uint8_nms", openvino_uint8_input(nms_xml, paths.openvino_ir(cfg, "int8.uint8.nms")))

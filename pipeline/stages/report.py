@@ -21,6 +21,7 @@ from deploy.files import write_json, write_text
 from deploy.machine import machine_info, machine_line
 from deploy.tables import markdown_table
 from pipeline import paths
+from pipeline.artifacts import qualified_name
 from pipeline.config import PipelineConfig
 from pipeline.stage_state import read_state, versions
 from pipeline.stages.report_plots import pareto_front, plot_ap_bars, plot_ap_latency, plot_training
@@ -46,7 +47,8 @@ def _row(stage: str, name: str, metrics: dict[str, Any], latency: dict[str, Any]
     infer, e2e = (latency or {}).get("infer"), (latency or {}).get("end_to_end")
     pre, post = (latency or {}).get("preprocess"), (latency or {}).get("postprocess")
     return {
-        "stage": stage, "name": name, "artifact": metrics.get("artifact"), "runtime": metrics.get("backend", "pytorch"),
+        "stage": stage, "name": name, "id": f"{stage}/pytorch" if stage == name else qualified_name(stage, name),
+        "artifact": metrics.get("artifact"), "runtime": metrics.get("backend", "pytorch"),
         "precision": metrics.get("precision", "fp32"),
         "executed_precision": metrics.get("executed_precision", "fp32" if "backend" not in metrics else None),
         "precision_warning": metrics.get("precision_warning"), **{k: metrics.get(k) for k in METRICS},
@@ -81,12 +83,15 @@ def collect_rows(cfg: PipelineConfig) -> list[dict[str, Any]]:
         m = _read(paths.engines_dir(cfg) / f"metrics_{precision}.json")
         if m:
             artifacts[f"tensorrt_{precision}"] = ("engines", m)
-    # One file may be several artifacts (the FP32 IR compiled for f32 and for bf16): key by both.
-    timed = {join_artifact(Path(e["artifact"]).resolve(), e.get("inference_precision")): e["latency_ms"]
-             for e in _read(paths.benchmark_json(cfg)).get("results", []) if not e.get("round")}
+    # The benchmark's entries by their stage-qualified name; an older benchmark.json by file, one file
+    # possibly being several artifacts (the FP32 IR compiled for f32 and for bf16): keyed by both.
+    entries = [e for e in _read(paths.benchmark_json(cfg)).get("results", []) if not e.get("round")]
+    by_id = {e["name"]: e["latency_ms"] for e in entries if "name" in e}
+    by_file = {join_artifact(Path(e["artifact"]).resolve(), e.get("inference_precision")): e["latency_ms"] for e in entries}
     for name, (stage, m) in artifacts.items():
-        latency = timed.get(join_artifact(Path(m["artifact"]).resolve(), m.get("inference_precision")), m.get("latency_ms"))
-        rows.append(_row(stage, name, m, latency, model))
+        latency = by_id.get(qualified_name(stage, name)) if by_id else \
+            by_file.get(join_artifact(Path(m["artifact"]).resolve(), m.get("inference_precision")))
+        rows.append(_row(stage, name, m, latency or m.get("latency_ms"), model))
     by_name = {r["name"]: r for r in rows}
     teacher = by_name.get("teacher")
     for r in rows:
@@ -111,7 +116,7 @@ def _fmt(value: Any, spec: str, scale: float = 1.0, sign: bool = False) -> str:
 def table_cells(r: dict[str, Any]) -> list[str]:
     lat, e2e = r["latency_ms"] or {}, r["e2e_latency_ms"] or {}
     executed = (r.get("executed_precision") or "-") + (" (!)" if r.get("precision_warning") else "")
-    return [r["name"] + (" *" if r["pareto"] else ""), r["runtime"], r["precision"], executed,
+    return [r["id"] + (" *" if r["pareto"] else ""), r["runtime"], r["precision"], executed,
             *(_fmt(r[k], ".1f", 100) for k in ("AP", "AP50", "AP75", "APs")),
             _fmt(r["delta_AP_previous"], ".2f", 100, True) + (f" ({r['previous']})" if r["previous"] else ""),
             _fmt(r["delta_AP_teacher"], ".2f", 100, True),
@@ -123,6 +128,58 @@ def table_cells(r: dict[str, Any]) -> list[str]:
 HEADER = ["artifact", "runtime", "precision", "executed", "AP", "AP50", "AP75", "APs", "ΔAP vs previous", "ΔAP vs teacher",
           "infer p50 ms", "infer p99 ms", "e2e p50 ms", "e2e p99 ms", "pre p50 ms", "post p50 ms", "e2e/infer", "images/s",
           "size MB", "params M", "GFLOPs"]
+
+
+def passes_gates(row: dict[str, Any], float_ap: float | None, cfg: PipelineConfig) -> bool:
+    """Whether an artifact's AP is within its stage's gate of the FP32 ONNX's (export's files passed theirs
+    when the stage wrote them; an artifact whose AP was not measured here cannot be said to pass)."""
+    if row["stage"] == "export":
+        return True
+    if row.get("AP") is None or float_ap is None:
+        return False
+    limit = cfg.qat.max_map_drop if row["stage"] == "qat" else cfg.quantize.max_map_drop
+    return 100 * (float_ap - row["AP"]) <= limit + 1e-9
+
+
+def deployed_artifact(rows: list[dict[str, Any]], cfg: PipelineConfig) -> dict[str, Any] | None:
+    """The artifact to ship: among the deployable files (not PyTorch checkpoints) timed end to end whose AP
+    passes the gates, the fastest end to end; with report.latency_budget_ms, the most accurate within it
+    (ties: the faster). None when nothing qualifies; {"row", "why"} otherwise."""
+    float_ap = next((r["AP"] for r in rows if r["name"] == "onnxruntime_fp32"), None)
+    timed = [r for r in rows if r["stage"] not in ("teacher", "student", "distill") and r.get("e2e_latency_ms")
+             and passes_gates(r, float_ap, cfg)]
+    if not timed:
+        return None
+    budget = cfg.report.latency_budget_ms
+    fastest = min(timed, key=lambda r: r["e2e_latency_ms"]["p50"])
+    if budget is None:
+        return {"row": fastest, "why": "the fastest end to end of the artifacts whose AP passes the gates"}
+    within = [r for r in timed if r["e2e_latency_ms"]["p50"] <= budget]
+    if not within:
+        return {"row": fastest, "why": f"no artifact runs within report.latency_budget_ms ({budget:g} ms end to end "
+                                       "here); this is the fastest whose AP passes the gates"}
+    best = max(within, key=lambda r: (r["AP"], -r["e2e_latency_ms"]["p50"]))
+    return {"row": best, "why": f"the most accurate within report.latency_budget_ms ({budget:g} ms end to end), "
+                                "of the artifacts whose AP passes the gates"}
+
+
+def deployment_lines(chosen: dict[str, Any] | None, cfg: PipelineConfig) -> list[str]:
+    """The report's section on the deployed artifact (markdown), with how to time and use it."""
+    if chosen is None:
+        return ["## Deployed artifact", "", "None: no artifact was timed end to end with its AP within the gates "
+                "(run the benchmark stage).", ""]
+    r = chosen["row"]
+    data = Path(cfg.data.root) / cfg.data.val_annotations
+    return ["## Deployed artifact", "",
+            f"**{r['id']}**: `{r['artifact']}` ({chosen['why']}): AP {100 * r['AP']:.1f}, end to end "
+            f"{r['e2e_latency_ms']['p50']:.2f} ms p50 (infer {r['latency_ms']['p50']:.2f} ms, e2e/infer "
+            f"{r['e2e_over_infer']:.2f}), {r['size_mb']:.1f} MB.", "",
+            "Time it on your device (copy `deploy/`, the file, and a few images with their annotations):", "",
+            "```bash", f"python3 deploy/benchmark.py {r['artifact']} --data {data} --latency-only", "```", "",
+            "Use it in an application (`deploy/` needs no torch):", "",
+            "```python", "from deploy.detector import open_detector",
+            f"boxes, scores, labels = open_detector(\"{r['artifact']}\")(image)  # image: HWC uint8 RGB; boxes xyxy pixels",
+            "```", ""]
 
 
 def report_table(rows: list[dict[str, Any]]) -> str:
@@ -166,7 +223,10 @@ def write_report(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> d
              "ap_by_stage": plot_ap_bars(rows, out_dir / "ap_by_stage.png"),
              "training": plot_training(logs, out_dir / "training_curves.png")}
     plots = {k: v for k, v in plots.items() if v is not None}
-    report = {"run": cfg.run, "rows": rows, "stages": stage_times(cfg), "notes": notes(cfg), "machine": machine_info(), "versions": versions(),
+    chosen = deployed_artifact(rows, cfg)
+    report = {"run": cfg.run, "rows": rows, "deployed": {"id": chosen["row"]["id"], "artifact": chosen["row"]["artifact"],
+                                                         "why": chosen["why"]} if chosen else None,
+              "deployment": deployment_lines(chosen, cfg), "stages": stage_times(cfg), "notes": notes(cfg), "machine": machine_info(), "versions": versions(),
               "plots": {k: str(v) for k, v in plots.items()},
               "units": {"AP": "COCO mAP@[.5:.95] as a fraction", "latency_ms": "infer-only, ms per batch of 1",
                         "e2e_latency_ms": "preprocess + infer + NMS, ms", "size_mb": "file (PyTorch: fp32 weights)",
@@ -194,11 +254,29 @@ def stage_times_line(report: dict[str, Any]) -> str:
 
 
 def render_markdown(report: dict[str, Any], plots: dict[str, Path]) -> str:
-    lines = [f"# edgekd report: {report['run']}", "", f"Machine: {_machine_line(report)}.", "", LEGEND, "",
+    lines = [f"# edgekd report: {report['run']}", "", f"Machine: {_machine_line(report)}.", "",
+             *report["deployment"], "## Every artifact", "", LEGEND, "",
              report_table(report["rows"]), "", stage_times_line(report), ""]
     lines += [f"- {note}" for note in report["notes"]] + ([""] if report["notes"] else [])
     lines += [f"![{name}]({path})" for name, path in plots.items()]
     return "\n".join(lines) + "\n"
+
+
+def deployment_html(lines: list[str]) -> str:
+    """The deployed-artifact section's markdown as HTML: code fences as <pre>, the rest as paragraphs."""
+    out, code = [], None
+    for line in lines[1:]:
+        if line.startswith("```"):
+            if code is None:
+                code = []
+            else:
+                out.append(f"<pre>{html.escape(chr(10).join(code))}</pre>")
+                code = None
+        elif code is not None:
+            code.append(line)
+        elif line:
+            out.append(f"<p>{html.escape(line.replace('**', '').replace('`', ''))}</p>")
+    return "<h2>Deployed artifact</h2>" + "".join(out)
 
 
 def render_html(report: dict[str, Any], plots: dict[str, Path]) -> str:
@@ -211,6 +289,7 @@ def render_html(report: dict[str, Any], plots: dict[str, Path]) -> str:
             "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}td:first-child{text-align:left}"
             "img{max-width:100%}</style></head><body>"
             f"<h1>edgekd report: {html.escape(report['run'])}</h1><p>Machine: {html.escape(_machine_line(report))}.</p>"
+            f"{deployment_html(report['deployment'])}<h2>Every artifact</h2>"
             f"<p>{html.escape(LEGEND).replace('`', '')}</p>"
             f"<table><tr>{head}</tr>{body}</table><p>{html.escape(stage_times_line(report))}</p>"
             + "".join(f"<p>{html.escape(n)}</p>" for n in report["notes"]) + f"{images}</body></html>\n")

@@ -268,8 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         try:
             seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [cfg.student.train.seed]
-        except ValueError:
-            raise InputError(f"--seeds: expected comma-separated integers, got '{args.seeds}'") from None
+        except ValueError as exc:
+            raise InputError(f"--seeds: expected comma-separated integers, got '{args.seeds}'") from exc
         with run_lock(Path(args.out), "edgekd ablation"):  # each variant's folder is a run under it
             run_seeds(cfg, paths.teacher_checkpoint(cfg, args.teacher), args.variants.split(","), Path(args.out), seeds)
 

@@ -40,13 +40,13 @@ def read_any_checkpoint(path: Path) -> object:
         raise InputError(f"{path}: {damage}; download or copy it again")
     try:
         import mmengine  # noqa: F401  (its classes must be importable to unpickle the checkpoint)
-    except ImportError:
-        raise InputError("convert_mmdet needs mmengine where it runs: pip install mmengine (or pip install -e .[mmdet])") from None
+    except ImportError as exc:
+        raise InputError("convert_mmdet needs mmengine where it runs: pip install mmengine (or pip install -e .[mmdet])") from exc
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001  cut inside, or a class from a package missing here
         raise InputError(f"{path}: cannot be unpickled ({error_line(e)}); a truncated copy, or objects of a package "
-                         "this Python lacks (install mmdet beside mmengine)") from None
+                         "this Python lacks (install mmdet beside mmengine)") from e
 
 
 def convert(path: Path, out: Path, classes: list[str] | None = None) -> tuple[int, list[str]]:

@@ -41,9 +41,9 @@ SPECIAL = ("FalsePos", "FalseNeg")
 def _tidecv():
     try:
         import tidecv
-    except ImportError:
+    except ImportError as exc:
         raise InputError("tidecv is not installed: `make setup` installs it with the dev tools "
-                         "(or pip install tidecv)") from None
+                         "(or pip install tidecv)") from exc
     return tidecv
 
 
@@ -52,7 +52,7 @@ def read_results(ds: CocoDataset, path: Path) -> list[dict[str, Any]]:
     try:
         results = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: cannot be read as JSON: {e}") from None
+        raise InputError(f"{path}: cannot be read as JSON: {e}") from e
     if not isinstance(results, list):
         raise InputError(f"{path}: expected a list of detections (COCO results format)")
     check_results(ds, results, str(path))

@@ -13,7 +13,8 @@ import pytest
 from distill.checkpoint import save_checkpoint
 from distill.losses.gfl import make_gfl_loss
 from distill.models.detector import build_detector
-from distill.trainer import TrainConfig, train
+from distill.settings import TrainConfig
+from distill.trainer import train
 from export.quantize import openvino_ir
 from pipeline.config import PipelineConfig
 from pipeline.stages.export import run_export
@@ -126,12 +127,14 @@ def test_make_benchmark_runs_what_it_can_and_lists_engines_it_cannot(exported, t
     (run_dir / "engines" / "model_fp16.engine").write_bytes(b"")
     cfg = PipelineConfig(run=run_dir.name, runs_dir=str(run_dir.parent))
     runnable, skipped = artifacts(cfg)
-    assert runnable == [str(onnx_path)]
+    assert runnable == [("export/onnxruntime_fp32", str(onnx_path))]
     assert [Path(p).name for p, _ in skipped] == ["model_fp16.engine"] and "tensorrt is not installed" in skipped[0][1]
     for made in (run_dir / "quantize" / "model.int8.trt.onnx", run_dir / "qat" / "model.qat.onnx"):  # the Q/DQ files too
         made.parent.mkdir(exist_ok=True)
         shutil.copy(onnx_path, made)
-    assert [Path(p).name for p in artifacts(cfg)[0]] == ["model.onnx", "model.int8.trt.onnx", "model.qat.onnx"]
+    assert [(n, Path(p).name) for n, p in artifacts(cfg)[0]] == [
+        ("export/onnxruntime_fp32", "model.onnx"), ("quantize/model.int8.trt.onnx", "model.int8.trt.onnx"),
+        ("qat/model.qat.onnx", "model.qat.onnx")]  # in no metrics.json: named by their file
 
 
 def one_conv_onnx(path, channels_in, outputs=("boxes", "scores")):
@@ -181,3 +184,187 @@ def test_the_benchmark_stage_passes_its_resize_to_the_device_script(exported, mo
         with pytest.raises(InputError, match="exit code 1"):
             stage.run_benchmark(cfg, run_dir / "benchmark", progress=False)
     assert "--resize" not in commands[0] and commands[1][-2:] == ["--resize", "opencv"]
+
+
+def detector_onnx(path, classes=3, size=32, seed=0):
+    """A detector as small as the export contract allows: 'images' [1, 3, size, size] -> 'boxes' [1, A, 4]
+    and 'scores' [1, A, classes] (sigmoid), one strided convolution, no torch. Some scores pass 0.05."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    anchors = (size // 8) ** 2
+    rng = np.random.default_rng(seed)
+    weight = numpy_helper.from_array(rng.normal(0, 0.05, (4 + classes, 3, 8, 8)).astype(np.float32), "w")
+    shape = numpy_helper.from_array(np.array([1, 4 + classes, anchors], np.int64), "shape")
+    split = numpy_helper.from_array(np.array([4, classes], np.int64), "split")
+    nodes = [helper.make_node("Conv", ["images", "w"], ["c"], strides=[8, 8]),
+             helper.make_node("Reshape", ["c", "shape"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 1]),
+             helper.make_node("Split", ["t", "split"], ["raw", "logits"], axis=2),
+             helper.make_node("Relu", ["raw"], ["boxes"]),
+             helper.make_node("Sigmoid", ["logits"], ["scores"])]
+    image = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])
+    graph = helper.make_graph(nodes, "g", [image],
+                              [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, anchors, 4]),
+                               helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, anchors, classes])],
+                              [weight, shape, split])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def small_dataset(root, classes=3, count=3, width=40, height=30):
+    """A COCO dataset of `count` grey JPEGs (40x30: not the model's 32x32, so the letterbox has work to do)."""
+    from tests.conftest import write_coco
+
+    images = [{"id": k + 1, "file_name": f"{k}.jpg", "width": width, "height": height} for k in range(count)]
+    annotations = [{"id": k + 1, "image_id": k + 1, "category_id": 1, "bbox": [2, 2, 20, 20], "area": 400, "iscrowd": 0}
+                   for k in range(count)]
+    return write_coco(root, images, annotations, [{"id": c + 1, "name": f"c{c}"} for c in range(classes)])
+
+
+def bench(argv, capsys):
+    """deploy/benchmark.py's main in this process: (exit code, stdout, stderr lines)."""
+    from deploy.benchmark import main
+
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err.strip().splitlines()
+
+
+QUICK = ["--warmup", "0", "--iters", "2"]
+
+
+def test_latency_only_times_the_dataset_images_and_skips_ap(tmp_path, capsys, monkeypatch):
+    """Before: no --latency-only; --data always evaluated AP on all of val."""
+    import deploy.benchmark as bm
+    import deploy.measure
+
+    model, data = detector_onnx(tmp_path / "m.onnx"), small_dataset(tmp_path / "d", count=10)
+    timed = []
+    measure = bm.measure_artifact
+    monkeypatch.setattr(bm, "measure_artifact", lambda *a, **k: timed.append(a[5]) or measure(*a, **k))
+    monkeypatch.setattr(deploy.measure, "predict", lambda *a, **k: pytest.fail("AP evaluated under --latency-only"))
+    code, out, err = bench([model, "--data", data, "--latency-only", *QUICK, "--json", tmp_path / "b.json"], capsys)
+    assert code == 0, err
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert "AP" not in result["results"][0] and result["settings"]["images"] == str(data)
+    assert result["settings"]["evaluate_ap"] is False
+    assert [image.shape for image in timed[0]] == [(30, 40, 3)] * 8  # the dataset's first 8, not a canvas
+    assert "synthetic" not in out
+
+
+def test_without_data_the_table_and_json_say_the_image_was_synthetic(tmp_path, capsys):
+    model = detector_onnx(tmp_path / "m.onnx")
+    code, out, err = bench([model, *QUICK, "--json", tmp_path / "b.json", "--markdown", tmp_path / "b.md"], capsys)
+    assert code == 0, err
+    assert "synthetic grey image" in out and "pre, post and e2e mean nothing" in out
+    assert "synthetic grey image" in (tmp_path / "b.md").read_text()
+    assert json.loads((tmp_path / "b.json").read_text())["settings"]["images"] == "synthetic"
+
+
+def test_names_label_every_row_thread_setting_and_round(tmp_path, capsys):
+    """Before: no --names; the table showed the file name (two stages' model.onnx read alike) and the rounds
+    summary grouped by file, so one file timed under two names merged into one row."""
+    from deploy.benchmark import artifact_names
+
+    model, out_json = detector_onnx(tmp_path / "m.onnx"), tmp_path / "b.json"
+    code, out, err = bench([model, model, "--names", "export/fp32, qat/int8", "--threads", "1,2", "--rounds", "2",
+                            *QUICK, "--json", out_json], capsys)
+    assert code == 0, err
+    result = json.loads(out_json.read_text())
+    assert [(e["name"], e["threads"], e["round"]) for e in result["results"][:4]] == [
+        ("export/fp32", 1, 0), ("export/fp32", 2, 0), ("qat/int8", 1, 0), ("qat/int8", 2, 0)]
+    assert [(r["name"], r["threads"], r["rounds"]) for r in result["summary"]] == [
+        ("export/fp32", 1, 2), ("export/fp32", 2, 2), ("qat/int8", 1, 2), ("qat/int8", 2, 2)]
+    assert "| export/fp32 | onnxruntime |" in out and "| qat/int8 | onnxruntime |" in out
+    other = tmp_path / "qat" / "m.onnx"
+    other.parent.mkdir()
+    shutil.copy(model, other)
+    code, out, err = bench([model, model, other, *QUICK, "--json", out_json], capsys)  # default: the file name...
+    assert code == 0 and [e["name"] for e in json.loads(out_json.read_text())["results"]] == [
+        str(model), f"{model}#2", str(other)]  # ... unless two files share it
+    assert artifact_names(None, ["a/m.onnx", "a/model_fp32.xml@bf16"]) == ["m.onnx", "model_fp32.xml@bf16"]
+    assert artifact_names(None, ["a/m.onnx", "a/m.onnx"]) == ["m.onnx", "m.onnx#2"]
+
+
+@pytest.mark.parametrize("names, message", [
+    ("a", "--names a: 1 names for 2 artifacts; give one per ARTIFACT, in order"),
+    ("a,b,c", "--names a,b,c: 3 names for 2 artifacts"),
+    ("a,a", "--names a,a: 'a' names two artifacts; every name must differ"),
+    ("a,", "--names a,: an empty name"),
+])
+def test_names_that_do_not_match_the_artifacts_are_one_line(tmp_path, capsys, names, message):
+    model = detector_onnx(tmp_path / "m.onnx")
+    code, _, err = bench([model, model, "--names", names, *QUICK], capsys)
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {message}"), err
+
+
+def summary_entry(name, infer_p50, e2e_p50, threads=1):
+    return {"name": name, "artifact": f"/x/{name}.onnx", "threads": threads, "precision": "fp32",
+            "latency_ms": {"infer": {"p50": infer_p50}, "end_to_end": {"p50": e2e_p50}}}
+
+
+def test_rounds_summary_reports_the_true_median_with_min_and_max():
+    """Before: sorted(...)[len // 2], so two rounds of 1.9 and 2.5 printed 'median 2.50'."""
+    from deploy.benchmark import rounds_summary
+
+    entries = [summary_entry("a", 1.9, 3.0), summary_entry("a", 2.5, 4.0)]
+    entries += [summary_entry("b", v, 10 * v) for v in (4.0, 1.0, 3.0, 2.0)]
+    text, rows = rounds_summary(entries)
+    a, b = rows
+    assert (a["infer_p50_median"], a["infer_p50_min"], a["infer_p50_max"]) == (pytest.approx(2.2), 1.9, 2.5)
+    assert (a["e2e_p50_median"], a["e2e_p50_min"], a["e2e_p50_max"]) == (3.5, 3.0, 4.0)
+    assert (b["rounds"], b["infer_p50_median"], b["infer_p50_min"], b["infer_p50_max"]) == (4, 2.5, 1.0, 4.0)
+    assert (b["e2e_p50_median"], b["e2e_p50_min"], b["e2e_p50_max"]) == (25.0, 10.0, 40.0)
+    assert b["speedup_vs_first"] == pytest.approx(2.2 / 2.5)
+    assert "| a | fp32 | None | 1 | - | 2.20 | 1.90 | 2.50 | 1.90 / 2.50 | 3.50 | 3.00 | 4.00 | 1.00x |" in text
+    assert ("| b | fp32 | None | 1 | - | 2.50 | 1.00 | 4.00 | 4.00 / 1.00 / 3.00 / 2.00 | 25.00 | 10.00 | 40.00 "
+            "| 0.88x |") in text
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--iters", "0"], "--iters 0: must be at least 1"),  # before: a ValueError traceback from time_calls
+    (["--warmup", "-1"], "--warmup -1: must be at least 0"),  # before: no warm-up, silently
+    (["--rounds", "0"], "--rounds 0: must be at least 1"),
+    (["--batch", "0"], "--batch 0: must be at least 1"),
+])
+def test_counts_the_timing_cannot_use_are_one_line(tmp_path, capsys, option, message):
+    code, _, err = bench([detector_onnx(tmp_path / "m.onnx"), *option], capsys)
+    assert code == 2 and err == [f"error: {message}"]
+
+
+def test_a_directory_given_as_the_artifact_is_one_line_saying_what_it_holds(tmp_path, capsys):
+    """Before: "cannot tell the runtime from the suffix '' ...; pass --backend", then with it "artifact not found"."""
+    folder = tmp_path / "export"
+    folder.mkdir()
+    detector_onnx(folder / "model.onnx")
+    (folder / "notes.txt").write_text("")
+    for extra in ([], ["--backend", "onnxruntime"]):
+        code, _, err = bench([folder, *extra, *QUICK], capsys)
+        assert code == 2 and len(err) == 1, err
+        assert err[0].startswith(f"error: {folder}: is a directory; give the model file: .onnx, .xml, .engine, .plan")
+        assert err[0].endswith("(it holds model.onnx)")
+
+
+def test_a_dataset_with_other_classes_than_the_model_is_one_line(tmp_path, capsys):
+    """Before: AP mapped the model's class k to a category that is not k (or an IndexError past the last)."""
+    model, data = detector_onnx(tmp_path / "m.onnx", classes=3), small_dataset(tmp_path / "d", classes=2)
+    code, _, err = bench([model, "--data", data, *QUICK], capsys)
+    assert code == 2 and len(err) == 1, err
+    assert err[0] == (f"error: {data}: 2 categories, but {model} scores 3 classes: AP needs the dataset the model was "
+                      "trained on (--latency-only times on any images)")
+    code, _, err = bench([model, "--data", data, "--latency-only", *QUICK], capsys)  # timing needs no classes
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("which, latency_only", [(1, True), (9, False)])
+def test_an_image_that_does_not_decode_is_one_line_naming_it(tmp_path, capsys, which, latency_only):
+    """A cut JPEG passes load_coco's header check. Image 1 is among the 8 latency is timed on; image 9 only
+    AP decodes. Before: OSError 'image file is truncated' with a traceback."""
+    model, data = detector_onnx(tmp_path / "m.onnx"), small_dataset(tmp_path / "d", count=10)
+    bad = tmp_path / "d" / "val" / f"{which}.jpg"
+    bad.write_bytes(bad.read_bytes()[:-10])  # the header whole, the scan cut
+    code, _, err = bench([model, "--data", data, *(["--latency-only"] if latency_only else []), *QUICK], capsys)
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: {bad}: cannot be decoded as an image (")

@@ -33,6 +33,8 @@ def test_latency_statistics_against_hand_computed_values():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="iters must be at least 1"):
         time_calls(lambda: None, iters=0)
+    with pytest.raises(ValueError, match="warmup at least 0, got 5 and -1"):  # was: no warm-up, silently
+        time_calls(lambda: None, iters=5, warmup=-1)
     with pytest.raises(ValueError, match="no latency samples"):
         latency_stats([])
 

@@ -116,3 +116,78 @@ def test_batched_nms_returns_decreasing_scores(use_opencv):
     boxes, scores, labels = random_boxes(rng, 500), rng.random(500).astype(np.float32), rng.integers(0, 10, 500)
     kept = batched_nms(boxes, scores, labels, 0.5, use_opencv)
     assert np.all(np.diff(scores[kept]) <= 0)  # select_detections cuts at max_detections from the top
+
+
+def torchvision_select(boxes, scores, score_threshold=0.05, iou=0.6, max_detections=100, topk=1000):
+    """select_detections as torchvision would run it: threshold, top-k, batched_nms, the first max_detections."""
+    s = torch.from_numpy(scores)
+    loc, cls = torch.nonzero(s > score_threshold, as_tuple=True)
+    cand = s[loc, cls]
+    if cand.numel() > topk:
+        cand, top = cand.topk(topk)
+        loc, cls = loc[top], cls[top]
+    keep = tv_batched_nms(torch.from_numpy(boxes)[loc], cand, cls, iou)[:max_detections]
+    return boxes[loc[keep].numpy()], cand[keep].numpy(), cls[keep].numpy()
+
+
+def assert_same_detections(ours, ref):
+    assert ours[2].tolist() == ref[2].tolist()  # same labels in the same (decreasing-score) order
+    np.testing.assert_array_equal(ours[1], ref[1])
+    np.testing.assert_array_equal(ours[0], ref[0])
+    assert ours[0].dtype == np.float32 and ours[1].dtype == np.float32 and ours[2].dtype == np.int64
+
+
+@pytest.mark.parametrize("use_opencv", PATHS)
+@pytest.mark.parametrize("classes", [1, 10, 80])
+@pytest.mark.parametrize("objects, jitter", [(0, 1.0), (3, 1.0), (20, 1.0), (60, 1.0), (20, 4.0)])
+def test_select_detections_keeps_torchvisions_detections_on_dense_outputs(classes, objects, jitter, use_opencv):
+    """3024 anchors of a dense detector (pipeline.tools.bench_nms's scenes): from few candidates to over
+    pre_nms_topk, from under max_detections kept to far over it, boxes NMS merges and boxes it seldom does."""
+    from pipeline.tools.bench_nms import dense_outputs
+
+    boxes, scores = dense_outputs(np.random.default_rng(classes * 100 + objects), classes, objects, jitter=jitter)
+    for max_detections in (100, 7, 1000):
+        ours = select_detections(boxes, scores, max_detections=max_detections, use_opencv=use_opencv)
+        assert_same_detections(ours, torchvision_select(boxes, scores, max_detections=max_detections))
+
+
+@pytest.mark.parametrize("use_opencv", PATHS)
+@pytest.mark.parametrize("seed", range(3))
+def test_select_detections_keeps_torchvisions_detections_on_random_outputs(seed, use_opencv):
+    """Uniform scores over 80 classes: nearly every pair is a candidate, top-k cuts 240 000 to 1000, and
+    most survive NMS (boxes of 80 classes rarely share a class). No two scores are equal (240 000 draws in
+    float32 would tie), so the order is torchvision's own."""
+    rng = np.random.default_rng(seed)
+    boxes = random_boxes(rng, 3000)
+    scores = ((rng.permutation(3000 * 80) + 1) / (3000 * 80 + 1)).astype(np.float32).reshape(3000, 80)
+    for iou, max_detections in ((0.6, 100), (0.3, 300), (0.9, 1000)):
+        ours = select_detections(boxes, scores, iou_threshold=iou, max_detections=max_detections, use_opencv=use_opencv)
+        assert_same_detections(ours, torchvision_select(boxes, scores, iou=iou, max_detections=max_detections))
+
+
+@pytest.mark.parametrize("use_opencv", PATHS)
+def test_a_box_kept_in_one_slice_still_suppresses_in_the_next(use_opencv):
+    """With OpenCV, NMS runs on 2 x max_detections candidates, then on the kept so far with the next slice:
+    a box kept in one slice must suppress its overlaps in the next, and boxes of another class must not."""
+    a, b, far = [0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60]  # IoU(a, b) = 9/11
+    boxes = np.array([a, b, a, b, b, a, far], np.float32)
+    scores = np.zeros((7, 2), np.float32)
+    scores[[0, 1, 2, 3, 4, 5, 6, 6], [0, 0, 0, 0, 0, 1, 1, 0]] = [0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.5]
+    # max_detections 2: slice one (4) keeps a/0 only; slice two holds b/0 at 0.7, which a/0 of slice one
+    # suppresses, then a/1 (another class: kept) and the two kept end it
+    for max_detections, labels, kept in ((2, [0, 1], [0.9, 0.65]), (3, [0, 1, 1], [0.9, 0.65, 0.6]),
+                                         (10, [0, 1, 1, 0], [0.9, 0.65, 0.6, 0.5])):
+        ours = select_detections(boxes, scores, max_detections=max_detections, use_opencv=use_opencv)
+        assert ours[2].tolist() == labels
+        np.testing.assert_allclose(ours[1], kept)
+        assert_same_detections(ours, torchvision_select(boxes, scores, max_detections=max_detections))
+
+
+@pytest.mark.parametrize("use_opencv", PATHS)
+def test_select_detections_orders_equal_scores_by_location_then_class(use_opencv):
+    boxes = np.array([[0, 0, 10, 10], [50, 50, 60, 60], [100, 100, 110, 110]], np.float32)
+    scores = np.full((3, 2), 0.5, np.float32)
+    _, _, labels = select_detections(boxes, scores, use_opencv=use_opencv)
+    kept_boxes, _, _ = select_detections(boxes, scores, use_opencv=use_opencv)
+    assert labels.tolist() == [0, 1, 0, 1, 0, 1]
+    np.testing.assert_array_equal(kept_boxes, boxes[[0, 0, 1, 1, 2, 2]])

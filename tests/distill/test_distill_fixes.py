@@ -10,12 +10,13 @@ import torch
 
 from deploy.preprocess import Letterbox
 from distill.data.dataset import DetectionDataset, image_region
-from distill.distiller import DistillConfig, Distiller, check_pair
+from distill.distiller import Distiller, check_pair
 from distill.losses.bckd import bckd_cls_loss
 from distill.losses.gfl import assign_targets, gfl_loss, quality_focal_loss
 from distill.losses.kd import ld_loss, positive_kd_loss
 from distill.losses.targets import inside_region
 from distill.models.detector import ModelConfig, build_detector
+from distill.settings import DistillConfig
 
 CLASSES = ["a", "b", "c"]
 STUDENT = dict(backbone="efficientnet_lite0", pretrained="none", input_size=[64, 64], fpn_channels=16,

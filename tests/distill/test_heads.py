@@ -13,7 +13,7 @@ from deploy.evaluate import coco_eval
 from deploy.predict import predict, runner_infer
 from deploy.preprocess import preprocess_batch
 from deploy.runtimes import open_runner
-from distill.distiller import DistillConfig, Distiller, check_pair
+from distill.distiller import Distiller, check_pair
 from distill.losses.atss import atss_loss
 from distill.losses.detection import make_detection_loss
 from distill.losses.fcos import fcos_assign, fcos_loss, level_ranges
@@ -21,7 +21,8 @@ from distill.losses.retinanet import max_iou_assign, retinanet_loss
 from distill.losses.targets import Targets, centerness_target
 from distill.models.detector import ModelConfig, build_detector
 from distill.models.heads.retinanet import anchor_shapes
-from distill.trainer import TrainConfig, train
+from distill.settings import DistillConfig, TrainConfig
+from distill.trainer import train
 from export.onnx import export_onnx, parity
 from export.quantize import (
     calibration_paths,

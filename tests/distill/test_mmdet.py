@@ -153,7 +153,8 @@ def test_a_stated_hash_is_checked_for_every_teacher_format(tmp_path):
 
 
 def test_distilling_from_an_mmdetection_teacher_changes_only_the_student(tmp_path):
-    from distill.distiller import DistillConfig, Distiller, check_pair
+    from distill.distiller import Distiller, check_pair
+    from distill.settings import DistillConfig
 
     small = ModelConfig(name="gfl", backbone="resnet18", pretrained="none", input_size=[128, 128], fpn_channels=32,
                         extra_levels=2, head_channels=32, head_convs=1, norm_groups=8, point_offset=0.0,

@@ -16,7 +16,7 @@ from deploy.preprocess import preprocess_batch
 from deploy.qdq_check import check_tensorrt_qdq, unquantized_convolutions
 from deploy.runtimes.onnxruntime import OrtRunner
 from distill.data.dataset import DetectionDataset, collate
-from distill.distiller import DistillConfig, Distiller
+from distill.distiller import Distiller
 from distill.models.detector import ModelConfig, build_detector, load_detector
 from distill.qat import (
     calibration_loop,
@@ -25,6 +25,7 @@ from distill.qat import (
     quantizers,
     restore_scales,
 )
+from distill.settings import DistillConfig
 from export.onnx import export_onnx
 from export.quantize import calibration_batches, calibration_paths
 from pipeline.config import ConfigError, PipelineConfig, load_config

@@ -16,10 +16,11 @@ import torchvision
 
 from deploy.errors import InputError
 from deploy.preprocess import MEAN, STD
-from distill.distiller import DistillConfig, Distiller, check_pair
+from distill.distiller import Distiller, check_pair
 from distill.models import torchvision_teacher as tv_module
 from distill.models.detector import ModelConfig, build_detector
 from distill.models.torchvision_teacher import coco_categories, fetch_weights, torchvision_teacher
+from distill.settings import DistillConfig
 from distill.teachers import load_teacher
 
 CLASSES = ["dog", "person", "car"]  # a dataset's classes, in its own order

@@ -10,7 +10,8 @@ from deploy.errors import InputError
 from distill.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from distill.losses.gfl import make_gfl_loss
 from distill.models.detector import ModelConfig, build_detector
-from distill.trainer import NonFiniteLoss, TrainConfig, train
+from distill.settings import NonFiniteLoss, TrainConfig
+from distill.trainer import train
 from pipeline.config import DataConfig
 from pipeline.stages.data import load_split
 from tests.conftest import REPO

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import openvino as ov
 
@@ -50,9 +51,10 @@ def test_tiny_pipeline_caches_reruns_what_changed_and_gates(tiny_scenes, tmp_pat
     stages = ["data", "teacher", "student", "distill", "export", "quantize", "qat", "engines", "benchmark", "report"]
     assert ran(first.stdout) == stages
     # export and quantize number their artifacts as they go
-    assert "[export] (1/3) model.onnx: export and parity" in first.stdout and "[export] (3/3) model.onnx: measure" in first.stdout
-    steps = [line.split(")")[0].split("(")[1] for line in first.stdout.splitlines() if line.startswith("[quantize] (")]
-    assert steps[0] == f"1/{len(steps)}" and steps[-1] == f"{len(steps)}/{len(steps)}", steps
+    for stage in ("export", "quantize"):
+        steps = [line.split(")")[0].split("(")[1] for line in first.stdout.splitlines() if line.startswith(f"[{stage}] (")]
+        assert steps == [f"{k}/{len(steps)}" for k in range(1, len(steps) + 1)], steps
+    assert "[export] (1/5) model.onnx: export and parity" in first.stdout  # the default exports the device form too
     for stage in stages:
         state = json.loads((run / stage / "stage.json").read_text())
         assert state["state"] == "done" and state["stage"] == stage and len(state["config_hash"]) == 16
@@ -70,9 +72,19 @@ def test_tiny_pipeline_caches_reruns_what_changed_and_gates(tiny_scenes, tmp_pat
     quantize_json = json.loads((run / "quantize" / "metrics.json").read_text())
     bf16 = "openvino_bf16" not in quantize_json["skipped"]  # built where the CPU has bf16, else skipped, with why
     assert bf16 == ("BF16" in device_capabilities(ov.Core(), "CPU")) or "cannot compile" in quantize_json["skipped"]["openvino_bf16"]
-    assert list(rows) == ["teacher", "student", "distill", "onnxruntime_fp32", "onnxruntime_int8", "onnxruntime_int8_trt",
-                          "openvino_fp32", *(["openvino_bf16"] if bf16 else []), "openvino_fp16", "openvino_int8",
+    assert list(rows) == ["teacher", "student", "distill", "onnxruntime_fp32", "onnxruntime_fp32_uint8", "onnxruntime_fp32_nms",
+                          "onnxruntime_int8", "onnxruntime_int8_trt", "openvino_fp32", *(["openvino_bf16"] if bf16 else []),
+                          "openvino_fp16", "openvino_int8", "openvino_int8_uint8", "openvino_int8_nms", "openvino_int8_uint8_nms",
                           "qat_onnxruntime", "qat_openvino"]
+    # the benchmark timed every file export and quantize wrote, on the val images, each under its own name
+    bench = json.loads((run / "benchmark" / "benchmark.json").read_text())
+    names = [e["name"] for e in bench["results"]]
+    assert len(names) == len(set(names)) and bench["settings"]["images"].endswith("instances_val.json")
+    written = {p.resolve() for p in [*(run / "export").glob("*.onnx"), *(run / "quantize").glob("*.onnx"),
+                                     *(run / "quantize" / "openvino").glob("*.xml")]}
+    assert written <= {Path(e["artifact"]).resolve() for e in bench["results"]}
+    assert {"export/onnxruntime_fp32_nms", "quantize/openvino_int8_uint8_nms", "qat/openvino_int8"} <= set(names)
+    assert report["deployed"]["id"] in names and "open_detector" in (run / "report.md").read_text()
     check_tensorrt_qdq(run / "quantize" / "model.int8.trt.onnx")  # the file make export-trt PRECISION=int8 builds from
     check_tensorrt_qdq(run / "qat" / "model.qat.onnx")  # and, with engines.int8_source=qat, this one
     qat = json.loads((run / "qat" / "metrics.json").read_text())

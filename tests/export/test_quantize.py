@@ -1,6 +1,9 @@
+import warnings
+
 import numpy as np
 import onnx
 import pytest
+import torch
 
 from deploy.errors import InputError
 from deploy.preprocess import preprocess_batch
@@ -300,7 +303,7 @@ def test_the_executed_precision_of_a_hand_built_ir(tmp_path):
 
 def test_inference_precision_bad_inputs(ov_irs, monkeypatch):
     from deploy.runtimes import openvino as ov_runner
-    from export.quantize import QuantizeConfig
+    from export.settings import QuantizeConfig
     from pipeline.stages.quantize import openvino_inference
 
     with pytest.raises(InputError, match=r"unknown inference precision 'f64'; valid: f32, bf16, f16"):
@@ -394,32 +397,165 @@ def test_openvino_uint8_input_irs_follow_their_float_input_ones(ov_irs, tiny_spl
     assert worst["fp32"] < 1e-4 and worst["int8"] < 1e-4  # measured 2.7e-7 and 0.0
 
 
-def test_openvino_int8_with_nms_in_the_graph_keeps_what_host_nms_keeps(ov_irs, tiny_model, tiny_splits, val_images, tmp_path):
-    """NNCF quantizes model.nms.onnx (no If in it to trip over) as it does model.onnx: the same INT8
-    network, so its in-graph detections are host NMS on the INT8 IR's outputs; with a uint8 input too."""
+@pytest.fixture(scope="module")
+def nms_irs(ov_irs, tiny_model, tiny_splits, tmp_path_factory):
+    """The INT8 IR with NMS appended (what the stage builds) and, as the reference, NNCF run again on
+    model.nms.onnx (what it built before)."""
+    from distill.models.detector import load_detector
+    from export.onnx import export_onnx
+    from export.quantize import openvino_nms_ir
+
+    work = tmp_path_factory.mktemp("nms")
+    detector, classes, _ = load_detector(tiny_model[2])
+    graph_nms = export_onnx(detector, classes, work / "model.nms.onnx", (128, 128), graph_nms=True)
+    paths = calibration_paths(tiny_splits[0], 16)
+    recalibrated = quantize_openvino(graph_nms, work / "recalibrated.xml", paths, (128, 128))
+    return {"appended": openvino_nms_ir(ov_irs["int8"], work / "int8.nms.xml"), "recalibrated": recalibrated}
+
+
+QUANTIZED_KINDS = ("Convolution", "GroupConvolution", "FakeQuantize")
+
+
+def constants_behind(model) -> dict[str, list]:
+    """For every Convolution, GroupConvolution and FakeQuantize (by name), per input: the dtype, shape and bytes of
+    the constants it is computed from (weights through their decompression, FakeQuantize ranges); None for an
+    input computed from the image."""
+    constant: dict[str, bool] = {}
+    for op in model.get_ordered_ops():  # topological: an op is constant when all it reads is
+        kind = op.get_type_name()
+        reads = all(constant[v.get_node().get_friendly_name()] for v in op.input_values())
+        constant[op.get_friendly_name()] = kind == "Constant" or (kind != "Parameter" and reads)
+
+    def leaves(node) -> list:
+        if node.get_type_name() == "Constant":
+            data = node.get_data()
+            return [(str(data.dtype), data.shape, data.tobytes())]
+        return [leaf for v in node.input_values() for leaf in leaves(v.get_node())]
+
+    return {op.get_friendly_name(): [leaves(v.get_node()) if constant[v.get_node().get_friendly_name()] else None
+                                     for v in op.input_values()]
+            for op in model.get_ordered_ops() if op.get_type_name() in QUANTIZED_KINDS}
+
+
+def test_the_nms_ir_keeps_the_int8_irs_weights_and_scales_bit_for_bit(ov_irs, nms_irs):
+    import openvino as ov
+
+    core = ov.Core()
+    int8, appended = core.read_model(str(ov_irs["int8"])), core.read_model(str(nms_irs["appended"]))
+    ours, theirs = constants_behind(appended), constants_behind(int8)
+    kinds = {op.get_friendly_name(): op.get_type_name() for op in int8.get_ops()}
+    assert sum(op.get_type_name() == "FakeQuantize" for op in int8.get_ops()) > 50
+    assert len(theirs) == sum(op.get_type_name() in QUANTIZED_KINDS for op in int8.get_ops())  # names are unique
+    fake_quantize = [v for k, v in theirs.items() if kinds[k] == "FakeQuantize"]
+    assert all(None not in ranges[1:] for ranges in fake_quantize)  # its four range inputs were read back
+    assert ours == theirs
+
+    def signature(model):
+        return [(o.get_any_name(), o.get_element_type(), o.get_partial_shape()) for o in model.outputs]
+    assert signature(appended) == signature(core.read_model(str(nms_irs["recalibrated"])))
+    assert [o.get_any_name() for o in appended.outputs] == ["det_boxes", "det_scores", "det_labels"]
+
+
+def test_the_nms_ir_keeps_what_recalibration_and_host_nms_keep(ov_irs, nms_irs, val_images, tmp_path):
+    """The INT8 IR with NMS appended detects what NNCF run again on model.nms.onnx does (the same INT8
+    network), and what host NMS keeps from the INT8 IR's outputs; with a uint8 input too."""
+    from deploy.postprocess import select_detections
+    from deploy.predict import runner_infer
+    from export.quantize import openvino_uint8_input
+
+    appended, recalibrated = (runner_infer(open_runner(str(nms_irs[k]))) for k in ("appended", "recalibrated"))
+    host = open_runner(str(ov_irs["int8"]))
+    compared = 0
+    for x in val_images:
+        boxes, scores, labels = (o[0] for o in appended(x[None]))
+        out = host.infer(x[None])
+        for ref_boxes, ref_scores, ref_labels in (select_detections(out["boxes"][0], out["scores"][0]),
+                                                  [o[0] for o in recalibrated(x[None])]):
+            assert labels.tolist() == ref_labels.tolist()
+            np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+            np.testing.assert_allclose(boxes, ref_boxes, atol=1e-3)
+        compared += len(labels)
+    assert compared > 20
+    u8 = open_runner(str(openvino_uint8_input(nms_irs["appended"], tmp_path / "int8.uint8.nms.xml")))
+    assert u8.input_uint8 and u8.precision == "int8" and list(u8.outputs) == ["det_boxes", "det_scores", "det_labels"]
+
+
+def split_network(anchors: int, classes: int, batch: int = -1):
+    """An OpenVINO model whose outputs `boxes` [N, A, 4] and `scores` [N, A, C] are slices of its input
+    [N, A, 4 + C]: detector outputs chosen by hand."""
+    import openvino as ov
+    import openvino.opset16 as ops
+
+    x = ops.parameter([batch, anchors, 4 + classes], np.float32, name="images")
+    split = ops.variadic_split(x, 2, [4, classes])
+    results = []
+    for k, name in enumerate(("boxes", "scores")):
+        split.output(k).get_tensor().set_names({name})
+        results.append(ops.result(split.output(k)))
+    return ov.Model(results, [x], "split")
+
+
+class _Split(torch.nn.Module):
+    """[1, A, 4 + C] -> (boxes, scores): the torch twin of split_network, for GraphNMS to wrap."""
+
+    def forward(self, x):
+        return x[..., :4], x[..., 4:]
+
+
+def hand_detector_outputs(anchors: int, classes: int, seed: int, zero_candidates: bool = False) -> np.ndarray:
+    """[1, A, 4 + C]: boxes in a few overlapping clusters, negative coordinates among them; scores mostly low."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(-20, 100, (6, 2))[rng.integers(0, 6, anchors)] + rng.normal(0, 4, (anchors, 2))
+    half = rng.uniform(4, 20, (anchors, 2))
+    scores = rng.uniform(0, 1, (anchors, classes)) ** 3
+    if zero_candidates:
+        scores *= 0.05  # none above SCORE_THRESHOLD
+    return np.concatenate([centres - half, centres + half, scores], 1)[None].astype(np.float32)
+
+
+@pytest.mark.parametrize("anchors", [120, 400])  # 600 (location, class) pairs: all are top-k; 2000: the top 1000
+def test_appended_nms_matches_graph_nms_and_host_nms_on_hand_made_outputs(anchors, tmp_path):
+    """On outputs chosen by hand, zero candidates included: the appended ops keep what export/onnx.py's GraphNMS
+    (exported to ONNX and converted, as model.nms.onnx is) and host NMS keep. The dynamic batch becomes 1."""
     import openvino as ov
 
     from deploy.postprocess import select_detections
-    from deploy.predict import runner_infer
-    from distill.models.detector import load_detector
-    from export.onnx import export_onnx
-    from export.quantize import openvino_uint8_input
+    from deploy.predict import GRAPH_NMS_OUTPUTS
+    from export.onnx import GraphNMS
+    from export.quantize import openvino_nms_ir
 
-    detector, classes, _ = load_detector(tiny_model[2])
-    graph_nms = export_onnx(detector, classes, tmp_path / "model.nms.onnx", (128, 128), graph_nms=True)
-    xml = quantize_openvino(graph_nms, tmp_path / "int8.nms.xml", calibration_paths(tiny_splits[0], 16), (128, 128))
+    classes = 5
+    ov.save_model(split_network(anchors, classes), str(tmp_path / "split.xml"))
     core = ov.Core()
-    assert openvino_float_convolutions(core.read_model(str(xml))) == openvino_float_convolutions(core.read_model(str(ov_irs["int8"])))
-    infer, host = runner_infer(open_runner(str(xml))), open_runner(str(ov_irs["int8"]))
-    compared = 0
-    for x in val_images:
-        boxes, scores, labels = (o[0] for o in infer(x[None]))
-        out = host.infer(x[None])
-        ref_boxes, ref_scores, ref_labels = select_detections(out["boxes"][0], out["scores"][0])
-        assert labels.tolist() == ref_labels.tolist()
-        np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
-        np.testing.assert_allclose(boxes, ref_boxes, atol=1e-3)
-        compared += len(labels)
-    assert compared > 20
-    u8 = open_runner(str(openvino_uint8_input(xml, tmp_path / "int8.uint8.nms.xml")))
-    assert u8.input_uint8 and set(u8.outputs) == {"det_boxes", "det_scores", "det_labels"}
+    appended = core.read_model(str(openvino_nms_ir(tmp_path / "split.xml", tmp_path / "split.nms.xml")))
+    assert appended.inputs[0].get_partial_shape() == ov.PartialShape([1, anchors, 4 + classes])
+    reference = tmp_path / "graph_nms.onnx"
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation and tracer warnings, as export_onnx
+        warnings.simplefilter("ignore")
+        torch.onnx.export(GraphNMS(_Split()).eval(), (torch.zeros(1, anchors, 4 + classes),), str(reference), dynamo=False,
+                          opset_version=17, input_names=["images"], output_names=list(GRAPH_NMS_OUTPUTS),
+                          dynamic_axes={o: {0: "detections"} for o in GRAPH_NMS_OUTPUTS})
+    ours, theirs = (core.compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+                    for m in (appended, ov.convert_model(str(reference))))
+    kept = []
+    for seed, zero in ((0, False), (1, False), (2, True)):
+        x = hand_detector_outputs(anchors, classes, seed, zero)
+        got = [ours(x)[name] for name in GRAPH_NMS_OUTPUTS]
+        assert (got[0].dtype, got[1].dtype, got[2].dtype) == (np.float32, np.float32, np.int64)
+        for ref in ([theirs(x)[name] for name in GRAPH_NMS_OUTPUTS], select_detections(x[0, :, :4], x[0, :, 4:])):
+            assert got[2].tolist() == ref[2].tolist()
+            np.testing.assert_allclose(got[1], ref[1], atol=1e-5)
+            np.testing.assert_allclose(got[0], ref[0], atol=1e-3)
+        kept.append(len(got[2]))
+    assert kept[0] > 10 and kept[1] > 10 and kept[2] == 0 and got[0].shape == (0, 4)
+
+
+def test_nms_is_not_appended_to_a_batch_of_several(tmp_path):
+    import openvino as ov
+
+    from export.quantize import openvino_nms_ir
+
+    ov.save_model(split_network(10, 3, batch=2), str(tmp_path / "b2.xml"))
+    with pytest.raises(InputError, match=r"b2.xml: batch 2; NMS in the graph needs a batch-1 \(or dynamic batch\) IR"):
+        openvino_nms_ir(tmp_path / "b2.xml", tmp_path / "b2.nms.xml")
+    assert not (tmp_path / "b2.nms.xml").exists()

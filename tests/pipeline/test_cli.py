@@ -255,3 +255,28 @@ def test_overrides_may_stand_before_the_options(tmp_path):
     assert_one_line_error(proc, "unknown stage 'dat'")
     status = cli("status", f"runs_dir={tmp_path}", "run=x", "--config", DEFAULT)
     assert status.returncode == 0 and status.stdout.splitlines()[0] == f"# {tmp_path / 'x'}"
+
+
+def test_status_and_help_load_no_training_or_runtime_code(tmp_path):
+    """`edgekd --help` and `status` took 5 s importing torch and the trainer; they read configs only."""
+    heavy = ("torch", "torchvision", "onnx", "onnxruntime", "openvino", "nncf", "scipy")
+    code = ("import io, sys, contextlib\nfrom pipeline.__main__ import main\n"
+            f"with contextlib.redirect_stdout(io.StringIO()):\n    main(['status', 'runs_dir={tmp_path}'])\n"
+            "    try:\n        main(['--help'])\n    except SystemExit:\n        pass\n"
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_debug_shows_the_library_error_behind_the_line(tmp_path):
+    """Every re-raise used `from None`: --debug showed our line's traceback without its cause."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run: [unclosed\n")
+    plain = cli("run", "--config", bad)
+    assert_one_line_error(plain, f"{bad}: not valid YAML")
+    debug = cli("run", "--config", bad, "--debug", process=True)
+    assert debug.returncode == 1 and "yaml.parser.ParserError" in debug.stderr
+    assert "The above exception was the direct cause of the following exception" in debug.stderr
+    assert "pipeline.config.ConfigError" in debug.stderr

@@ -101,7 +101,7 @@ def test_each_embedded_default_head_pair_is_distillable(head):
 def test_every_ablation_variant_sets_real_distill_settings():
     import dataclasses
 
-    from distill.distiller import DistillConfig
+    from distill.settings import DistillConfig
     from pipeline.tools.ablation import DEFAULT_VARIANTS, VARIANTS
 
     fields = {f.name for f in dataclasses.fields(DistillConfig)}

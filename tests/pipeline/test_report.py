@@ -69,7 +69,7 @@ def test_rows_carry_deltas_to_previous_stage_and_teacher(run):
     # Pareto: int8 (5 ms, 22.0) and fp32 (10 ms, 23.5) and the teacher (40 ms, 30.0); the PyTorch students lose.
     assert [n for n, r in rows.items() if r["pareto"]] == ["teacher", "onnxruntime_fp32", "onnxruntime_int8"]
     table = report_table(list(rows.values()))
-    assert "| onnxruntime_int8 * | onnxruntime | int8 | int8+fp32 (!) | 22.0 |" in table and "-1.50 (onnxruntime_fp32)" in table
+    assert "| quantize/onnxruntime_int8 * | onnxruntime | int8 | int8+fp32 (!) | 22.0 |" in table and "-1.50 (onnxruntime_fp32)" in table
 
 
 def test_gates_stop_with_stage_figure_and_limit(run):
@@ -126,3 +126,54 @@ def test_the_bar_plot_legend_covers_no_bar(monkeypatch, tmp_path):
     legend = ax.get_legend().get_window_extent()
     for bar in ax.patches:
         assert not legend.overlaps(bar.get_window_extent())
+
+
+def artifact_row(stage, name, ap, e2e):
+    return {"stage": stage, "name": name, "id": f"{stage}/{name}", "AP": ap, "e2e_latency_ms": {"p50": e2e}}
+
+
+def test_the_deployed_artifact_is_the_fastest_that_passes_its_gate_or_the_best_within_a_budget():
+    from pipeline.stages.report import deployed_artifact
+
+    cfg = PipelineConfig()  # quantize.max_map_drop 1.0, qat.max_map_drop 0.5 (AP points)
+    rows = [artifact_row("distill", "distill", 0.240, 20.0),  # a checkpoint, never deployed
+            artifact_row("export", "onnxruntime_fp32", 0.235, 9.0),
+            artifact_row("quantize", "onnxruntime_int8", 0.220, 3.0),  # 1.5 points down: fails its gate
+            artifact_row("quantize", "openvino_int8", 0.230, 4.0),  # 0.5 down: passes
+            artifact_row("qat", "qat_openvino", 0.229, 3.5),  # 0.6 down: fails qat's 0.5
+            artifact_row("export", "onnxruntime_fp32_nms", 0.235, 8.0),
+            artifact_row("quantize", "openvino_int8_uint8_nms", 0.2345, 4.2)]
+    chosen = deployed_artifact(rows, cfg)
+    assert chosen["row"]["id"] == "quantize/openvino_int8" and "fastest" in chosen["why"]
+    cfg.report.latency_budget_ms = 5.0  # the most accurate within 5 ms: the uint8 NMS IR (23.45 at 4.2 ms)
+    assert deployed_artifact(rows, cfg)["row"]["id"] == "quantize/openvino_int8_uint8_nms"
+    cfg.report.latency_budget_ms = 8.5
+    assert deployed_artifact(rows, cfg)["row"]["id"] == "export/onnxruntime_fp32_nms"  # 23.5 ties fp32, faster
+    cfg.report.latency_budget_ms = 1.0
+    chosen = deployed_artifact(rows, cfg)
+    assert chosen["row"]["id"] == "quantize/openvino_int8" and "no artifact runs within" in chosen["why"]
+    assert deployed_artifact(rows[:1], cfg) is None
+
+
+def test_the_report_names_the_deployed_artifact_and_how_to_run_it(run):
+    from pipeline.stages.report import write_report
+
+    report = write_report(run, run.run_dir / "report", progress=False)
+    assert report["deployed"]["id"] == "export/onnxruntime_fp32"  # the int8 file is 1.5 points down: over the gate
+    md = (run.run_dir / "report.md").read_text()
+    artifact = report["deployed"]["artifact"]
+    assert f"python3 deploy/benchmark.py {artifact} --data" in md
+    assert f'boxes, scores, labels = open_detector("{artifact}")(image)' in md
+    assert "from deploy.detector import open_detector" in (run.run_dir / "report.html").read_text()
+
+
+def test_a_gate_on_a_cut_or_missing_metrics_file_is_one_line(run):
+    """A KeyError escaped the error handling when a stage's metrics.json lacked what its gate reads."""
+    from deploy.errors import InputError
+
+    (run.run_dir / "export" / "metrics.json").write_text("{}")
+    with pytest.raises(InputError, match=r"export/metrics.json: missing or unreadable; its gate cannot be checked"):
+        check_gate("export", run)
+    (run.run_dir / "quantize" / "metrics.json").write_text('{"artifacts": {}}')
+    with pytest.raises(InputError, match=r"quantize/metrics.json: has no 'reference'"):
+        check_gate("quantize", run)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from deploy.errors import InputError
-from distill.trainer import TrainConfig
+from distill.settings import TrainConfig
 from pipeline.config import ConfigError, DataConfig, load_config
 from pipeline.stages.data import check_schedule_fits, load_split, run_data
 from tests.conftest import REPO

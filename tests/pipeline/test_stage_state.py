@@ -4,7 +4,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from distill.distiller import DistillConfig
+from distill.settings import DistillConfig
 from pipeline.gates import GATE_KEYS
 from pipeline.stage_state import (
     config_hash,

@@ -1,0 +1,69 @@
+"""Every deployable artifact of a run under its stage-qualified name (`quantize/openvino_int8`,
+`qat/openvino_int8`, `export/onnxruntime_fp32_nms`): read from the stages' metrics.json, so that the
+benchmark table, benchmark.json and the report name one file alike and two stages' files never share a name.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline import paths
+from pipeline.config import PipelineConfig
+
+EXPORTED = ("onnxruntime_fp32", "onnxruntime_fp32_uint8", "onnxruntime_fp32_nms")  # export.uint8_input, export.nms
+QAT_NAMES = {"qat_onnxruntime": "onnxruntime_int8_qdq", "qat_openvino": "openvino_int8"}
+
+
+@dataclass(frozen=True)
+class Artifact:
+    name: str  # stage-qualified
+    stage: str
+    key: str  # the name in its stage's metrics.json
+    path: Path
+    inference_precision: str | None = None  # an OpenVINO IR compiled for another precision (the FP32 IR @bf16)
+
+
+def qualified_name(stage: str, key: str) -> str:
+    """`stage/key`; the qat stage's keys lose their `qat_` prefix, which the stage already says."""
+    return f"{stage}/{QAT_NAMES.get(key, key)}" if stage == "qat" else f"{stage}/{key}"
+
+
+def _metrics(cfg: PipelineConfig, stage: str) -> dict:
+    try:
+        return json.loads(paths.metrics_file(cfg, stage).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _in_this_run(cfg: PipelineConfig, stage: str, recorded: str) -> Path:
+    """A file a stage's metrics.json names, inside this run's folder: the metrics keep the path the run had
+    when it was written, which a copied or moved run folder no longer has."""
+    parts = Path(recorded).parts
+    if stage not in parts:
+        return Path(recorded)
+    last = len(parts) - 1 - parts[::-1].index(stage)
+    return paths.stage_dir(cfg, stage).joinpath(*parts[last + 1:])
+
+
+def run_artifacts(cfg: PipelineConfig) -> list[Artifact]:
+    """The run's artifacts that exist on disk: export's ONNX files, quantize's and qat's files (as their
+    metrics name them), TensorRT engines, then any other model file those stages left (named by its file)."""
+    found: list[Artifact] = []
+    exported = _metrics(cfg, "export")
+    found += [Artifact(qualified_name("export", k), "export", k, _in_this_run(cfg, "export", exported[k]["artifact"]))
+              for k in EXPORTED if k in exported]
+    for stage in ("quantize", "qat"):
+        found += [Artifact(qualified_name(stage, k), stage, k, _in_this_run(cfg, stage, m["artifact"]),
+                           m.get("inference_precision"))
+                  for k, m in _metrics(cfg, stage).get("artifacts", {}).items()]
+    found += [Artifact(f"engines/tensorrt_{p.stem.removeprefix('model_')}", "engines", f"tensorrt_{p.stem.removeprefix('model_')}", p)
+              for p in sorted(paths.engines_dir(cfg).glob("*.engine"))]
+    listed = {a.path.resolve() for a in found}
+    for stage, pattern in (("export", "*.onnx"), ("quantize", "*.onnx"), ("quantize", "openvino/*.xml"),
+                           ("qat", "*.onnx"), ("qat", "*.xml")):
+        for p in sorted(paths.stage_dir(cfg, stage).glob(pattern)):
+            if p.resolve() not in listed:  # written, but not in its stage's metrics (an older or partial run)
+                found.append(Artifact(f"{stage}/{p.name}", stage, p.name, p))
+    return [a for a in found if a.path.is_file()]
