@@ -18,7 +18,7 @@ EDGEKD := $(VENV)/bin/edgekd
 TRAIN_RUN = $(if $(filter 1,$(NPROC)),$(EDGEKD),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m pipeline)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup fashion-mnist data teacher student distill export quantize qat qat-ablation ablation detection-errors ablation-heads pipeline status report bench-train bench-openvino bench-openvino-layers bench-nms export-trt benchmark test lint clean
+.PHONY: test-fast help setup fashion-mnist data teacher student distill export quantize qat qat-ablation ablation detection-errors ablation-heads pipeline status report bench-train bench-openvino bench-openvino-layers bench-nms export-trt benchmark test lint clean
 
 help: ## list the targets
 	@echo "edgekd targets (stage targets take ARGS=\"key.sub=value ...\", CONFIG=path, NPROC=N):"
@@ -110,8 +110,11 @@ report: $(STAMP) ## rewrite runs/<run>/report.{md,json,html} and its plots from 
 lint: $(STAMP) ## ruff over the project
 	$(VENV)/bin/ruff check .
 
-test: $(STAMP) lint ## lint, then the test suite
+test: $(STAMP) lint ## lint, then the test suite (what CI runs)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP) lint ## lint, then every test not marked slow (over 5 s): the subset to run while editing
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 clean: ## remove runs/ (keeps .venv and data/)
 	rm -rf runs

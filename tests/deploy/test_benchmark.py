@@ -51,6 +51,7 @@ def run_benchmark(*args):
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
 
 
+@pytest.mark.slow
 def test_benchmark_reports_every_field_and_the_export_stage_map(exported, tiny_scenes, tmp_path):
     onnx_path, xml, export_metrics = exported
     out_json, out_md = tmp_path / "b.json", tmp_path / "b.md"
@@ -87,6 +88,7 @@ def test_benchmark_reports_every_field_and_the_export_stage_map(exported, tiny_s
     assert f"({', '.join(machine['isa']) or 'no AVX2'}; {machine['cpu_threads']} threads)" in text
 
 
+@pytest.mark.slow
 def test_threads_and_inference_precision_are_per_entry(exported, tmp_path):
     import openvino as ov
 
@@ -109,12 +111,14 @@ def test_threads_and_inference_precision_are_per_entry(exported, tmp_path):
     assert proc.returncode == 2 and "applies to OpenVINO IRs only" in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_batch_the_static_file_cannot_take_is_one_error(exported):
     proc = run_benchmark(exported[0], "--batch", "4", "--iters", "2")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "fixed at 1" in proc.stderr
 
 
+@pytest.mark.slow
 def test_make_benchmark_runs_what_it_can_and_lists_engines_it_cannot(exported, tiny_scenes):
     from deploy.runtimes.tensorrt import available
     from pipeline.stages.benchmark import artifacts
@@ -170,6 +174,7 @@ def test_a_model_outside_the_export_contract_is_one_error(tmp_path, channels, ou
         assert fragment in lines[0]
 
 
+@pytest.mark.slow
 def test_the_benchmark_stage_passes_its_resize_to_the_device_script(exported, monkeypatch):
     from deploy.errors import InputError
     from pipeline.stages import benchmark as stage

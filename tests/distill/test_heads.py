@@ -124,6 +124,7 @@ def test_atss_loss_by_hand():
     assert losses["raw_centerness"].item() == pytest.approx(LOG2, rel=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", HEADS)
 def test_each_head_trains_a_few_steps(name, tiny_splits, tmp_path):
     cfg = ModelConfig(name=name, **{**SMALL, "pretrained": "imagenet", "input_size": [128, 128]})
@@ -135,6 +136,7 @@ def test_each_head_trains_a_few_steps(name, tiny_splits, tmp_path):
     assert any(not torch.equal(before[k], v) for k, v in model.head.state_dict().items())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", HEADS)  # GFL: tests/export/
 def test_each_head_runs_through_every_runtime_and_the_evaluator(name, tiny_splits, tmp_path):
     train_set, val = tiny_splits
@@ -175,6 +177,7 @@ def batch():
     return images, targets
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", HEADS)
 def test_each_head_distils_with_bckd_and_only_the_student_learns(name):
     teacher = build_detector(ModelConfig(name=name, **{**SMALL, "head_channels": 32, "head_convs": 2}), 3, seed=1)
@@ -193,6 +196,7 @@ def test_each_head_distils_with_bckd_and_only_the_student_learns(name):
     assert all(torch.equal(frozen[k], v) for k, v in teacher.state_dict().items())
 
 
+@pytest.mark.slow
 def test_different_anchor_layouts_are_refused():
     teacher = build_detector(ModelConfig(name="retinanet", **SMALL), 3, seed=0)
     student = build_detector(ModelConfig(name="atss", **SMALL), 3, seed=0)
@@ -211,6 +215,7 @@ def test_different_anchor_layouts_are_refused():
         Distiller(teacher, ModelConfig(name="retinanet", **SMALL), DistillConfig(method="ld"), torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_a_gfl_teacher_distils_an_atss_student_in_pixels():
     # Same locations, one anchor each: the pair is accepted and boxes are compared in input pixels.
     teacher = build_detector(ModelConfig(name="gfl", **SMALL), 3, seed=1)

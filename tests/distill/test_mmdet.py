@@ -51,6 +51,7 @@ def mmdet_names(edgekd_state: dict, convs: int) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_the_mmdetection_r101_keys_all_map_and_load_strictly():
     edgekd = build_detector(R101, num_classes=80)
     state = edgekd.state_dict()
@@ -152,6 +153,7 @@ def test_a_stated_hash_is_checked_for_every_teacher_format(tmp_path):
         load_teacher(path, fmt, model=SMALL, dataset_classes=["a"], expected_sha256=sha256_file(path).upper())
 
 
+@pytest.mark.slow
 def test_distilling_from_an_mmdetection_teacher_changes_only_the_student(tmp_path):
     from distill.distiller import Distiller, check_pair
     from distill.settings import DistillConfig

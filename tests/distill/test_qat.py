@@ -69,6 +69,7 @@ def test_folding_removes_every_batchnorm_and_keeps_the_outputs(tiny_model):
         assert torch.allclose(before[key], after[key], atol=1e-4), key
 
 
+@pytest.mark.slow
 def test_every_convolution_gets_symmetric_int8_weight_and_input_quantizers(tiny_model, tiny_splits):
     model = calibrated(tiny_model, tiny_splits)
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
@@ -81,6 +82,7 @@ def test_every_convolution_gets_symmetric_int8_weight_and_input_quantizers(tiny_
         assert q.amax is not None and bool((q.amax >= 0).all()), name
 
 
+@pytest.mark.slow
 def test_fake_quantized_model_matches_onnx_runtime_on_the_qdq_file(qat_file, tiny_model, tiny_splits):
     model, path = qat_file
     val = tiny_splits[1]
@@ -115,6 +117,7 @@ def test_the_exported_file_is_tensorrt_qdq_with_every_conv_quantized_and_a_float
     assert len(unquantized_convolutions(float_model)) == sum(n.op_type == "Conv" for n in float_model.graph.node) > 0
 
 
+@pytest.mark.slow
 def test_a_few_qat_steps_move_the_student_and_leave_the_teacher_and_the_scales(tiny_model, tiny_splits):
     student = calibrated(tiny_model, tiny_splits).train()
     teacher = build_detector(ModelConfig(**{**student.cfg.__dict__, "pretrained": "none", "head_channels": 32}),
@@ -138,6 +141,7 @@ def test_a_few_qat_steps_move_the_student_and_leave_the_teacher_and_the_scales(t
     assert len(moved) > 10
 
 
+@pytest.mark.slow
 def test_saved_scales_restore_without_calibrating(qat_file, tiny_model):
     model, _ = qat_file
     again = copy.deepcopy(tiny_model[0])

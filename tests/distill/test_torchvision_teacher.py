@@ -59,6 +59,7 @@ def _saved_detector(name, tmp_path):
     return detector.eval(), path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["retinanet_resnet50_fpn_v2", "retinanet_resnet50_fpn", "fcos_resnet50_fpn"])
 def test_the_adapter_finds_torchvisions_own_detections(name, tmp_path):
     detector, path = saved_detector(name, tmp_path)
@@ -83,6 +84,7 @@ def test_the_adapter_finds_torchvisions_own_detections(name, tmp_path):
     assert checked >= 20 and worst < 1e-3
 
 
+@pytest.mark.slow
 def test_distilling_from_a_torchvision_teacher_changes_only_the_student(tmp_path):
     _, path = saved_detector("fcos_resnet50_fpn", tmp_path)
     teacher = torchvision_teacher("torchvision:fcos_resnet50_fpn", path, CLASSES, ModelConfig(input_size=[SIZE, SIZE]))
@@ -114,6 +116,7 @@ def test_distilling_from_a_torchvision_teacher_changes_only_the_student(tmp_path
         Distiller(teacher, cfg, DistillConfig(method="ld"), torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_a_retinanet_teacher_pairs_with_an_edgekd_retinanet_anchor_by_anchor(tmp_path):
     _, path = saved_detector("retinanet_resnet50_fpn_v2", tmp_path)
     teacher = torchvision_teacher("torchvision:retinanet_resnet50_fpn_v2", path, CLASSES, ModelConfig(input_size=[SIZE, SIZE]))

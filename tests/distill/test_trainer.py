@@ -42,6 +42,7 @@ def losses(out_dir):
     return [r["loss"] for r in map(json.loads, (out_dir / "log.jsonl").read_text().splitlines()) if "loss" in r]
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_and_writes_the_stage(splits, tmp_path):
     _, metrics = run(splits, tmp_path, epochs=2)
     curve = losses(tmp_path)
@@ -52,6 +53,7 @@ def test_training_lowers_the_loss_and_writes_the_stage(splits, tmp_path):
     assert metrics["num_images"] == 24 and 0.0 <= metrics["AP"] <= 1.0
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(splits, tmp_path, capsys):
     straight, _ = run(splits, tmp_path / "a", max_steps=4)
     run(splits, tmp_path / "b", resume=True, max_steps=2)
@@ -63,6 +65,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(splits, tmp_path,
     assert losses(tmp_path / "a") == losses(tmp_path / "b")  # the log was cut back to step 2 on resume
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_step_and_term_keeping_the_last_good_checkpoint(splits, tmp_path):
     gfl, calls = make_gfl_loss(), []
 
@@ -122,6 +125,7 @@ def test_truncated_and_missing_checkpoints(tmp_path):
         load_checkpoint(tmp_path / "none.pt")
 
 
+@pytest.mark.slow
 def test_two_process_gloo_ddp_writes_one_checkpoint(tiny_scenes, tmp_path):
     overrides = [f"data.root={tiny_scenes}", "data.generator.size=tiny", f"runs_dir={tmp_path}",
                  *(f"teacher.model.{k}={json.dumps(v)}" for k, v in SMALL.items()),
@@ -140,6 +144,7 @@ def test_two_process_gloo_ddp_writes_one_checkpoint(tiny_scenes, tmp_path):
     assert [r["img_s"] > 0 for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" in r] == [True, True]
 
 
+@pytest.mark.slow
 def test_a_run_stopped_before_its_final_evaluation_evaluates_on_resume(splits, tmp_path):
     run(splits, tmp_path, max_steps=2)
     (tmp_path / "metrics.json").unlink()  # as if killed after the last checkpoint, before the evaluation
@@ -157,6 +162,7 @@ def test_a_seeded_build_does_not_depend_on_earlier_rng_draws():
     assert not torch.equal(a["head.cls_out.weight"], c["head.cls_out.weight"])
 
 
+@pytest.mark.slow
 def test_the_trainer_tells_the_loss_its_epoch(splits, tmp_path):
     """The distiller's until_epoch depends on it: every step's loss sees the epoch it belongs to, also
     after a resume in mid-epoch."""

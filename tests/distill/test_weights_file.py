@@ -50,6 +50,7 @@ def test_every_bad_teacher_is_one_line_naming_the_file(tiny_model, tmp_path):
         check_weights(tmp_path / "none.pt", SMALL, classes)
 
 
+@pytest.mark.slow
 def test_the_shipped_teacher_matches_its_hash_and_the_default_config(tiny_splits):
     from pipeline.config import load_config
 

@@ -1,7 +1,6 @@
 """The tiny whole pipeline through the CLI: every stage and the report, a rerun that skips everything,
 a changed setting that reruns only what follows it, a gate that stops it, and a SIGTERM mid-training
 followed by a resume."""
-
 import json
 import os
 import shutil
@@ -12,6 +11,7 @@ import time
 from pathlib import Path
 
 import openvino as ov
+import pytest
 
 from deploy.qdq_check import check_tensorrt_qdq
 from deploy.runtimes.openvino import device_capabilities
@@ -44,6 +44,7 @@ def ran(stdout):
     return [line.split("]")[0][1:] for line in stdout.splitlines() if line.endswith("] start") or "] start (" in line]
 
 
+@pytest.mark.slow
 def test_tiny_pipeline_caches_reruns_what_changed_and_gates(tiny_scenes, tmp_path):
     first = pipeline("run", tiny_scenes, tmp_path, ALL, *QAT)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -157,6 +158,7 @@ def test_tiny_pipeline_caches_reruns_what_changed_and_gates(tiny_scenes, tmp_pat
     assert (run / "distill" / "last.pt").is_file()  # artifacts left for inspection
 
 
+@pytest.mark.slow
 def test_sigterm_during_distillation_then_resume(tiny_scenes, tmp_path):
     longer = ["student.train.max_steps=24", "student.train.epochs=2", "student.train.save_every_steps=2", "stages=[data,teacher,distill,export]"]
     cmd = [sys.executable, "-m", "pipeline", "run", "--no-progress", "--quiet-config", f"data.root={tiny_scenes}",

@@ -19,6 +19,7 @@ def val_batch(val, n=4):
     return preprocess_batch([val.image_path(i) for i in val.images[:n]], (128, 128))[0]
 
 
+@pytest.mark.slow
 def test_onnx_runtime_matches_pytorch_on_real_images(tiny_model, tiny_onnx, tiny_splits):
     diff = parity(tiny_model[0], tiny_onnx, val_batch(tiny_splits[1]))
     assert diff["scores_max_abs"] < 1e-5 and diff["boxes_max_abs"] < 1e-3, diff
@@ -37,6 +38,7 @@ def test_the_file_follows_the_export_contract(tiny_onnx, tiny_model):
     assert onnx.load(str(tiny_onnx)).opset_import[0].version == 17
 
 
+@pytest.mark.slow
 def test_dynamic_batch_runs_any_batch(tiny_model, tmp_path, tiny_splits):
     detector, classes, _ = tiny_model
     path = export_onnx(detector, classes, tmp_path / "dyn.onnx", (128, 128), dynamic_batch=True)
@@ -101,6 +103,7 @@ def test_a_checkpoint_of_another_architecture_names_keys(tiny_model, tmp_path):
         load_detector(tmp_path / "other.pt")
 
 
+@pytest.mark.slow
 def test_a_uint8_input_model_follows_the_float_one(tiny_model, tiny_onnx, tiny_splits, tmp_path):
     """The host only letterboxes; cast, layout and mean/std run in the graph. Its outputs against the
     float file's on the same val images, in ONNX Runtime and OpenVINO, and its AP through the evaluator."""
@@ -136,6 +139,7 @@ def test_a_uint8_input_model_follows_the_float_one(tiny_model, tiny_onnx, tiny_s
     assert abs(ours["AP"] - ref["AP"]) < 0.005
 
 
+@pytest.mark.slow
 def test_nms_in_the_graph_keeps_what_host_nms_keeps(tiny_model, tiny_onnx, tiny_splits, tmp_path):
     """export.nms: graph against deploy/'s host NMS on the tiny val images, in ONNX Runtime and OpenVINO."""
     from deploy.postprocess import select_detections

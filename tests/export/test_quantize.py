@@ -139,6 +139,7 @@ def test_the_qdq_check_against_hand_made_graphs():
     assert "no QuantizeLinear / DequantizeLinear nodes" in tensorrt_qdq_problems(float_model)[0]
 
 
+@pytest.mark.slow
 def test_openvino_fp32_matches_onnxruntime(ov_irs, tiny_onnx, val_images):
     # On every CPU, bf16-capable ones included: the FP32 IR compiles with f32 asked explicitly.
     runner, ov = outputs(ov_irs["fp32"], val_images)
@@ -346,6 +347,7 @@ def test_layer_profile_of_a_missing_ir_is_a_one_line_error(tmp_path, capsys):
     assert not (tmp_path / "l.json").exists()
 
 
+@pytest.mark.slow
 def test_onnxruntime_accuracy_aware_keeps_the_fewest_sensitive_convolutions_in_float(ort_int8, tiny_splits, tmp_path):
     """The stage's search through its evaluate(model file) -> AP callback. The stand-in AP recovers 0.4 points
     per convolution the file runs in float (27.0 with none; float 30.0, gate 1.0): 5 must stay float."""
@@ -437,6 +439,7 @@ def constants_behind(model) -> dict[str, list]:
             for op in model.get_ordered_ops() if op.get_type_name() in QUANTIZED_KINDS}
 
 
+@pytest.mark.slow
 def test_the_nms_ir_keeps_the_int8_irs_weights_and_scales_bit_for_bit(ov_irs, nms_irs):
     import openvino as ov
 
@@ -513,6 +516,7 @@ def hand_detector_outputs(anchors: int, classes: int, seed: int, zero_candidates
     return np.concatenate([centres - half, centres + half, scores], 1)[None].astype(np.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("anchors", [120, 400])  # 600 (location, class) pairs: all are top-k; 2000: the top 1000
 def test_appended_nms_matches_graph_nms_and_host_nms_on_hand_made_outputs(anchors, tmp_path):
     """On outputs chosen by hand, zero candidates included: the appended ops keep what export/onnx.py's GraphNMS

@@ -57,6 +57,7 @@ def test_summarise_pairs_each_seed_with_its_own_baseline():
     assert table[4] == "| student bckd | 3 | 23.33 | 1.53 | 23.0, 22.0, 25.0 | 36.0 | 30.0 | +2.33 [+0.0, +4.0] | 23% |"
 
 
+@pytest.mark.slow
 def test_two_seed_ablation_writes_each_seed_apart_and_a_paired_summary(tiny_scenes, tiny_model, tmp_path):
     _, _, teacher = tiny_model
     cfg = tiny_config(tiny_scenes)
@@ -107,6 +108,7 @@ def test_the_qat_ablation_table_signs_each_change_against_fp32():
     assert "| none | none | 60 | 23.16 | 23.23 | +0.33 | 22.56 | -0.34 |" in table
 
 
+@pytest.mark.slow
 def test_new_variants_train_and_report_the_selection_split(tiny_scenes, tiny_model, tmp_path):
     """kd_pos, the BCKD-family configurations and bckd+kd train from one config; each run's selection-split AP
     is its final model's on the held-out images, cached against its checkpoint."""

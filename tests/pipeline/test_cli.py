@@ -219,6 +219,7 @@ def test_every_edgekd_subcommand_is_its_module_command_line(command, capsys):
     assert capsys.readouterr().out.startswith(f"usage: edgekd {command} ")
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_folder_stops_at_once_and_the_first_is_intact(tmp_path):
     """Two runs on one folder used to resume each other's live stages and mix their outputs."""
     import time

@@ -85,6 +85,7 @@ def test_every_shipped_pipeline_config_loads(path):
     assert set(cfg.stages) <= set(STAGES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head", HEAD_NAMES)
 def test_each_embedded_default_head_pair_is_distillable(head):
     from distill.distiller import check_pair

@@ -1,6 +1,5 @@
 """Teachers from elsewhere through the pipeline's own commands: an mmdetection GFL checkpoint (teacher
 stage evaluates it, the distill stage distils from it), and the one-line refusals."""
-
 import json
 import os
 import re
@@ -8,6 +7,7 @@ import subprocess
 import sys
 import types
 
+import pytest
 import torch
 
 from distill.models.detector import ModelConfig, build_detector
@@ -31,6 +31,7 @@ def overrides(prefix, values):
     return [f"{prefix}.{k}={json.dumps(v)}" for k, v in values.items()]
 
 
+@pytest.mark.slow
 def test_an_mmdetection_teacher_is_evaluated_and_distilled_from(tiny_scenes, tiny_splits, tmp_path):
     classes = tiny_splits[0].class_names
     torch.manual_seed(0)
@@ -54,6 +55,7 @@ def test_an_mmdetection_teacher_is_evaluated_and_distilled_from(tiny_scenes, tin
     assert torch.load(tmp_path / "default" / "distill" / "last.pt", weights_only=True)["teacher"] == str(path)
 
 
+@pytest.mark.slow
 def test_a_dataset_class_outside_coco_is_one_line(tiny_scenes, tmp_path):
     common = [f"data.root={tiny_scenes}", "data.generator.size=tiny", f"runs_dir={tmp_path}",
               "teacher.source=torchvision:fcos_resnet50_fpn", "teacher.model.input_size=[128,128]"]

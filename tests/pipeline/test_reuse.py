@@ -18,6 +18,7 @@ def config(tiny_scenes, tmp_path, *extra):
                                  "teacher.train.max_train_images=0", "teacher.train.max_val_images=4", *extra])
 
 
+@pytest.mark.slow
 def test_a_finished_teacher_with_other_settings_is_refused_not_reported(tiny_scenes, tmp_path, capsys):
     """Before: `python -m pipeline.stages.train --role teacher --resume teacher.train.lr=0.5` on a finished run said
     "already trained" and kept the old model (rc 0)."""
