@@ -7,7 +7,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-STAT_KEYS = ("mean", "std", "min", "p50", "p90", "p99")
 
 
 def time_calls(fn: Callable[[], Any], iters: int, warmup: int = 10,

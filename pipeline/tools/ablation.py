@@ -52,7 +52,7 @@ VARIANTS = {  # name -> distill overrides
     # diagnostics, not in the default list: BCKD with its IoU term only at positive locations
     "bckd_locpos": {"method": "bckd", "terms": ["cls", "loc"], "loc_positives_only": True},
     "bckd_loc_locpos": {"method": "bckd", "terms": ["loc"], "loc_positives_only": True},
-    # issue 17's two questions: is the IoU term's harm gradient interference in the shared FPN, and does
+    # diagnostics of the IoU term: is its harm gradient interference in the shared FPN, and does
     # distillation help early and hurt late?
     "bckd_loc_detached": {"method": "bckd", "terms": ["cls", "loc"], "loc_detached_features": True},
     "bckd_until1": {"method": "bckd", "terms": ["cls", "loc"], "until_epoch": 1},

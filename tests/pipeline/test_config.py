@@ -143,3 +143,13 @@ def test_a_partial_section_keeps_its_own_defaults_not_the_class_defaults():
     assert (cfg.qat.train.lr, cfg.qat.train.optimizer, cfg.qat.train.epochs) == (1e-5, "adamw", 1)
     assert cfg.qat.train.max_train_images == 480 and cfg.qat.distill.method == "none"
     assert cfg.qat.distill.loc_weight == 4.0 and cfg.student.train.lr == 0.001  # the file's own values elsewhere
+
+
+def test_the_settings_reference_is_current():
+    """docs/settings.md is generated from the config dataclasses: a setting added or changed without
+    regenerating it (python -m pipeline.tools.settings_doc) fails here."""
+    from pipeline.tools.settings_doc import OUT, render
+
+    assert OUT.read_text(encoding="utf-8") == render()
+    assert "| `distill.kd_pos_temperature` | `float` | `2.0` |" in render()
+    assert "| `report.latency_budget_ms` | `float \\| None` | `None` |" in render()
