@@ -8,7 +8,6 @@ from typing import Any, Callable
 import numpy as np
 
 
-
 def time_calls(fn: Callable[[], Any], iters: int, warmup: int = 10,
                timer: Callable[[], float] = time.perf_counter) -> list[float]:
     """Milliseconds per call of fn over `iters` timed calls, after `warmup` untimed ones."""
