@@ -35,7 +35,7 @@ from deploy.files import write_json, write_text  # noqa: E402
 from deploy.latency import time_calls  # noqa: E402
 from deploy.machine import RUNTIME_PACKAGES, machine_info, machine_line  # noqa: E402
 from deploy.measure import measure_artifact, sample_images  # noqa: E402
-from deploy.runtimes import BACKENDS, backend_for, check_detector, input_size, open_runner  # noqa: E402
+from deploy.runtimes import backend_for, check_artifact_file, check_detector, input_size, open_runner  # noqa: E402
 from deploy.tables import markdown_table  # noqa: E402
 from deploy.tegrastats import parse_line, summarize  # noqa: E402
 
@@ -106,7 +106,6 @@ def runner_options(backend: str, args: argparse.Namespace, threads: int | None, 
 SYNTHETIC_NOTE = ("Timed on one synthetic grey image already at the input size (no --data): the infer figures "
                   "hold, but pre, post and e2e mean nothing (no resize, no candidates for NMS); pass --data to time "
                   "real images.")
-SUFFIXES = ", ".join(BACKENDS)
 
 
 def benchmark(spec: str, name: str, args: argparse.Namespace, coco, images, threads: int | None = None) -> dict:
@@ -254,16 +253,7 @@ def check_counts(args: argparse.Namespace) -> None:
 
 def check_artifact(spec: str, backend: str | None) -> None:
     """A file the runtimes can open, checked before any timing starts (a bad last one would waste the others')."""
-    path, _ = split_artifact(spec)
-    if os.path.isdir(path):
-        inside = sorted(f for f in os.listdir(path) if os.path.splitext(f)[1].lower() in BACKENDS)
-        holds = f" (it holds {', '.join(inside[:5])}{', ...' if len(inside) > 5 else ''})" if inside else \
-            " (it holds none)"
-        raise InputError(f"{path}: is a directory; give the model file: {SUFFIXES} (an OpenVINO .xml with its .bin "
-                         f"beside it){holds}")
-    if not os.path.isfile(path):
-        raise InputError(f"artifact not found: {path}")
-    backend_for(path, backend)
+    check_artifact_file(split_artifact(spec)[0], backend)
 
 
 def load_data(args: argparse.Namespace):

@@ -173,8 +173,8 @@ def hashes(cfg: PipelineConfig, name: str) -> tuple[str, tuple[str, str], list[s
     """(config hash, inputs hashes, missing inputs) of a stage now: the inputs hash with names relative to
     the run folder (what is recorded), then with names as given (what stage.json files before it hold)."""
     stage = STAGE_TABLE[name]
-    in_hash, missing = inputs_hash(stage.inputs(cfg), cfg.run_dir)
-    return config_hash(stage.sections(cfg), GATE_KEYS), (in_hash, inputs_hash(stage.inputs(cfg))[0]), missing
+    in_hash, missing, as_given = inputs_hash(stage.inputs(cfg), cfg.run_dir)
+    return config_hash(stage.sections(cfg), GATE_KEYS), (in_hash, as_given), missing
 
 
 def pipeline_status(cfg: PipelineConfig) -> dict[str, Status]:

@@ -69,17 +69,19 @@ def _name(path: Path, run_dir: Path | None) -> str:
     return str(path)
 
 
-def inputs_hash(paths: list[Path], run_dir: Path | None = None) -> tuple[str, list[str]]:
-    """(hash over the contents of the input files and their names, the inputs that are missing). Names
-    inside run_dir count relative to it; without run_dir, as given (how stage.json files before
-    run-relative names were hashed)."""
-    digest, missing = hashlib.sha256(), []
+def inputs_hash(paths: list[Path], run_dir: Path | None = None) -> tuple[str, list[str], str]:
+    """(hash over the contents of the input files and their names, the inputs that are missing, the same hash
+    with every name as given). Names inside run_dir count relative to it, so a copied run folder hashes alike;
+    the as-given hash is what stage.json files before run-relative names hold. Each file is read once."""
+    digest, as_given, missing = hashlib.sha256(), hashlib.sha256(), []
     for path in paths:
         if path.is_file():
-            digest.update(f"{_name(path, run_dir)}:{sha256_file(path)}\n".encode())
+            content = sha256_file(path)
+            digest.update(f"{_name(path, run_dir)}:{content}\n".encode())
+            as_given.update(f"{path}:{content}\n".encode())
         else:
             missing.append(str(path))
-    return digest.hexdigest()[:16], missing
+    return digest.hexdigest()[:16], missing, as_given.hexdigest()[:16]
 
 
 def output_files(stage_dir: Path | None, extra: list[Path] = (), run_dir: Path | None = None) -> dict[str, dict[str, Any]]:

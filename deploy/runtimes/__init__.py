@@ -31,11 +31,22 @@ def backend_for(path: str, backend: str | None = None) -> str:
     return BACKENDS[suffix]
 
 
-def open_runner(path: str, backend: str | None = None, **options: Any):
-    """Load an artifact into its runtime's runner; options go to that runner (threads, device, ...)."""
+def check_artifact_file(path: str, backend: str | None = None) -> str:
+    """The runtime for a model file that exists; one line naming the path when it is missing, a directory, or
+    of a suffix no runtime takes. Returns the runtime's name."""
+    if Path(path).is_dir():
+        inside = sorted(f.name for f in Path(path).iterdir() if f.suffix.lower() in BACKENDS)
+        holds = f"it holds {', '.join(inside[:5])}{', ...' if len(inside) > 5 else ''}" if inside else "it holds none"
+        raise InputError(f"{path}: is a directory; give the model file: {', '.join(BACKENDS)} (an OpenVINO .xml with "
+                         f"its .bin beside it) ({holds})")
     if not Path(path).is_file():
         raise InputError(f"artifact not found: {path}")
-    name = backend_for(path, backend)
+    return backend_for(path, backend)
+
+
+def open_runner(path: str, backend: str | None = None, **options: Any):
+    """Load an artifact into its runtime's runner; options go to that runner (threads, device, ...)."""
+    name = check_artifact_file(path, backend)
     if name == "onnxruntime":
         from deploy.runtimes.onnxruntime import OrtRunner
         return OrtRunner(path, **options)

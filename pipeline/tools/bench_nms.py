@@ -36,6 +36,8 @@ from deploy.errors import InputError, report
 from deploy.files import write_json
 from deploy.machine import machine_info, machine_line
 from deploy.postprocess import (
+    IOU_THRESHOLD,
+    MAX_DETECTIONS,
     PRE_NMS_TOPK,
     SCORE_THRESHOLD,
     batched_nms,
@@ -169,16 +171,18 @@ def baseline_module(rev: str) -> types.ModuleType:
     return module
 
 
-def torchvision_select(boxes: np.ndarray, scores: np.ndarray, iou: float) -> tuple[list, list]:
-    """(scores, labels) select_detections must keep, in order: threshold, top-k and batched_nms in torchvision."""
+def torchvision_select(boxes: np.ndarray, scores: np.ndarray, iou: float = IOU_THRESHOLD,
+                       max_detections: int = MAX_DETECTIONS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(boxes, scores, labels) select_detections must keep, in order: threshold, top-k and batched_nms run by
+    torchvision (the reference this benchmark and tests/deploy/test_postprocess.py hold it to)."""
     s = torch.from_numpy(scores)
     loc, cls = torch.nonzero(s > SCORE_THRESHOLD, as_tuple=True)
     cand = s[loc, cls]
     if cand.numel() > PRE_NMS_TOPK:
         cand, top = cand.topk(PRE_NMS_TOPK)
         loc, cls = loc[top], cls[top]
-    keep = tv_batched_nms(torch.from_numpy(boxes)[loc], cand, cls, iou)[:100]
-    return cand[keep].tolist(), cls[keep].tolist()
+    keep = tv_batched_nms(torch.from_numpy(boxes)[loc], cand, cls, iou)[:max_detections]
+    return boxes[loc[keep].numpy()], cand[keep].numpy(), cls[keep].numpy()
 
 
 def old_parts(boxes: np.ndarray, scores: np.ndarray, iou: float, old: types.ModuleType,
@@ -226,7 +230,8 @@ def select_rows(args: argparse.Namespace, old: types.ModuleType | None, cv2_here
     for classes, objects, jitter in SCENES:
         name = f"{classes} classes, {objects} objects" + (", loose boxes" if jitter != 1 else "")
         boxes, scores = dense_outputs(rng, classes, objects, jitter=jitter)
-        expected = torchvision_select(boxes, scores, args.iou)
+        _, expected_scores, expected_labels = torchvision_select(boxes, scores, args.iou)
+        expected = (expected_scores.tolist(), expected_labels.tolist())
         calls = select_calls(boxes, scores, args.iou, old, cv2_here)
         for label, call in calls.items():
             _, kept_scores, kept_labels = call()

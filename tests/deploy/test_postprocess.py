@@ -6,6 +6,7 @@ from torchvision.ops import box_iou as tv_box_iou
 from torchvision.ops import nms as tv_nms
 
 from deploy.postprocess import _cv2, batched_nms, box_iou, nms, select_detections
+from pipeline.tools.bench_nms import torchvision_select
 
 # batched_nms runs OpenCV's NMS where cv2 imports, numpy's otherwise: both must keep torchvision's set.
 PATHS = [pytest.param(False, id="numpy"),
@@ -116,18 +117,6 @@ def test_batched_nms_returns_decreasing_scores(use_opencv):
     boxes, scores, labels = random_boxes(rng, 500), rng.random(500).astype(np.float32), rng.integers(0, 10, 500)
     kept = batched_nms(boxes, scores, labels, 0.5, use_opencv)
     assert np.all(np.diff(scores[kept]) <= 0)  # select_detections cuts at max_detections from the top
-
-
-def torchvision_select(boxes, scores, score_threshold=0.05, iou=0.6, max_detections=100, topk=1000):
-    """select_detections as torchvision would run it: threshold, top-k, batched_nms, the first max_detections."""
-    s = torch.from_numpy(scores)
-    loc, cls = torch.nonzero(s > score_threshold, as_tuple=True)
-    cand = s[loc, cls]
-    if cand.numel() > topk:
-        cand, top = cand.topk(topk)
-        loc, cls = loc[top], cls[top]
-    keep = tv_batched_nms(torch.from_numpy(boxes)[loc], cand, cls, iou)[:max_detections]
-    return boxes[loc[keep].numpy()], cand[keep].numpy(), cls[keep].numpy()
 
 
 def assert_same_detections(ours, ref):
