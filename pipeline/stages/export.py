@@ -29,6 +29,7 @@ from export.onnx import check_parity, export_onnx, parity
 from export.settings import ExportConfig
 from export.torch_runner import TorchRunner
 from pipeline import paths
+from pipeline.artifacts import EXPORTED
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
 from pipeline.progress import step_printer
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         with run_lock(cfg.run_dir, "edgekd export"):
             metrics = run_export(cfg, paths.stage_dir(cfg, "export"), progress=not args.no_progress)
-            rows = {k: metrics[k] for k in ("pytorch", "onnxruntime_fp32", "onnxruntime_fp32_uint8", "onnxruntime_fp32_nms")
+            rows = {k: metrics[k] for k in ("pytorch", *EXPORTED)
                     if k in metrics}
             print(format_table(rows, metrics["pytorch"]["AP"]))
 

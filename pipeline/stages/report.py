@@ -21,7 +21,7 @@ from deploy.files import write_json, write_text
 from deploy.machine import machine_info, machine_line
 from deploy.tables import markdown_table
 from pipeline import paths
-from pipeline.artifacts import qualified_name
+from pipeline.artifacts import EXPORTED, qualified_name
 from pipeline.config import PipelineConfig
 from pipeline.stage_state import read_state, versions
 from pipeline.stages.report_plots import pareto_front, plot_ap_bars, plot_ap_latency, plot_training
@@ -73,7 +73,7 @@ def collect_rows(cfg: PipelineConfig) -> list[dict[str, Any]]:
     exported = _read(paths.metrics_file(cfg, "export"))
     model = exported.get("model", {})
     artifacts = {}
-    for name in ("onnxruntime_fp32", "onnxruntime_fp32_uint8", "onnxruntime_fp32_nms"):  # export.uint8_input, export.nms
+    for name in EXPORTED:
         if name in exported:
             artifacts[name] = ("export", exported[name])
     for stage in ("quantize", "qat"):
