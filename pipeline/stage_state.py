@@ -95,7 +95,7 @@ def output_files(stage_dir: Path | None, extra: list[Path] = (), run_dir: Path |
 
 def is_temporary(path: Path) -> bool:
     """Whether a path (relative to its stage folder) was written under a temporary name
-    (deploy.files.atomic_path, export.quantize.save_ir: `*.tmp`) or lies inside one: never an output."""
+    (deploy.files.atomic_path, export.openvino_int8.save_ir: `*.tmp`) or lies inside one: never an output."""
     return any(part.endswith(".tmp") for part in path.parts)
 
 

@@ -36,8 +36,10 @@ from distill.models.detector import load_detector
 from distill.qat import calibration_loop, fold_batchnorm, insert_quantizers, restore_scales
 from distill.settings import QatConfig
 from distill.trainer import setup_distributed, total_steps_for, train
+from export.calibration import calibration_batches, calibration_paths
 from export.onnx import export_onnx, parity
-from export.quantize import calibration_batches, calibration_paths, onnx_decode_nodes, openvino_ir
+from export.onnxruntime_int8 import onnx_decode_nodes
+from export.openvino_int8 import openvino_ir
 from pipeline import paths
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config

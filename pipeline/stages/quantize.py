@@ -32,18 +32,19 @@ from deploy.qdq_check import check_tensorrt_qdq
 from deploy.runtimes import open_runner
 from deploy.runtimes.openvino import check_inference_precision
 from deploy.tables import markdown_table
-from export.quantize import (
+from export.calibration import calibration_paths, model_input
+from export.onnxruntime_int8 import (
+    onnxruntime_accuracy_aware,
+    preprocess_for_quantization,
+    quantize_onnxruntime,
+)
+from export.openvino_int8 import (
     OPENVINO_INFERENCE,
     AccuracyControl,
-    calibration_paths,
-    model_input,
-    onnxruntime_accuracy_aware,
     openvino_accuracy_aware,
     openvino_ir,
     openvino_nms_ir,
     openvino_uint8_input,
-    preprocess_for_quantization,
-    quantize_onnxruntime,
     quantize_openvino,
 )
 from pipeline import paths

@@ -15,7 +15,7 @@ from distill.losses.gfl import make_gfl_loss
 from distill.models.detector import build_detector
 from distill.settings import TrainConfig
 from distill.trainer import train
-from export.quantize import openvino_ir
+from export.openvino_int8 import openvino_ir
 from pipeline.config import PipelineConfig
 from pipeline.stages.export import run_export
 from tests.conftest import REPO, SMALL

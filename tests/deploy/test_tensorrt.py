@@ -21,7 +21,8 @@ from deploy.runtimes.tensorrt import (
     check_version,
     parse_version,
 )
-from export.quantize import calibration_paths, preprocess_for_quantization, quantize_onnxruntime
+from export.calibration import calibration_paths
+from export.onnxruntime_int8 import preprocess_for_quantization, quantize_onnxruntime
 from tests.conftest import REPO
 from tests.deploy import fake_tensorrt
 

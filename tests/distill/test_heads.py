@@ -23,15 +23,15 @@ from distill.models.detector import ModelConfig, build_detector
 from distill.models.heads.retinanet import anchor_shapes
 from distill.settings import DistillConfig, TrainConfig
 from distill.trainer import train
+from export.calibration import calibration_paths
 from export.onnx import export_onnx, parity
-from export.quantize import (
-    calibration_paths,
+from export.onnxruntime_int8 import (
     onnx_decode_nodes,
-    openvino_ir,
     preprocess_for_quantization,
     quantize_onnxruntime,
     quantized_nodes,
 )
+from export.openvino_int8 import openvino_ir
 
 HEADS = ("retinanet", "fcos", "atss")
 SMALL = dict(backbone="efficientnet_lite0", pretrained="none", input_size=[64, 64], fpn_channels=16,

@@ -26,8 +26,8 @@ from distill.qat import (
     restore_scales,
 )
 from distill.settings import DistillConfig
+from export.calibration import calibration_batches, calibration_paths
 from export.onnx import export_onnx
-from export.quantize import calibration_batches, calibration_paths
 from pipeline.config import ConfigError, PipelineConfig, load_config
 from pipeline.stages.qat import check_qat_onnx, run_qat
 from tests.conftest import REPO

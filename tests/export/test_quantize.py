@@ -9,18 +9,19 @@ from deploy.errors import InputError
 from deploy.preprocess import preprocess_batch
 from deploy.qdq_check import check_tensorrt_qdq, tensorrt_qdq_problems
 from deploy.runtimes import open_runner
-from export.quantize import (
-    calibration_paths,
+from export.calibration import calibration_paths, tail_nodes
+from export.onnxruntime_int8 import (
     keep_float_until,
     onnx_decode_nodes,
+    preprocess_for_quantization,
+    quantize_onnxruntime,
+    quantized_nodes,
+)
+from export.openvino_int8 import (
     openvino_decode_ops,
     openvino_float_convolutions,
     openvino_ir,
-    preprocess_for_quantization,
-    quantize_onnxruntime,
     quantize_openvino,
-    quantized_nodes,
-    tail_nodes,
 )
 from tests.conftest import hand_qdq_model
 from tests.cpu_isa import float_kernel_family, kernel_family
@@ -353,7 +354,7 @@ def test_onnxruntime_accuracy_aware_keeps_the_fewest_sensitive_convolutions_in_f
     per convolution the file runs in float (27.0 with none; float 30.0, gate 1.0): 5 must stay float."""
     import shutil
 
-    from export.quantize import onnxruntime_accuracy_aware
+    from export.onnxruntime_int8 import onnxruntime_accuracy_aware
 
     int8, prepared = ort_int8
     out = shutil.copy(int8, tmp_path / "model.int8.onnx")
@@ -379,7 +380,7 @@ def test_openvino_uint8_input_irs_follow_their_float_input_ones(ov_irs, tiny_spl
     """PrePostProcessor puts cast, mean/std and layout in front of the FP32 and the INT8 IR; on images
     that fill the input (no padding to round) the outputs match the float-input IR's."""
     from deploy.preprocess import load_image, model_input
-    from export.quantize import openvino_uint8_input
+    from export.openvino_int8 import openvino_uint8_input
 
     val = tiny_splits[1]
     worst = {}
@@ -405,7 +406,7 @@ def nms_irs(ov_irs, tiny_model, tiny_splits, tmp_path_factory):
     model.nms.onnx (what it built before)."""
     from distill.models.detector import load_detector
     from export.onnx import export_onnx
-    from export.quantize import openvino_nms_ir
+    from export.openvino_int8 import openvino_nms_ir
 
     work = tmp_path_factory.mktemp("nms")
     detector, classes, _ = load_detector(tiny_model[2])
@@ -464,7 +465,7 @@ def test_the_nms_ir_keeps_what_recalibration_and_host_nms_keep(ov_irs, nms_irs, 
     network), and what host NMS keeps from the INT8 IR's outputs; with a uint8 input too."""
     from deploy.postprocess import select_detections
     from deploy.predict import runner_infer
-    from export.quantize import openvino_uint8_input
+    from export.openvino_int8 import openvino_uint8_input
 
     appended, recalibrated = (runner_infer(open_runner(str(nms_irs[k]))) for k in ("appended", "recalibrated"))
     host = open_runner(str(ov_irs["int8"]))
@@ -526,7 +527,7 @@ def test_appended_nms_matches_graph_nms_and_host_nms_on_hand_made_outputs(anchor
     from deploy.postprocess import select_detections
     from deploy.predict import GRAPH_NMS_OUTPUTS
     from export.onnx import GraphNMS
-    from export.quantize import openvino_nms_ir
+    from export.openvino_int8 import openvino_nms_ir
 
     classes = 5
     ov.save_model(split_network(anchors, classes), str(tmp_path / "split.xml"))
@@ -557,7 +558,7 @@ def test_appended_nms_matches_graph_nms_and_host_nms_on_hand_made_outputs(anchor
 def test_nms_is_not_appended_to_a_batch_of_several(tmp_path):
     import openvino as ov
 
-    from export.quantize import openvino_nms_ir
+    from export.openvino_int8 import openvino_nms_ir
 
     ov.save_model(split_network(10, 3, batch=2), str(tmp_path / "b2.xml"))
     with pytest.raises(InputError, match=r"b2.xml: batch 2; NMS in the graph needs a batch-1 \(or dynamic batch\) IR"):
