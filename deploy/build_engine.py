@@ -8,10 +8,11 @@ the tensorrt Python package JetPack installs, pycuda, and onnx for the Q/DQ chec
 
 TensorRT 8.5 to 10.x (JetPack 5.1: 8.5; JetPack 6.0: 8.6; JetPack 6.1+: 10.3; desktop wheels 10.x).
 INT8 is explicit quantization from the quantize stage's Q/DQ file, checked against what TensorRT's
-parser takes (deploy/qdq_check.py) before parsing. Implicit calibration (IInt8EntropyCalibrator2)
-is a fallback for an ONNX without Q/DQ nodes on 8.x, which still has it. Beside the engine a JSON
-records TensorRT version, GPU, compute capability, precision, shapes and the ONNX hash; the runner
-refuses an engine built by another TensorRT or on another GPU. `make export-trt` calls build_engine.
+parser takes (deploy/qdq_check.py) before parsing. Implicit calibration (IInt8EntropyCalibrator2, on the
+images of --calib-dir) is a fallback for an ONNX without Q/DQ nodes on 8.x, which still has it. Beside
+the engine a JSON records TensorRT version, GPU, compute capability, precision, shapes and the ONNX hash;
+the runner refuses an engine built by another TensorRT or on another GPU. `make export-trt` calls
+build_engine.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def precision_plan(precision: str, explicit: bool, version: str, has_entropy_cal
         raise InputError(f"{source} has no Q/DQ nodes and TensorRT {version} needs explicit "
                          "quantization: build from the quantize stage's model.int8.trt.onnx")
     if not has_calibration:
-        raise InputError("implicit INT8 calibration needs calibration images (--calib-images)")
+        raise InputError("implicit INT8 calibration needs calibration images (--calib-dir, a folder of them)")
     return PrecisionPlan(flags, IMPLICIT)
 
 
@@ -296,21 +297,22 @@ def engine_summary(path: str | Path) -> dict[str, Any]:
 def calibration_inputs(image_dir: str, input_size: tuple[int, int], count: int) -> list[np.ndarray]:
     """Up to `count` images of a folder (sorted names), preprocessed as the model's input [1, 3, H, W]."""
     if not os.path.isdir(image_dir):
-        raise InputError(f"--calib-images {image_dir}: no such folder (give a folder of .jpg/.png images)")
+        raise InputError(f"--calib-dir {image_dir}: no such folder (give a folder of .jpg/.png images)")
     try:  # only here: a Jetson's system Python may lack Pillow, and no other build needs it
         from deploy.preprocess import load_image, preprocess
     except ImportError as e:
         if (e.name or "").split(".")[0] != "PIL":
             raise
-        raise InputError(f"--calib-images {image_dir}: reading images needs Pillow, which this Python lacks: "
-                         "pip install pillow, or drop --calib-images and build from the Q/DQ ONNX") from e
+        raise InputError(f"--calib-dir {image_dir}: reading images needs Pillow, which this Python lacks: "
+                         "pip install pillow, or drop --calib-dir and build from the Q/DQ ONNX") from e
     names = sorted(n for n in os.listdir(image_dir) if n.lower().endswith((".jpg", ".jpeg", ".png", ".bmp")))
     if not names:
-        raise InputError(f"--calib-images {image_dir}: no .jpg/.png images there")
+        raise InputError(f"--calib-dir {image_dir}: no .jpg/.png images there")
     return [preprocess(load_image(os.path.join(image_dir, n)), input_size)[0][None] for n in names[:count]]
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; --calib-images, the old spelling of --calib-dir, is still taken, with a warning."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("onnx", help="model.onnx (fp32/fp16) or the quantize stage's model.int8.trt.onnx (int8)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp16")
@@ -320,9 +322,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workspace-mb", type=int, default=2048)
     parser.add_argument("--timing-cache", help="tactic timings kept between builds (default: timing.cache beside the engine)")
     parser.add_argument("--nms", action="store_true", help="NMS in the engine (EfficientNMS_TRT, host NMS's settings)")
-    parser.add_argument("--calib-images", help="implicit INT8 (TensorRT 8.x, ONNX without Q/DQ): a folder of images")
-    parser.add_argument("--calib-count", type=int, default=300)
+    parser.add_argument("--calib-dir", help="implicit INT8 (TensorRT 8.x, ONNX without Q/DQ): a folder of images")
+    # Its own destination, so that the spelling used is known (argparse also expands a prefix of it).
+    parser.add_argument("--calib-images", dest="calib_images", help=argparse.SUPPRESS)
+    parser.add_argument("--calib-count", type=int, default=300, help="calibration images read from --calib-dir")
     args = parser.parse_args(argv)
+    if args.calib_images is not None:
+        if args.calib_dir is not None:
+            parser.error("--calib-images is the old spelling of --calib-dir: give only --calib-dir")
+        # The pipeline's calib_images settings are a count; this option always named a folder.
+        print("warning: --calib-images is deprecated, use --calib-dir (a folder of images)", file=sys.stderr)
+        args.calib_dir = args.calib_images
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv)
     try:
         onnx_path = Path(args.onnx)
         if onnx_path.is_dir():
@@ -331,11 +346,11 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(f"{onnx_path}: no such file")
         out = Path(args.out) if args.out else onnx_path.with_name(f"model_{args.precision}.engine")
         calibration = None
-        if args.calib_images:
+        if args.calib_dir:
             import onnx
 
             dims = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
-            calibration = calibration_inputs(args.calib_images, (dims[2].dim_value, dims[3].dim_value), args.calib_count)
+            calibration = calibration_inputs(args.calib_dir, (dims[2].dim_value, dims[3].dim_value), args.calib_count)
         engine = build_engine(onnx_path, out, EngineConfig(
             precision=args.precision, workspace_mb=args.workspace_mb, max_batch=args.max_batch, dla_core=args.dla_core,
             timing_cache=args.timing_cache or str(out.parent / "timing.cache"), nms=args.nms), calibration)

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from deploy.build_engine import EngineConfig, build_engine, build_plan, precision_plan
+from deploy.build_engine import EngineConfig, build_engine, build_plan, main, parse_arguments, precision_plan
 from deploy.errors import DeviceError, InputError
 from deploy.preprocess import preprocess_batch
 from deploy.runtimes import open_runner
@@ -116,7 +116,7 @@ def test_precision_plan_without_a_gpu(precision, explicit, version, expected):
     ("fp16", True, "10.3.0", True, True, "m.onnx is quantized (Q/DQ nodes): build it with precision int8"),
     ("int8", False, "10.3.0", True, True, "m.onnx has no Q/DQ nodes and TensorRT 10.3.0 needs explicit quantization"),
     ("int8", False, "8.6.1", False, True, "m.onnx has no Q/DQ nodes and TensorRT 8.6.1 needs explicit quantization"),
-    ("int8", False, "8.6.1", True, False, "implicit INT8 calibration needs calibration images"),
+    ("int8", False, "8.6.1", True, False, "implicit INT8 calibration needs calibration images (--calib-dir, a folder"),
 ])
 def test_precision_plan_refuses_what_cannot_build(precision, explicit, version, calibrator, images, message):
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -333,7 +333,7 @@ def test_build_engine_runs_as_a_script_without_torch(tmp_path):
 
 
 def test_build_engine_runs_without_pillow_and_names_bad_paths(tmp_path):
-    """A Jetson's system Python may lack Pillow: only --calib-images reads images, so only it needs Pillow."""
+    """A Jetson's system Python may lack Pillow: only --calib-dir reads images, so only it needs Pillow."""
     import onnx
 
     from tests.conftest import hand_qdq_model
@@ -346,14 +346,39 @@ def test_build_engine_runs_without_pillow_and_names_bad_paths(tmp_path):
     cases = [
         ([str(tmp_path)], f"{tmp_path}: is a directory; give the .onnx file"),
         ([str(model), "--precision", "int8"], f"{model}: building a TensorRT engine needs the tensorrt package"),
-        ([str(model), "--calib-images", str(tmp_path / "nope")], f"--calib-images {tmp_path / 'nope'}: no such folder"),
-        ([str(model), "--calib-images", str(tmp_path / "images")],
-         f"--calib-images {tmp_path / 'images'}: reading images needs Pillow, which this Python lacks: pip install pillow"),
+        ([str(model), "--calib-dir", str(tmp_path / "nope")], f"--calib-dir {tmp_path / 'nope'}: no such folder"),
+        ([str(model), "--calib-dir", str(tmp_path / "images")],
+         f"--calib-dir {tmp_path / 'images'}: reading images needs Pillow, which this Python lacks: pip install"),
     ]
     for args, message in cases:
         proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO)
         assert proc.returncode == 2 and proc.stderr.startswith(f"error: {message}"), proc.stderr[-2000:]
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_calib_images_is_a_deprecated_spelling_of_calib_dir(tmp_path, capsys):
+    """The pipeline's calib_images settings are a count; the builder's folder option is --calib-dir, and
+    scripts written with --calib-images still build, told once to change."""
+    import onnx
+
+    from tests.conftest import hand_qdq_model
+
+    assert parse_arguments(["m.onnx", "--calib-dir", "imgs"]).calib_dir == "imgs"
+    assert capsys.readouterr().err == ""
+    warning = "warning: --calib-images is deprecated, use --calib-dir (a folder of images)\n"
+    for spelling in (["--calib-images", "imgs"], ["--calib-images=imgs"], ["--calib-im", "imgs"]):
+        assert parse_arguments(["m.onnx", *spelling]).calib_dir == "imgs"
+        assert capsys.readouterr().err == warning
+    with pytest.raises(SystemExit):
+        parse_arguments(["m.onnx", "--calib-dir", "a", "--calib-images", "b"])
+    assert "give only --calib-dir" in capsys.readouterr().err
+
+    model = tmp_path / "m.onnx"
+    onnx.save(hand_qdq_model(), str(model))
+    assert main([str(model), "--calib-images", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("warning: --calib-images is deprecated")
+    assert err[1].startswith(f"error: --calib-dir {tmp_path / 'nope'}: no such folder")
 
 
 def test_nms_in_the_engine_replaces_the_outputs_by_efficient_nms(monkeypatch, tiny_onnx, tmp_path):

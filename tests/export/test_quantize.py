@@ -325,6 +325,23 @@ def test_inference_precision_bad_inputs(ov_irs, monkeypatch):
         open_runner(str(ov_irs["fp32"]), inference_precision="bf16")
 
 
+def test_the_quantize_stage_has_a_builder_for_each_planned_artifact_in_its_order():
+    """run_quantize builds what planned_artifacts lists, each with its BUILDERS entry, in that order (a
+    builder reads an earlier one's file): the fullest plan is the builders' table itself."""
+    from export.openvino_int8 import OPENVINO_INFERENCE
+    from pipeline.config import PipelineConfig
+    from pipeline.stages.quantize import BUILDERS, SKIPPABLE, planned_artifacts
+
+    cfg = PipelineConfig()
+    cfg.quantize.artifacts = ["onnxruntime_int8", "onnxruntime_int8_cpu", "onnxruntime_int8_trt", "openvino_fp32",
+                              "openvino_bf16", "openvino_fp16", "openvino_int8"]
+    cfg.export.uint8_input, cfg.export.nms = True, "graph"
+    assert planned_artifacts(cfg) == list(BUILDERS)
+    cfg.quantize.artifacts, cfg.export.uint8_input, cfg.export.nms = ["openvino_bf16"], False, "host"
+    assert planned_artifacts(cfg) == ["openvino_fp32", "openvino_bf16"]  # bf16 compiles the FP32 IR
+    assert set(SKIPPABLE) <= set(BUILDERS) and {n for n in BUILDERS if n.startswith("openvino")} == set(OPENVINO_INFERENCE)
+
+
 def test_onnxruntime_reports_the_int8_kernels_it_fused(ort_int8, tiny_splits, tmp_path):
     # ONNX Runtime fuses Q/DQ pairs around a Conv into QLinearConv where it has a kernel for the types;
     # the rest run dequantized in float. Measured on the tiny model (66 convolutions, AMX Xeon and
