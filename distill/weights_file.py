@@ -66,11 +66,21 @@ def check_weights(path: str | Path, model: ModelConfig, classes: list[str], expe
                          f"{list(classes)[:4]}... ({len(state['classes'])} vs {len(classes)}): set {setting}=null to "
                          f"train one on this dataset (with {setting.split('.')[0]}.train), or {setting}=PATH to a "
                          "checkpoint trained on these classes")
+    check_architecture(path, state, model)
+    check_preprocessing(path, state)
+    return state
+
+
+def check_architecture(path: str | Path, state: dict[str, Any], model: ModelConfig) -> None:
+    """One line naming the file when its model config describes another network than `model`."""
     differences = architecture_differences(state["config"], model)
     if differences:
         raise InputError(f"{path}: its architecture differs from the model config: {'; '.join(differences[:3])}")
+
+
+def check_preprocessing(path: str | Path, state: dict[str, Any]) -> None:
+    """One line naming the file when it was saved for other inputs than deploy/preprocess.py makes."""
     preprocess = state.get("preprocess", PREPROCESS)  # trainer checkpoints predate the field: they are ours
     if {k: preprocess.get(k) for k in ("color", "mean", "std")} != {k: PREPROCESS[k] for k in ("color", "mean", "std")}:
         raise InputError(f"{path}: saved with other preprocessing ({preprocess}); edgekd feeds {PREPROCESS}")
-    return state
 

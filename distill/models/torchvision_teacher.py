@@ -48,6 +48,7 @@ class TorchvisionConfig:
     name: str
     input_size: list[int] = field(default_factory=lambda: [512, 512])
     source: str = ""
+    weights: str = ""  # the file read: teacher.checkpoint, or torchvision's download (the loader hashes it)
 
 
 class TorchvisionHead(nn.Module):
@@ -183,5 +184,5 @@ def torchvision_teacher(source: str, checkpoint: str | Path | None, dataset_clas
     if missing_keys or unexpected:
         raise InputError(f"{path}: not {name}'s weights (missing {missing_keys[:2]}, unexpected {unexpected[:2]}); "
                          f"torchvision's file is {url}")
-    cfg = TorchvisionConfig(name=name, input_size=input_size, source=source)
+    cfg = TorchvisionConfig(name=name, input_size=input_size, source=source, weights=str(path))
     return TorchvisionTeacher(detector.eval(), [index[c] for c in dataset_classes], cfg).eval()

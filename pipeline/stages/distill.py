@@ -17,36 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
-from torch import nn
 
-from deploy.errors import InputError
 from deploy.evaluate import format_metrics
 from distill.distiller import Distiller, check_pair
 from distill.models.detector import build_detector
 from distill.teachers import load_teacher
 from distill.trainer import setup_distributed, train
-from pipeline import paths
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
 from pipeline.reuse import refuse_other_settings
 from pipeline.run_lock import run_lock
 from pipeline.stages.data import check_schedule_fits, load_split, run_data
-from pipeline.stages.train import external_teacher, load_role_teacher
-
-
-def distillation_teacher(cfg: PipelineConfig, dataset_classes: list[str],
-                         teacher_file: str | None = None) -> tuple[nn.Module, list[str], Path]:
-    """(teacher, its classes, where it came from): an mmdetection or torchvision teacher built from
-    teacher.model, else an edgekd checkpoint (teacher_file, teacher.checkpoint or the teacher stage's)."""
-    if external_teacher(cfg) and not teacher_file:
-        return load_role_teacher(cfg, dataset_classes), list(dataset_classes), Path(cfg.teacher.source or cfg.teacher.checkpoint)
-    path = paths.teacher_checkpoint(cfg, teacher_file)
-    if not path.is_file():
-        raise InputError(f"teacher checkpoint not found: {path} (run `make teacher` first, or pass TEACHER=path)")
-    # the stated hash belongs to teacher.checkpoint, not to a file given with --teacher or the teacher stage's
-    stated = cfg.teacher.checkpoint_sha256 if cfg.teacher.checkpoint and not teacher_file else None
-    teacher, classes = load_teacher(path, expected_sha256=stated)
-    return teacher, classes, path
 
 
 def distill_student(cfg: PipelineConfig, teacher_file: str | None = None, resume: bool = True,
@@ -59,17 +40,19 @@ def distill_student(cfg: PipelineConfig, teacher_file: str | None = None, resume
         dist.barrier()
     train_set, val_set = load_split(cfg.data, "train"), load_split(cfg.data, "val")
     check_schedule_fits(cfg.data, cfg.student.train, "student", len(train_set.images))
-    teacher, teacher_classes, path = distillation_teacher(cfg, train_set.class_names, teacher_file)
+    teacher, teacher_info = load_teacher(cfg, train_set.class_names, teacher_file)
     if resume:
-        refuse_other_settings(cfg.run_dir / out_name, "student", cfg.student.train, cfg.student.model, cfg.distill, path)
+        refuse_other_settings(cfg.run_dir / out_name, "student", cfg.student.train, cfg.student.model, cfg.distill,
+                              Path(teacher_info.source))
     teacher_size = tuple(teacher.cfg.input_size)
     # Seeded after the teacher is built: every variant (and `make student`) starts from the same init.
     student = build_detector(cfg.student.model, num_classes=len(train_set.categories), seed=cfg.student.train.seed)
     input_size = tuple(cfg.student.model.input_size)
-    check_pair(teacher, student, teacher_classes, train_set.class_names, input_size, str(path), teacher_size)
+    check_pair(teacher, student, teacher_info.classes, train_set.class_names, input_size, teacher_info.source,
+               teacher_size)
     distiller = Distiller(teacher, cfg.student.model, cfg.distill, info.device, cfg.student.train.channels_last)
     extra = {"config": asdict(cfg.student.model), "classes": train_set.class_names,
-             "distill": asdict(cfg.distill), "teacher": str(path)}
+             "distill": asdict(cfg.distill), "teacher": teacher_info.source}
     return train(student, distiller, cfg.student.train, train_set, val_set, cfg.run_dir / out_name, input_size,
                  extra, resume=resume, progress=progress, dist_info=info)
 

@@ -35,6 +35,7 @@ from distill.distiller import Distiller, check_pair
 from distill.models.detector import load_detector
 from distill.qat import calibration_loop, fold_batchnorm, insert_quantizers, restore_scales
 from distill.settings import QatConfig
+from distill.teachers import load_teacher
 from distill.trainer import setup_distributed, total_steps_for, train
 from export.calibration import calibration_batches, calibration_paths
 from export.onnx import export_onnx, parity
@@ -46,7 +47,6 @@ from pipeline.config import PipelineConfig, load_config
 from pipeline.gates import check_gate
 from pipeline.run_lock import run_lock
 from pipeline.stages.data import load_split
-from pipeline.stages.distill import distillation_teacher
 
 ARTIFACTS = ("qat_onnxruntime", "qat_openvino")
 
@@ -100,16 +100,17 @@ def run_qat(cfg: PipelineConfig, out_dir: Path, progress: bool = True, fine_tune
     if steps == 0:  # the config check refuses epochs 0; this catches a batch larger than the images
         raise InputError(f"qat.train: a schedule of zero steps ({qc.train.epochs} epochs of {images_used} images at "
                          f"batch {qc.train.batch_size}); QAT needs at least one")
-    teacher, teacher_classes, teacher_path = distillation_teacher(cfg, train_set.class_names)
+    teacher, teacher_info = load_teacher(cfg, train_set.class_names)
     student, classes, state = load_detector(source)
     if classes != train_set.class_names:
         raise InputError(f"{source}: its classes {classes[:3]}... differ from the dataset's {train_set.class_names[:3]}...")
     input_size = tuple(student.cfg.input_size)
-    check_pair(teacher, student, teacher_classes, classes, input_size, str(teacher_path), tuple(teacher.cfg.input_size))
+    check_pair(teacher, student, teacher_info.classes, classes, input_size, teacher_info.source,
+               tuple(teacher.cfg.input_size))
     quantize_student(student, qc, train_set, out_dir / "last.pt" if fine_tune else None)
     distiller = Distiller(teacher, student.cfg, qc.distill, info.device, qc.train.channels_last)
     extra = {"config": state["config"], "classes": classes, "qat": asdict(qc), "source": str(source),
-             "teacher": str(teacher_path)}
+             "teacher": teacher_info.source}
     trained = (train(student, distiller, qc.train, train_set, val_set, out_dir, input_size, extra,
                      resume=True, progress=progress, dist_info=info) if fine_tune else {})
     student = student.cpu().to(memory_format=torch.contiguous_format).eval()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
+from torch import nn
 
 from deploy.evaluate import format_metrics, write_evaluation
 from distill.checkpoint import load_model_state
@@ -38,10 +39,9 @@ def external_teacher(cfg: PipelineConfig) -> bool:
     return bool(cfg.teacher.source) or cfg.teacher.format != "edgekd"
 
 
-def load_role_teacher(cfg: PipelineConfig, dataset_classes: list[str]):
-    """The configured external teacher, built and cut to the dataset's classes (distill/teachers.py)."""
-    t = cfg.teacher
-    return load_teacher(t.checkpoint, t.format, t.source, t.model, dataset_classes, t.checkpoint_sha256)[0]
+def load_role_teacher(cfg: PipelineConfig, dataset_classes: list[str]) -> nn.Module:
+    """The configured teacher (distill/teachers.py's load_teacher), for pipeline/run.py's profile."""
+    return load_teacher(cfg, dataset_classes)[0]
 
 
 def train_role(cfg: PipelineConfig, role: str, resume: bool = True, progress: bool = True) -> dict[str, Any]:
@@ -55,17 +55,17 @@ def train_role(cfg: PipelineConfig, role: str, resume: bool = True, progress: bo
         dist.barrier()
     train_set, val_set = load_split(cfg.data, "train"), load_split(cfg.data, "val")
     input_size = tuple(role_cfg.model.input_size)
-    if role == "teacher" and external_teacher(cfg):
-        model = load_role_teacher(cfg, train_set.class_names)
+    if role == "teacher" and (role_cfg.checkpoint or external_teacher(cfg)):  # nothing to train: measure it
+        model, teacher_info = load_teacher(cfg, train_set.class_names, check_model=True)
         metrics, results = evaluate_model(model, val_set, input_size, role_cfg.train.batch_size, info.device, progress)
         if info.main:
             write_evaluation(str(out_dir), metrics, results)
-            print(f"teacher (from {role_cfg.source or role_cfg.checkpoint}, {role_cfg.format}): val {format_metrics(metrics)}")
+            print(f"teacher (from {teacher_info.source}, {teacher_info.kind}): val {format_metrics(metrics)}")
         return metrics
     model = build_detector(role_cfg.model, num_classes=len(train_set.categories), seed=role_cfg.train.seed)
     if not role_cfg.checkpoint:
         check_schedule_fits(cfg.data, role_cfg.train, role, len(train_set.images))
-    if role_cfg.checkpoint:
+    if role_cfg.checkpoint:  # the student alone's: the teacher's was loaded above
         state = check_weights(role_cfg.checkpoint, role_cfg.model, train_set.class_names, role_cfg.checkpoint_sha256,
                               f"{role}.checkpoint")
         load_model_state(model, state["model"], role_cfg.checkpoint)

@@ -33,6 +33,7 @@ from deploy.errors import InputError
 from deploy.evaluate import coco_eval
 from deploy.files import sha256_file, write_json, write_text
 from deploy.tables import markdown_table
+from distill.models.detector import load_detector
 from distill.teachers import load_teacher
 from distill.validate import predict
 from pipeline import paths, reuse
@@ -79,8 +80,8 @@ def teacher_metrics(cfg: PipelineConfig, path: Path) -> dict[str, Any]:
     beside = path.parent / "metrics.json"
     if beside.is_file():
         return json.loads(beside.read_text())
-    teacher, _ = load_teacher(path)
     val = load_split(cfg.data, "val")
+    teacher, _ = load_teacher(cfg, val.class_names, path)
     return coco_eval(val, predict(teacher, val, tuple(cfg.student.model.input_size)))
 
 
@@ -94,7 +95,7 @@ def selection_metrics(cfg: PipelineConfig, checkpoint: Path) -> dict[str, Any] |
         stored = json.loads(cache.read_text())
         if stored.get("checkpoint_sha256") == digest and stored.get("select_images") == cfg.data.select_images:
             return stored["metrics"]
-    model, _ = load_teacher(checkpoint)
+    model, _, _ = load_detector(checkpoint)  # a student's checkpoint, not a teacher
     select = load_split(cfg.data, "select")
     metrics = coco_eval(select, predict(model, select, tuple(cfg.student.model.input_size)))
     metrics.pop("summary", None)

@@ -27,6 +27,7 @@ from distill.distiller import check_pair
 from distill.losses.bckd import bckd_cls_loss, bckd_loc_loss
 from distill.losses.detection import head_loss
 from distill.models.detector import ModelConfig, build_detector, load_detector
+from distill.teachers import load_teacher
 from pipeline.cli import guarded
 from pipeline.config import load_config
 from pipeline.stages.data import load_split
@@ -99,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         cfg = load_config(args.config, args.overrides)
-        teacher, classes, _ = load_detector(args.teacher)
         train = load_split(cfg.data, "train")
+        teacher, teacher_info = load_teacher(cfg, train.class_names, args.teacher)
+        classes = teacher_info.classes
         if args.images < 1 or args.images > len(train.images):
             raise InputError(f"--images {args.images}: the train split holds {len(train.images)} images")
         dataset = None

@@ -14,10 +14,17 @@ from deploy.files import sha256_file
 from distill.models.detector import ModelConfig, build_detector
 from distill.models.mmdet import mmdet_to_edgekd, read_mmdet_checkpoint
 from distill.teachers import class_rows, load_teacher
-from pipeline.config import load_config
+from pipeline.config import PipelineConfig, RoleConfig, load_config
 from tests.conftest import REPO
 
 R101 = load_config(REPO / "configs/pipelines/coco_gfl_r101_r50_mmdet.yaml").teacher.model
+
+
+def teacher_config(checkpoint, fmt="edgekd", model=None, sha256=None, source=None) -> PipelineConfig:
+    """A pipeline config whose teacher section is these settings: what load_teacher reads."""
+    teacher = RoleConfig(model=model or ModelConfig(), checkpoint=str(checkpoint) if checkpoint else None,
+                         checkpoint_sha256=sha256, format=fmt, source=source)
+    return PipelineConfig(teacher=teacher)
 
 
 def mmdet_names(edgekd_state: dict, convs: int) -> dict:
@@ -84,11 +91,12 @@ def test_checkpoint_files_classes_and_what_cannot_be_read(tmp_path):
     for path in (v2, v3):
         assert read_mmdet_checkpoint(path)[1] == ["cat", "dog", "bird", "fish"]
     # The dataset's classes are picked by name, in the dataset's order.
-    teacher, classes = load_teacher(v3, "mmdet", model=small, dataset_classes=["fish", "cat"])
+    teacher, info = load_teacher(teacher_config(v3, "mmdet", small), ["fish", "cat"])
+    classes = info.classes
     assert classes == ["fish", "cat"] and teacher.head.cls_out.out_channels == 2
     torch.testing.assert_close(teacher.head.cls_out.bias, named["bbox_head.gfl_cls.bias"][[3, 0]])
     with pytest.raises(InputError, match=r"v3.pth: the teacher does not know the dataset's class 'horse'"):
-        load_teacher(v3, "mmdet", model=small, dataset_classes=["cat", "horse"])
+        load_teacher(teacher_config(v3, "mmdet", small), ["cat", "horse"])
     no_classes = _save(tmp_path / "nometa.pth", {"state_dict": named, "meta": {}})
     with pytest.raises(InputError, match=r"nometa.pth: its meta holds no classes"):
         read_mmdet_checkpoint(no_classes)
@@ -97,7 +105,7 @@ def test_checkpoint_files_classes_and_what_cannot_be_read(tmp_path):
                                          r"pipeline.tools.convert_mmdet"):
         read_mmdet_checkpoint(mmengine_style)
     with pytest.raises(InputError, match="teacher.format: mmdet maps GFL checkpoints only"):
-        load_teacher(v2, "mmdet", model=ModelConfig(name="atss"), dataset_classes=["cat"])
+        load_teacher(teacher_config(v2, "mmdet", ModelConfig(name="atss")), ["cat"])
 
 
 class MessageHub:  # an mmengine object pickled into a checkpoint: weights_only=True refuses it
@@ -136,9 +144,9 @@ def test_files_that_are_not_whole_mmdetection_checkpoints_are_one_line_each(tmp_
               (edgekd, r"an edgekd checkpoint \(it has 'model' and 'config'\), not an mmdetection one; set teacher.format: edgekd")]
     for path, message in files:
         with pytest.raises(InputError, match=rf"^{re.escape(str(path))}: {message}") as error:
-            load_teacher(path, "mmdet", model=SMALL, dataset_classes=["c1"])
+            load_teacher(teacher_config(path, "mmdet", SMALL), ["c1"])
         assert "\n" not in str(error.value) and "mmengine" not in str(error.value)
-    assert load_teacher(legacy, "mmdet", model=SMALL, dataset_classes=["c1"])[1] == ["c1"]  # pre-1.6 files still read
+    assert load_teacher(teacher_config(legacy, "mmdet", SMALL), ["c1"])[1].classes == ["c1"]  # pre-1.6 files still read
 
 
 def test_a_stated_hash_is_checked_for_every_teacher_format(tmp_path):
@@ -149,8 +157,9 @@ def test_a_stated_hash_is_checked_for_every_teacher_format(tmp_path):
     for path, fmt in ((mmdet, "mmdet"), (edgekd, "edgekd")):
         with pytest.raises(InputError, match=rf"{path.name}: SHA-256 [0-9a-f]{{64}} does not match "
                                              r"teacher.checkpoint_sha256 0+ \(a corrupt or other file"):
-            load_teacher(path, fmt, model=SMALL, dataset_classes=["a"], expected_sha256="0" * 64)
-        load_teacher(path, fmt, model=SMALL, dataset_classes=["a"], expected_sha256=sha256_file(path).upper())
+            load_teacher(teacher_config(path, fmt, SMALL, "0" * 64), ["a", "b"])
+        # both classes: an mmdetection teacher is cut to the dataset's, an edgekd file must hold exactly them
+        load_teacher(teacher_config(path, fmt, SMALL, sha256_file(path).upper()), ["a", "b"])
 
 
 @pytest.mark.slow
@@ -163,7 +172,8 @@ def test_distilling_from_an_mmdetection_teacher_changes_only_the_student(tmp_pat
                         relu_before_p7=False)
     path = _save(tmp_path / "t.pth", {"state_dict": mmdet_names(build_detector(small, 3).state_dict(), 1),
                                       "meta": {"CLASSES": ["a", "b", "c"]}})
-    teacher, classes = load_teacher(path, "mmdet", model=small, dataset_classes=["c", "a"])
+    teacher, info = load_teacher(teacher_config(path, "mmdet", small), ["c", "a"])
+    classes = info.classes
     student_cfg = ModelConfig(**{**small.__dict__, "backbone": "efficientnet_lite0", "fpn_channels": 16,
                                  "head_channels": 16, "norm_groups": 4})
     student = build_detector(student_cfg, 2, seed=0)

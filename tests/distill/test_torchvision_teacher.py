@@ -22,6 +22,7 @@ from distill.models.detector import ModelConfig, build_detector
 from distill.models.torchvision_teacher import coco_categories, fetch_weights, torchvision_teacher
 from distill.settings import DistillConfig
 from distill.teachers import load_teacher
+from tests.distill.test_mmdet import teacher_config
 
 CLASSES = ["dog", "person", "car"]  # a dataset's classes, in its own order
 SIZE = 256
@@ -236,8 +237,8 @@ def test_a_cut_download_leaves_nothing_and_a_whole_one_is_hashed(no_proxy, tmp_p
         monkeypatch.setattr(tv_module, "fetch_weights", lambda _: fetch_weights(url, timeout=5.0, folder=cache))
         with pytest.raises(InputError, match=rf"{re.escape(str(path))}: SHA-256 [0-9a-f]{{64}} does not match "
                                              r"teacher.checkpoint_sha256 0+ \(a corrupt or other file"):
-            load_teacher(None, source="torchvision:fcos_resnet50_fpn", dataset_classes=["person"],
-                         model=ModelConfig(input_size=[SIZE, SIZE]), expected_sha256="0" * 64)
+            load_teacher(teacher_config(None, model=ModelConfig(input_size=[SIZE, SIZE]), sha256="0" * 64,
+                                        source="torchvision:fcos_resnet50_fpn"), ["person"])
 
 
 def test_a_wrong_hash_or_a_broken_weights_file_is_one_line(tmp_path):
@@ -245,7 +246,7 @@ def test_a_wrong_hash_or_a_broken_weights_file_is_one_line(tmp_path):
     good = tmp_path / "good.pth"
     torch.save({"x": torch.zeros(64)}, good)
     with pytest.raises(InputError, match=r"good.pth: SHA-256 [0-9a-f]{64} does not match teacher.checkpoint_sha256 0+ "):
-        load_teacher(good, source=source, dataset_classes=["person"], model=model, expected_sha256="0" * 64)
+        load_teacher(teacher_config(good, model=model, sha256="0" * 64, source=source), ["person"])
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(good.read_bytes()[:200])
     tensor = tmp_path / "tensor.pth"
