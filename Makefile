@@ -21,8 +21,16 @@ TRAIN_RUN = $(if $(filter 1,$(NPROC)),$(EDGEKD),$(VENV)/bin/torchrun --standalon
 .PHONY: test-fast help setup fashion-mnist data teacher student distill export quantize qat qat-ablation ablation detection-errors ablation-heads pipeline status report bench-train bench-openvino bench-openvino-layers bench-nms export-trt benchmark test lint clean
 
 help: ## list the targets
-	@echo "edgekd targets (stage targets take ARGS=\"key.sub=value ...\", CONFIG=path, NPROC=N):"
+	@echo "edgekd stages (pipeline/stage_table.py; each takes ARGS=\"key.sub=value ...\", CONFIG=path, NPROC=N):"
+	@$(PYTHON) -m pipeline.stage_table
+	@echo "other targets:"
 	@grep -E '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+# A stage of pipeline/stage_table.py with no target below runs as `edgekd run --stages <it>` (a name that is
+# no stage ends with edgekd's one line listing the stages).
+.DEFAULT:
+	@$(MAKE) --no-print-directory $(STAMP)
+	$(EDGEKD) run --config $(CONFIG) --stages $@ $(ARGS)
 
 setup: $(STAMP) ## build .venv once (torch, runtimes, dev tools) and install Fashion-MNIST
 
@@ -46,25 +54,25 @@ fashion-mnist: ## install Debian's dataset-fashion-mnist when running as root an
 	  echo "      (or set data.generator.fashion_mnist_dir to a folder holding the four idx .gz files)"; \
 	fi
 
-data: $(STAMP) ## write the dataset the config names (fashion-scenes by default) and validate it
+data: $(STAMP)
 	$(EDGEKD) run --config $(CONFIG) --stages data $(ARGS)
 
-teacher: $(STAMP) ## train (or resume) the config's teacher from scratch, whatever teacher.checkpoint says: runs/<run>/teacher/
+teacher: $(STAMP)
 	$(TRAIN_RUN) train --config $(CONFIG) --role teacher --resume teacher.checkpoint=null $(ARGS)
 
-student: $(STAMP) ## train the student alone (the no-distillation baseline): runs/<run>/student/
+student: $(STAMP)
 	$(TRAIN_RUN) train --config $(CONFIG) --role student --resume $(ARGS)
 
-distill: $(STAMP) ## distil the student from the teacher (TEACHER=path, METHOD=bckd|kd|kd_pos|ld|none): runs/<run>/distill/
+distill: $(STAMP)
 	$(TRAIN_RUN) distill --config $(CONFIG) --resume $(if $(TEACHER),--teacher $(TEACHER)) $(if $(METHOD),distill.method=$(METHOD)) $(ARGS)
 
-export: $(STAMP) ## student checkpoint -> runs/<run>/export/model.onnx, parity-gated, PyTorch and ORT FP32 measured
+export: $(STAMP)
 	$(EDGEKD) export --config $(CONFIG) $(ARGS)
 
-quantize: $(STAMP) ## ORT INT8 (QDQ), OpenVINO FP32/FP16/INT8 (NNCF), each measured; prints the table
+quantize: $(STAMP)
 	$(EDGEKD) quantize --config $(CONFIG) $(ARGS)
 
-qat: $(STAMP) ## quantization-aware fine-tuning with BCKD from the teacher -> runs/<run>/qat/model.qat.onnx (TensorRT's symmetric Q/DQ), model_int8.xml
+qat: $(STAMP)
 	$(EDGEKD) run --config $(CONFIG) --stages qat $(ARGS)
 
 qat-ablation: $(STAMP) ## benchmark: QAT with the task losses alone, BCKD, softmax KD -> runs/<run>/qat-ablation/qat-ablation.md
@@ -73,7 +81,7 @@ qat-ablation: $(STAMP) ## benchmark: QAT with the task losses alone, BCKD, softm
 export-trt: $(STAMP) ## TensorRT engine (PRECISION=fp32|fp16|int8) on a GPU box or Jetson -> runs/<run>/engines/
 	$(EDGEKD) engines --config $(CONFIG) --precision $(or $(PRECISION),fp16) $(ARGS)
 
-benchmark: $(STAMP) ## deploy/benchmark.py over every artifact of the run this machine can run -> runs/<run>/benchmark/
+benchmark: $(STAMP)
 	$(EDGEKD) benchmark --config $(CONFIG) $(ARGS)
 
 ablation: $(STAMP) ## benchmark: student with none, kd, ld, bckd, bckd cls/loc only -> runs/ablation/ablation.md (SEEDS=0,1,2: mean and paired gain over seeds)
@@ -104,7 +112,7 @@ pipeline: $(STAMP) ## every stage, skipping those done, resuming the interrupted
 status: $(STAMP) ## each stage of the run: done, stale (settings or inputs changed), failed or pending
 	$(EDGEKD) status --config $(CONFIG) $(ARGS)
 
-report: $(STAMP) ## rewrite runs/<run>/report.{md,json,html} and its plots from the stages' files
+report: $(STAMP)
 	$(EDGEKD) run --config $(CONFIG) --stages report $(ARGS)
 
 lint: $(STAMP) ## ruff over the project

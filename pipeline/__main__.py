@@ -22,18 +22,12 @@ import sys
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import load_config, to_yaml
 from pipeline.run import format_status, pipeline_status, run_pipeline
+from pipeline.stage_table import commands
 
-# edgekd <command> -> the module whose main(argv) takes the rest of the line. Imported only when called, so
-# `edgekd status` does not load training code.
-COMMANDS = {
-    "train": "pipeline.stages.train",
-    "distill": "pipeline.stages.distill",
-    "export": "pipeline.stages.export",
-    "quantize": "pipeline.stages.quantize",
-    "qat": "pipeline.stages.qat",
+# edgekd <tool> -> the module whose main(argv) takes the rest of the line, beside each stage's own command
+# (pipeline/stage_table.py). Imported only when called, so `edgekd status` does not load training code.
+TOOLS = {
     "qat-ablation": "pipeline.tools.qat_ablation",
-    "engines": "pipeline.stages.engines",
-    "benchmark": "pipeline.stages.benchmark",
     "ablation": "pipeline.tools.ablation",
     "ablation-heads": "pipeline.tools.ablation_heads",
     "detection-errors": "pipeline.tools.detection_errors",
@@ -46,11 +40,15 @@ COMMANDS = {
 }
 
 
+def all_commands() -> dict[str, str]:
+    return {**commands(), **TOOLS}
+
+
 def command_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The top-level parser (usage and --help) and the parsers of `run` and `status`."""
     parser = argparse.ArgumentParser(prog="edgekd", description="edgekd: distil, export, quantize, measure.",
-                                     epilog="one stage or tool alone: " + ", ".join(COMMANDS) + " (each with --help)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,status," + ",".join(COMMANDS) + "}")
+                                     epilog="one stage or tool alone: " + ", ".join(all_commands()) + " (each with --help)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,status," + ",".join(all_commands()) + "}")
     run = common_arguments(sub.add_parser("run", help="run the pipeline's stages"))
     chosen = run.add_mutually_exclusive_group()
     chosen.add_argument("--stages", help="comma-separated stages to run (default: the config's list)")
@@ -62,8 +60,8 @@ def command_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argum
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in COMMANDS:
-        return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+    if argv and argv[0] in all_commands():
+        return importlib.import_module(all_commands()[argv[0]]).main(argv[1:])
     parser, commands = command_parsers()
     if not argv or argv[0] not in commands:
         parser.parse_args(argv)  # prints the usage (or the help) and exits

@@ -23,6 +23,7 @@ from distill.data.fashion_scenes import FashionScenesConfig
 from distill.models.config import ModelConfig
 from distill.settings import DistillConfig, QatConfig, TrainConfig
 from export.settings import ExportConfig, QuantizeConfig
+from pipeline.stage_table import NAMES
 
 
 class ConfigError(InputError):
@@ -103,9 +104,8 @@ class ReportConfig:
     latency_budget_ms: float | None = None  # end-to-end p50 at batch 1 on this machine (null: the fastest)
 
 
-# In order. `student` (the student trained alone, the no-distillation baseline) is off by default.
-STAGES = ("data", "teacher", "student", "distill", "export", "quantize", "qat", "engines", "benchmark", "report")
-DEFAULT_STAGES = [s for s in STAGES if s != "student"]
+STAGES = NAMES  # in order (pipeline/stage_table.py)
+DEFAULT_STAGES = [s for s in STAGES if s != "student"]  # the student alone, the no-distillation baseline, is opt-in
 
 
 @dataclass

@@ -18,10 +18,7 @@ from typing import Any
 from deploy.errors import GateError, InputError
 from pipeline import paths
 from pipeline.config import PipelineConfig
-
-# Config keys that only set a gate's limit: left out of the stage's config hash, so changing one
-# re-checks the gate without rerunning the stage.
-GATE_KEYS = {"distill": {"min_gain_over_baseline"}, "export": {"score_atol", "box_atol"}, "qat": {"max_map_drop"}}
+from pipeline.stage_table import call, get
 
 
 def _metrics(path: Path) -> dict:
@@ -42,33 +39,43 @@ def _read_key(path: Path, key: str) -> Any:
 
 
 def check_gate(stage: str, cfg: PipelineConfig) -> str | None:
-    """Raise GateError (stage, figure, limit) when the stage's gate fails; return a one-line summary of
-    what was checked, or None for a stage without a gate."""
-    if stage == "distill":
-        limit = cfg.distill.min_gain_over_baseline
-        baseline = _metrics(paths.metrics_file(cfg, "student"))
-        if limit is None or "student" not in cfg.stages or "AP" not in baseline:
-            return None
-        ap, base = 100 * _read_key(paths.metrics_file(cfg, "distill"), "AP"), 100 * baseline["AP"]
-        if ap < base + limit:
-            raise GateError(f"stage distill: AP {ap:.2f} is below the student-alone baseline's {base:.2f} + {limit} "
-                            f"(distill.min_gain_over_baseline); artifacts left in {paths.stage_dir(cfg, 'distill')}")
-        return f"AP {ap:.2f} >= baseline {base:.2f} + {limit}"
-    if stage == "export":
-        parity = _read_key(paths.metrics_file(cfg, "export"), "parity")
-        from export.onnx import check_parity  # torch: only when the export gate is checked
+    """The stage's gate (pipeline/stage_table.py): None for a stage without one."""
+    gate = get(stage).gate
+    return call(gate, cfg, stage) if gate else None
 
-        check_parity(parity, cfg.export.score_atol, cfg.export.box_atol, f"stage export ({paths.onnx_model(cfg)})")
-        return (f"parity scores {parity['scores_max_abs']:.1e} <= {cfg.export.score_atol:.0e}, "
-                f"boxes {parity['boxes_max_abs']:.1e} <= {cfg.export.box_atol:.0e} px")
-    if stage in ("quantize", "qat"):
-        path = paths.metrics_file(cfg, stage)
-        fp32, artifacts = 100 * _read_key(path, "reference")["fp32_AP"], _read_key(path, "artifacts")
-        drops = {n: fp32 - 100 * m["AP"] for n, m in artifacts.items() if m["precision"] == "int8"}
-        limit = getattr(cfg, stage).max_map_drop
-        for name, drop in drops.items():
-            if drop > limit:
-                raise GateError(f"stage {stage}: {name} loses {drop:.2f} AP against FP32 > max {limit} "
-                                f"({stage}.max_map_drop); artifacts left in {paths.stage_dir(cfg, stage)}")
-        return ", ".join(f"{n} {-d:+.2f} AP" for n, d in drops.items()) + f" (max drop {limit})" if drops else None
-    return None
+
+# Each gate raises GateError (stage, figure, limit) when it fails and returns a one-line summary of what it
+# checked, or None when there was nothing to check. pipeline/stage_table.py names each stage's gate.
+
+def distill_gate(cfg: PipelineConfig, stage: str = "distill") -> str | None:
+    limit = cfg.distill.min_gain_over_baseline
+    baseline = _metrics(paths.metrics_file(cfg, "student"))
+    if limit is None or "student" not in cfg.stages or "AP" not in baseline:
+        return None
+    ap, base = 100 * _read_key(paths.metrics_file(cfg, "distill"), "AP"), 100 * baseline["AP"]
+    if ap < base + limit:
+        raise GateError(f"stage distill: AP {ap:.2f} is below the student-alone baseline's {base:.2f} + {limit} "
+                        f"(distill.min_gain_over_baseline); artifacts left in {paths.stage_dir(cfg, 'distill')}")
+    return f"AP {ap:.2f} >= baseline {base:.2f} + {limit}"
+
+
+def export_gate(cfg: PipelineConfig, stage: str = "export") -> str:
+    parity = _read_key(paths.metrics_file(cfg, "export"), "parity")
+    from export.onnx import check_parity  # torch: only when the export gate is checked
+
+    check_parity(parity, cfg.export.score_atol, cfg.export.box_atol, f"stage export ({paths.onnx_model(cfg)})")
+    return (f"parity scores {parity['scores_max_abs']:.1e} <= {cfg.export.score_atol:.0e}, "
+            f"boxes {parity['boxes_max_abs']:.1e} <= {cfg.export.box_atol:.0e} px")
+
+
+def int8_gate(cfg: PipelineConfig, stage: str) -> str | None:
+    """Every INT8 artifact of the quantize or qat stage within <stage>.max_map_drop AP of FP32."""
+    path = paths.metrics_file(cfg, stage)
+    fp32, artifacts = 100 * _read_key(path, "reference")["fp32_AP"], _read_key(path, "artifacts")
+    drops = {n: fp32 - 100 * m["AP"] for n, m in artifacts.items() if m["precision"] == "int8"}
+    limit = getattr(cfg, stage).max_map_drop
+    for name, drop in drops.items():
+        if drop > limit:
+            raise GateError(f"stage {stage}: {name} loses {drop:.2f} AP against FP32 > max {limit} "
+                            f"({stage}.max_map_drop); artifacts left in {paths.stage_dir(cfg, stage)}")
+    return ", ".join(f"{n} {-d:+.2f} AP" for n, d in drops.items()) + f" (max drop {limit})" if drops else None

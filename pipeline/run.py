@@ -11,21 +11,17 @@ renamed into place, so no stage reads a half-written file after a kill.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import signal
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
-from deploy.benchmark import split_artifact
 from deploy.errors import GateError, InputError
-from deploy.files import write_json, write_text
+from deploy.files import write_text
 from pipeline import paths
-from pipeline.config import STAGES, ConfigError, PipelineConfig, to_yaml
-from pipeline.gates import GATE_KEYS, check_gate
+from pipeline.config import ConfigError, PipelineConfig, to_yaml
+from pipeline.gates import check_gate
 from pipeline.run_lock import run_lock
 from pipeline.stage_state import (
     Status,
@@ -40,128 +36,16 @@ from pipeline.stage_state import (
     versions,
     write_state,
 )
-
-
-def _deferred(module: str, name: str) -> Callable[..., Any]:
-    """`module.name`, imported when first called: a stage's code (torch, the runtimes) loads only when that
-    stage runs, so `edgekd status` and `--help` start in well under a second."""
-    def call(*args: Any, **kwargs: Any) -> Any:
-        return getattr(importlib.import_module(module), name)(*args, **kwargs)
-    return call
-
-
-run_data = _deferred("pipeline.stages.data", "run_data")
-load_split = _deferred("pipeline.stages.data", "load_split")
-distill_student = _deferred("pipeline.stages.distill", "distill_student")
-train_role = _deferred("pipeline.stages.train", "train_role")
-external_teacher = _deferred("pipeline.stages.train", "external_teacher")
-load_role_teacher = _deferred("pipeline.stages.train", "load_role_teacher")
-run_export = _deferred("pipeline.stages.export", "run_export")
-run_quantize = _deferred("pipeline.stages.quantize", "run_quantize")
-run_qat = _deferred("pipeline.stages.qat", "run_qat")
-run_engines = _deferred("pipeline.stages.engines", "run_engines")
-engine_source = _deferred("pipeline.stages.engines", "engine_source")
-run_benchmark = _deferred("pipeline.stages.benchmark", "run_benchmark")
-benchmark_artifacts = _deferred("pipeline.stages.benchmark", "artifacts")
-write_report = _deferred("pipeline.stages.report", "write_report")
-
-
-@dataclass
-class Stage:
-    run: Callable[[PipelineConfig, Path, bool], dict[str, Any]]
-    sections: Callable[[PipelineConfig], dict[str, Any]]  # the config it reads
-    inputs: Callable[[PipelineConfig], list[Path]]  # the files it consumes
-    upstream: tuple[str, ...]  # the stages that make those files
-    extra_outputs: Callable[[PipelineConfig], list[Path]] = lambda cfg: []  # files it writes outside its folder
-    track_folder: bool = True  # its folder's files are outputs (not for data: training rewrites its stats.json)
-
-
-def _annotations(cfg: PipelineConfig) -> list[Path]:
-    return [cfg.data.split_paths("train")[0], cfg.data.split_paths("val")[0]]
-
-
-def _teacher_files(cfg: PipelineConfig) -> list[Path]:
-    """The teacher file the distill stage reads: none for a torchvision teacher without a weights file."""
-    return [] if cfg.teacher.source and not cfg.teacher.checkpoint else [paths.teacher_checkpoint(cfg)]
-
-
-def _train_stage(role: str) -> Callable[[PipelineConfig, Path, bool], dict[str, Any]]:
-    def run(cfg: PipelineConfig, out: Path, progress: bool) -> dict[str, Any]:
-        if role == "distill":
-            metrics = distill_student(cfg, resume=True, progress=progress)
-            checkpoint = paths.distilled_checkpoint(cfg)
-        else:
-            metrics = train_role(cfg, role, resume=True, progress=progress)
-            checkpoint = paths.trained_checkpoint(cfg, role)
-            if role == "teacher" and external_teacher(cfg):  # no edgekd checkpoint to profile: the built model
-                from pipeline.stages.profile import profile_model
-
-                val, bc = load_split(cfg.data, "val"), cfg.benchmark
-                model = load_role_teacher(cfg, val.class_names)
-                write_json(out / "profile.json", profile_model(model, cfg.teacher.source or str(checkpoint), val,
-                                                              bc.warmup, bc.iters, bc.threads))
-                return metrics
-        write_profile(cfg, checkpoint, out)
-        return metrics
-    return run
-
-
-def write_profile(cfg: PipelineConfig, checkpoint: Path, out: Path) -> None:
-    """Params, GFLOPs and PyTorch latency of a trained model, for the report."""
-    from pipeline.stages.profile import profile_checkpoint  # torch profiling only where a stage trains
-
-    bc = cfg.benchmark
-    profile = profile_checkpoint(checkpoint, load_split(cfg.data, "val"), bc.warmup, bc.iters, bc.threads)
-    write_json(out / "profile.json", profile)
-
-
-def _report_inputs(cfg: PipelineConfig) -> list[Path]:
-    return [paths.stage_dir(cfg, s) / "stage.json" for s in cfg.stages if s != "report"]
-
-
-def _report(cfg: PipelineConfig, out: Path, progress: bool) -> dict[str, Any]:
-    report = write_report(cfg, out, progress)
-    return {"rows": len(report["rows"])}
-
-
-STAGE_TABLE: dict[str, Stage] = {
-    "data": Stage(lambda cfg, out, progress: run_data(cfg.data, out, progress),
-                  lambda cfg: {"data": cfg.data},
-                  lambda cfg: [] if cfg.data.generator else _annotations(cfg), (),
-                  _annotations, track_folder=False),
-    "teacher": Stage(_train_stage("teacher"), lambda cfg: {"teacher": cfg.teacher},
-                     lambda cfg: _annotations(cfg) + ([Path(cfg.teacher.checkpoint)] if cfg.teacher.checkpoint else []),
-                     ("data",)),
-    "student": Stage(_train_stage("student"), lambda cfg: {"student": cfg.student}, _annotations, ("data",)),
-    "distill": Stage(_train_stage("distill"), lambda cfg: {"student": cfg.student, "distill": cfg.distill},
-                     lambda cfg: _annotations(cfg) + _teacher_files(cfg), ("data", "teacher")),
-    "export": Stage(run_export, lambda cfg: {"export": cfg.export},
-                    lambda cfg: _annotations(cfg) + [paths.export_source(cfg)], ("data", "distill")),
-    "quantize": Stage(run_quantize, lambda cfg: {"quantize": cfg.quantize, "export": cfg.export},
-                      lambda cfg: _annotations(cfg) + [paths.onnx_model(cfg)]
-                      + ([paths.graph_nms_onnx(cfg)] if cfg.export.nms == "graph" else []), ("data", "export")),
-    "qat": Stage(run_qat, lambda cfg: {"qat": cfg.qat, "export": cfg.export},
-                 lambda cfg: _annotations(cfg) + [paths.export_source(cfg), paths.metrics_file(cfg, "export")] + _teacher_files(cfg),
-                 ("data", "teacher", "distill", "export")),
-    "engines": Stage(run_engines, lambda cfg: {"engines": cfg.engines, "export": cfg.export},
-                     lambda cfg: [paths.onnx_model(cfg)] + ([engine_source(cfg, "int8")] if "int8" in cfg.engines.precisions else []),
-                     ("export", "quantize", "qat")),
-    "benchmark": Stage(run_benchmark, lambda cfg: {"benchmark": cfg.benchmark},
-                       lambda cfg: sorted({Path(split_artifact(s)[0]) for _, s in benchmark_artifacts(cfg)[0]}),
-                       ("export", "quantize", "qat", "engines")),
-    "report": Stage(_report, lambda cfg: {"report": cfg.report}, _report_inputs,
-                    ("data", "teacher", "student", "distill", "export", "quantize", "qat", "engines", "benchmark"),
-                    lambda cfg: [cfg.run_dir / f"report.{ext}" for ext in ("md", "json", "html")]),
-}
+from pipeline.stage_table import call, gate_keys, get, names
 
 
 def select_stages(cfg: PipelineConfig, requested: list[str] | None = None, start: str | None = None) -> list[str]:
     """The stages to run in pipeline order: `requested`, or the config's list (from `start` on)."""
-    names = requested or cfg.stages
-    unknown = [n for n in [*names, *([start] if start else [])] if n not in STAGE_TABLE]
+    wanted, known = requested or cfg.stages, names()
+    unknown = [n for n in [*wanted, *([start] if start else [])] if n not in known]
     if unknown:
-        raise ConfigError(f"unknown stage '{unknown[0]}'; valid stages: {', '.join(STAGES)}")
-    selected = [s for s in STAGES if s in names]
+        raise ConfigError(f"unknown stage '{unknown[0]}'; valid stages: {', '.join(known)}")
+    selected = [s for s in known if s in wanted]
     if start:
         if start not in selected:
             raise ConfigError(f"--from {start}: not among the stages to run ({', '.join(selected)})")
@@ -172,17 +56,17 @@ def select_stages(cfg: PipelineConfig, requested: list[str] | None = None, start
 def hashes(cfg: PipelineConfig, name: str) -> tuple[str, tuple[str, str], list[str]]:
     """(config hash, inputs hashes, missing inputs) of a stage now: the inputs hash with names relative to
     the run folder (what is recorded), then with names as given (what stage.json files before it hold)."""
-    stage = STAGE_TABLE[name]
+    stage = get(name)
     in_hash, missing, as_given = inputs_hash(stage.inputs(cfg), cfg.run_dir)
-    return config_hash(stage.sections(cfg), GATE_KEYS), (in_hash, as_given), missing
+    return config_hash({s: getattr(cfg, s) for s in stage.sections}, gate_keys()), (in_hash, as_given), missing
 
 
 def pipeline_status(cfg: PipelineConfig) -> dict[str, Status]:
     """Each of the config's stages as done, stale, failed or pending, as `run` would find them; a stage
     after one that will rerun is stale (it reruns if that stage's outputs change)."""
     out: dict[str, Status] = {}
-    for name in [s for s in STAGES if s in cfg.stages]:
-        rerun = [u for u in STAGE_TABLE[name].upstream if u in out and out[u].runs]
+    for name in [s for s in names() if s in cfg.stages]:
+        rerun = [u for u in get(name).upstream if u in out and out[u].runs]
         cfg_hash, in_hash, missing = hashes(cfg, name)
         out[name] = stage_status(cfg.run_dir / name, cfg_hash, in_hash, [] if rerun else missing, rerun)
     return out
@@ -207,7 +91,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 def run_stage(cfg: PipelineConfig, name: str, force: bool, progress: bool) -> dict[str, Any] | None:
     """Skip, resume or (re)run one stage; check its gate either way. Returns its result when it ran."""
-    stage, out = STAGE_TABLE[name], cfg.run_dir / name
+    stage, out = get(name), cfg.run_dir / name
     cfg_hash, in_hash, missing = hashes(cfg, name)
     status = stage_status(out, cfg_hash, in_hash, missing, [])
     result = None
@@ -227,7 +111,7 @@ def run_stage(cfg: PipelineConfig, name: str, force: bool, progress: bool) -> di
                   "names": "run-relative"}
         write_state(out, state="running", **record)
         try:
-            result = stage.run(cfg, out, progress)
+            result = call(stage.run, cfg, out, progress)
         except Exception as e:  # bad input, a gate, a diverged loss: `failed` with the line, not `running`
             write_state(out, state="failed", error=one_line(e), **record)
             raise
@@ -307,7 +191,7 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None, progress:
         begin, checked = time.perf_counter(), False
         with sigterm_as_interrupt():
             for name in selected:
-                stale_upstream = [u for u in STAGE_TABLE[name].upstream
+                stale_upstream = [u for u in get(name).upstream
                                   if u in cfg.stages and u not in selected and (read_state(run_dir / u) or {}).get("state") != "done"]
                 if stale_upstream:
                     print(f"[{name}] note: upstream {', '.join(stale_upstream)} not done and not selected; "

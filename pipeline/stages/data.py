@@ -15,7 +15,7 @@ from deploy.errors import InputError
 from deploy.files import write_json
 from distill.data.fashion_scenes import generate, is_current
 from distill.settings import TrainConfig
-from pipeline.config import DataConfig
+from pipeline.config import DataConfig, PipelineConfig
 
 
 def load_split(data: DataConfig, split: Literal["train", "val", "select"]) -> CocoDataset:
@@ -58,6 +58,10 @@ def format_stats(stats: dict[str, dict[str, Any]]) -> str:
     for name in stats[splits[0]]["boxes_per_class"]:
         lines.append(f"{'  ' + name:<14}" + "".join(f"{stats[s]['boxes_per_class'][name]:>10}" for s in splits))
     return "\n".join(lines)
+
+
+def run_stage(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
+    return run_data(cfg.data, out_dir, progress)
 
 
 def run_data(data: DataConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:

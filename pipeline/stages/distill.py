@@ -23,11 +23,13 @@ from distill.distiller import Distiller, check_pair
 from distill.models.detector import build_detector
 from distill.teachers import load_teacher
 from distill.trainer import setup_distributed, train
+from pipeline import paths
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
 from pipeline.reuse import refuse_other_settings
 from pipeline.run_lock import run_lock
 from pipeline.stages.data import check_schedule_fits, load_split, run_data
+from pipeline.stages.profile import write_profile
 
 
 def distill_student(cfg: PipelineConfig, teacher_file: str | None = None, resume: bool = True,
@@ -55,6 +57,13 @@ def distill_student(cfg: PipelineConfig, teacher_file: str | None = None, resume
              "distill": asdict(cfg.distill), "teacher": teacher_info.source}
     return train(student, distiller, cfg.student.train, train_set, val_set, cfg.run_dir / out_name, input_size,
                  extra, resume=resume, progress=progress, dist_info=info)
+
+
+def run_stage(cfg: PipelineConfig, out: Path, progress: bool) -> dict[str, Any]:
+    """The distill stage: distil, then profile the student."""
+    metrics = distill_student(cfg, resume=True, progress=progress)
+    write_profile(cfg, paths.distilled_checkpoint(cfg), out)
+    return metrics
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,20 +28,13 @@ from pipeline.run_lock import run_lock
 from pipeline.stages.data import load_split
 
 
-def engine_source(cfg: PipelineConfig, precision: str) -> Path:
-    """The ONNX an engine of this precision is built from (int8: the PTQ or the QAT Q/DQ file, engines.int8_source)."""
-    if precision != "int8":
-        return paths.onnx_model(cfg)
-    return paths.qat_onnx(cfg) if cfg.engines.int8_source == "qat" else paths.tensorrt_int8_onnx(cfg)
-
-
 def run_export_trt(cfg: PipelineConfig, precision: str, dla_core: int | None = None,
                    workspace_mb: int = 2048, nms: bool = False) -> dict[str, Any]:
     """Build, then measure on val; return the engine's metrics."""
     reason = available()
     if reason:
         raise InputError(f"cannot build TensorRT engines here: {reason}")
-    source = engine_source(cfg, precision)
+    source = paths.engine_source(cfg, precision)
     if not source.is_file():
         stage = ("export`" if precision != "int8" else "qat`" if cfg.engines.int8_source == "qat"
                  else "quantize` (with onnxruntime_int8_trt in quantize.artifacts)")

@@ -11,9 +11,12 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from deploy.coco import CocoDataset
+from deploy.files import write_json
 from deploy.measure import measure_latency, sample_images
 from distill.models.detector import load_detector
 from export.torch_runner import TorchRunner
+from pipeline.config import PipelineConfig
+from pipeline.stages.data import load_split
 
 
 def count_gflops(model: nn.Module, input_size: tuple[int, int]) -> float:
@@ -44,3 +47,10 @@ def profile_model(detector: nn.Module, name: str, val: CocoDataset, warmup: int,
         "size_mb": round(sum(t.numel() * t.element_size() for t in detector.state_dict().values()) / 1e6, 3),
         "latency_ms": measure_latency(runner, sample_images(val, 8), input_size, warmup, iters),
     }
+
+
+def write_profile(cfg: PipelineConfig, checkpoint: Path, out: Path) -> None:
+    """Params, GFLOPs and PyTorch latency of a trained model, for the report: <out>/profile.json."""
+    bc = cfg.benchmark
+    write_json(out / "profile.json",
+               profile_checkpoint(checkpoint, load_split(cfg.data, "val"), bc.warmup, bc.iters, bc.threads))

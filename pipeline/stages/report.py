@@ -212,6 +212,11 @@ def notes(cfg: PipelineConfig) -> list[str]:
     return out
 
 
+def run_stage(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """The report stage: write the report; its result is the row count."""
+    return {"rows": len(write_report(cfg, out_dir, progress)["rows"])}
+
+
 def write_report(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
     """Collect the rows, draw the plots, write report.{md,json,html}; return report.json's content."""
     run = cfg.run_dir

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
-from torch import nn
 
 from deploy.evaluate import format_metrics, write_evaluation
+from deploy.files import write_json
 from distill.checkpoint import load_model_state
 from distill.losses.detection import make_detection_loss
 from distill.models.detector import build_detector
@@ -27,11 +27,13 @@ from distill.teachers import load_teacher
 from distill.trainer import setup_distributed, train
 from distill.validate import evaluate_model
 from distill.weights_file import check_weights
+from pipeline import paths
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
 from pipeline.reuse import refuse_other_settings
 from pipeline.run_lock import run_lock
 from pipeline.stages.data import check_schedule_fits, load_split, run_data
+from pipeline.stages.profile import profile_model, write_profile
 
 
 def external_teacher(cfg: PipelineConfig) -> bool:
@@ -39,9 +41,24 @@ def external_teacher(cfg: PipelineConfig) -> bool:
     return bool(cfg.teacher.source) or cfg.teacher.format != "edgekd"
 
 
-def load_role_teacher(cfg: PipelineConfig, dataset_classes: list[str]) -> nn.Module:
-    """The configured teacher (distill/teachers.py's load_teacher), for pipeline/run.py's profile."""
-    return load_teacher(cfg, dataset_classes)[0]
+def run_teacher_stage(cfg: PipelineConfig, out: Path, progress: bool) -> dict[str, Any]:
+    """The teacher stage: train or measure the teacher, then profile it (the built model when it comes from
+    outside edgekd: no edgekd checkpoint to read)."""
+    metrics = train_role(cfg, "teacher", resume=True, progress=progress)
+    if external_teacher(cfg):
+        val, bc = load_split(cfg.data, "val"), cfg.benchmark
+        model, info = load_teacher(cfg, val.class_names)
+        write_json(out / "profile.json", profile_model(model, info.source, val, bc.warmup, bc.iters, bc.threads))
+    else:
+        write_profile(cfg, paths.trained_checkpoint(cfg, "teacher"), out)
+    return metrics
+
+
+def run_student_stage(cfg: PipelineConfig, out: Path, progress: bool) -> dict[str, Any]:
+    """The student stage: the student trained alone, profiled."""
+    metrics = train_role(cfg, "student", resume=True, progress=progress)
+    write_profile(cfg, paths.trained_checkpoint(cfg, "student"), out)
+    return metrics
 
 
 def train_role(cfg: PipelineConfig, role: str, resume: bool = True, progress: bool = True) -> dict[str, Any]:

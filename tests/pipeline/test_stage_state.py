@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 from distill.settings import DistillConfig
-from pipeline.gates import GATE_KEYS
 from pipeline.stage_state import (
     config_hash,
     inputs_hash,
@@ -15,13 +14,14 @@ from pipeline.stage_state import (
     stage_status,
     write_state,
 )
+from pipeline.stage_table import gate_keys
 
 
 def test_config_hash_follows_settings_but_not_gate_limits():
-    base = config_hash({"distill": DistillConfig()}, GATE_KEYS)
-    assert base == config_hash({"distill": DistillConfig()}, GATE_KEYS)
-    assert base != config_hash({"distill": DistillConfig(cls_weight=2.0)}, GATE_KEYS)
-    assert base == config_hash({"distill": DistillConfig(min_gain_over_baseline=5.0)}, GATE_KEYS)
+    base = config_hash({"distill": DistillConfig()}, gate_keys())
+    assert base == config_hash({"distill": DistillConfig()}, gate_keys())
+    assert base != config_hash({"distill": DistillConfig(cls_weight=2.0)}, gate_keys())
+    assert base == config_hash({"distill": DistillConfig(min_gain_over_baseline=5.0)}, gate_keys())
 
 
 def test_settings_added_later_leave_the_hash_of_older_runs_alone():
