@@ -26,6 +26,7 @@ import json
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -103,16 +104,52 @@ def selection_metrics(cfg: PipelineConfig, checkpoint: Path) -> dict[str, Any] |
     return metrics
 
 
+def head_and_tail(cfg: PipelineConfig, k: int = 5) -> tuple[list[str], list[str]] | None:
+    """The k most and k least frequent classes of a long-tailed training split, by its boxes (None when
+    the split is balanced: data.generator.long_tail_ratio unset or 1)."""
+    generator = cfg.data.generator
+    if generator is None or generator.long_tail_ratio == 1.0:
+        return None
+    train = load_split(cfg.data, "train")
+    counts = Counter(int(label) for labels in train.labels.values() for label in labels)
+    ranked = sorted(range(len(train.class_names)), key=lambda c: -counts[c])
+    return [train.class_names[c] for c in ranked[:k]], [train.class_names[c] for c in ranked[-k:]]
+
+
+def add_head_tail(row: dict[str, Any], classes: tuple[list[str], list[str]]) -> None:
+    """Mean per-class AP of the head and of the tail classes, on val and (when held out) the selection split."""
+    for prefix in ("", "select_"):
+        per_class = row.get(f"{prefix}per_class_AP")
+        if per_class:
+            row[f"{prefix}head_AP"], row[f"{prefix}tail_AP"] = (statistics.fmean(per_class[c] for c in group)
+                                                                for group in classes)
+
+
 def table(rows: dict[str, dict[str, Any]], teacher: dict[str, Any]) -> str:
     base, top = rows.get("none", {}).get("AP"), teacher["AP"]
     select = any("select_AP" in m for m in rows.values())
-    cells = [["teacher", *(f"{100 * (teacher.get(c) or 0):.1f}" for c in COLUMNS), *([""] if select else []), "", ""]]
+    cells = [["teacher", *(f"{100 * (teacher.get(c) or 0):.1f}" for c in COLUMNS), *([""] if select else []),
+              *[""] * len(_head_tail_columns(rows)), "", ""]]
     for name, m in rows.items():
         gap = "" if base is None or name == "none" or top == base else f"{100 * (m['AP'] - base) / (top - base):.0f}%"
         chosen = [f"{100 * m['select_AP']:.1f}" if "select_AP" in m else ""] if select else []
-        cells.append([f"student {name}", *(f"{100 * (m.get(c) or 0):.1f}" for c in COLUMNS), *chosen, gap,
-                      m.get("train_min", "")])
-    return markdown_table(["model", *COLUMNS, *(["selection AP"] if select else []), "gap closed", "train min"], cells)
+        cells.append([f"student {name}", *(f"{100 * (m.get(c) or 0):.1f}" for c in COLUMNS), *chosen,
+                      *_head_tail_cells(m, rows), gap, m.get("train_min", "")])
+    return markdown_table(["model", *COLUMNS, *(["selection AP"] if select else []), *_head_tail_columns(rows),
+                           "gap closed", "train min"], cells)
+
+
+HEAD_TAIL = ("head_AP", "tail_AP", "select_head_AP", "select_tail_AP")
+
+
+def _head_tail_columns(rows: dict[str, dict[str, Any]]) -> list[str]:
+    shown = [k for k in HEAD_TAIL if any(k in r for r in rows.values())]
+    return [k.replace("select_", "selection ").replace("_AP", " AP") for k in shown]
+
+
+def _head_tail_cells(row: dict[str, Any], rows: dict[str, dict[str, Any]]) -> list[str]:
+    shown = [k for k in HEAD_TAIL if any(k in r for r in rows.values())]
+    return [f"{100 * row[k]:.1f}" if k in row else "" for k in shown]
 
 
 def seed_dir(out: Path, seed: int, home: int) -> Path:
@@ -141,6 +178,10 @@ def summarise(per_seed: dict[int, dict[str, dict[str, Any]]]) -> dict[str, dict[
         selected = [m["select_AP"] for m in runs.values() if "select_AP" in m]
         if selected:
             row.update(select_AP=statistics.fmean(selected), select_AP_per_seed=selected)
+        for key in HEAD_TAIL:
+            values = [m[key] for m in runs.values() if key in m]
+            if values:
+                row.update({key: statistics.fmean(values), f"{key}_per_seed": values})
         gains = [m["AP"] - per_seed[seed]["none"]["AP"] for seed, m in runs.items() if "none" in per_seed[seed]]
         if name != "none" and gains:
             row.update(gain=statistics.fmean(gains), gain_min=min(gains), gain_max=max(gains), gain_seeds=len(gains))
@@ -154,7 +195,8 @@ def seeds_table(summary: dict[str, dict[str, Any]], teacher: dict[str, Any]) -> 
     top, base = teacher["AP"], summary.get("none", {}).get("AP")
     select = any("select_AP" in r for r in summary.values())
     cells = [["teacher", "", f"{100 * top:.1f}", "", "", f"{100 * (teacher.get('AP50') or 0):.1f}",
-              f"{100 * (teacher.get('AP75') or 0):.1f}", *([""] if select else []), "", ""]]
+              f"{100 * (teacher.get('AP75') or 0):.1f}", *([""] if select else []),
+              *[""] * len(_head_tail_columns(summary)), "", ""]]
     for name, r in summary.items():
         sd = "" if r["AP_sd"] is None else f"{100 * r['AP_sd']:.2f}"
         gain = gap = ""
@@ -165,9 +207,9 @@ def seeds_table(summary: dict[str, dict[str, Any]], teacher: dict[str, Any]) -> 
         chosen = [f"{100 * r['select_AP']:.2f}" if "select_AP" in r else ""] if select else []
         cells.append([f"student {name}", len(r["seeds"]), f"{100 * r['AP']:.2f}", sd,
                       ", ".join(f"{100 * a:.1f}" for a in r["AP_per_seed"]), f"{100 * r['AP50']:.1f}",
-                      f"{100 * r['AP75']:.1f}", *chosen, gain, gap])
+                      f"{100 * r['AP75']:.1f}", *chosen, *_head_tail_cells(r, summary), gain, gap])
     return markdown_table(["model", "seeds", "AP mean", "AP sd", "AP per seed", "AP50", "AP75",
-                           *(["selection AP mean"] if select else []),
+                           *(["selection AP mean"] if select else []), *_head_tail_columns(summary),
                            "gain over none, paired: mean [min, max]", "gap closed"], cells)
 
 
@@ -194,7 +236,9 @@ def run_seeds(cfg: PipelineConfig, path: Path, names: list[str], out: Path,
                   f"{teacher['num_images']} val images (percent). Seed {cfg.student.train.seed}'s runs are in {out}/, seed k's in "
                   f"{out}/seed<k>/. The gain is paired: each seed's variant against that seed's `none`.\n\n")
         write_text(out / "ablation-seeds.md", header + text + "\n")
+        classes = head_and_tail(cfg)
         write_json(out / "ablation-seeds.json", {"teacher": {c: teacher.get(c) for c in COLUMNS}, "teacher_checkpoint": str(path),
+                                                 **({"head_classes": classes[0], "tail_classes": classes[1]} if classes else {}),
                                                  "seeds": seeds, "variants": summary,
                                                  "per_seed": {str(s): rows for s, rows in per_seed.items()}})
     return per_seed, teacher
@@ -233,6 +277,7 @@ def run_ablation(cfg: PipelineConfig, path: Path, names: list[str], out: Path) -
 
 def _train_variants(cfg: PipelineConfig, path: Path, names: list[str], out: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
+    classes = head_and_tail(cfg)
     for name in names:
         variant = variant_config(cfg, name, out)
         print(f"[ablation] {name}: {VARIANTS[name]}", flush=True)
@@ -243,6 +288,8 @@ def _train_variants(cfg: PipelineConfig, path: Path, names: list[str], out: Path
         select = selection_metrics(variant, out / name / "last.pt")
         if select is not None:
             rows[name].update(select_AP=select["AP"], select_per_class_AP=select.get("per_class_AP"))
+        if classes:
+            add_head_tail(rows[name], classes)
         print(f"[ablation] {name}: AP {100 * metrics['AP']:.1f}"
               + (f", selection AP {100 * select['AP']:.1f}" if select is not None else ""), flush=True)
     teacher = teacher_metrics(cfg, path)
@@ -253,6 +300,7 @@ def _train_variants(cfg: PipelineConfig, path: Path, names: list[str], out: Path
               f"{cfg.student.train.seed}. AP on {teacher['num_images']} val images (percent).\n\n")
     write_text(out / "ablation.md", header + text + "\n")
     write_json(out / "ablation.json", {"teacher": {c: teacher.get(c) for c in COLUMNS}, "teacher_checkpoint": str(path),
+                                       **({"head_classes": classes[0], "tail_classes": classes[1]} if classes else {}),
                                        "variants": {n: {"distill": VARIANTS[n], **rows[n]} for n in rows}})
     return rows, teacher
 

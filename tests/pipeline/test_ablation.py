@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from deploy.errors import InputError
-from pipeline.config import load_config
+from pipeline.config import PipelineConfig, load_config
 from pipeline.tools.ablation import VARIANTS, run_seeds, seeds_table, summarise
 from tests.conftest import REPO
 
@@ -127,3 +127,31 @@ def test_new_variants_train_and_report_the_selection_split(tiny_scenes, tiny_mod
     assert {"loss_bckd_cls", "loss_bckd_loc", "loss_kd"} <= set(logged) and "loss_kd_pos" in \
         json.loads((out / "kd_pos" / "log.jsonl").read_text().splitlines()[0])
     assert "selection AP" in (out / "ablation.md").read_text()
+
+
+def test_head_and_tail_rank_classes_by_training_boxes_and_average_their_ap(monkeypatch):
+    import dataclasses
+
+    import numpy as np
+
+    from distill.data.fashion_scenes import FashionScenesConfig
+    from pipeline.tools import ablation
+
+    names = [f"c{i}" for i in range(12)]
+    counts = [30, 2, 50, 7, 1, 40, 9, 3, 20, 5, 60, 4]  # by count: c10 c2 c5 c0 c8 | c6 c3 | c9 c11 c7 c1 c4
+    labels = {i: np.array([c] * n) for i, (c, n) in enumerate(enumerate(counts))}
+    fake = type("Split", (), {"class_names": names, "labels": labels})()
+    monkeypatch.setattr(ablation, "load_split", lambda data, split: fake)
+    cfg = PipelineConfig()
+    assert ablation.head_and_tail(cfg) is None  # no generator: balanced by assumption
+    cfg.data.generator = FashionScenesConfig()
+    assert ablation.head_and_tail(cfg) is None  # ratio 1: balanced
+    cfg.data.generator = dataclasses.replace(cfg.data.generator, long_tail_ratio=50.0)
+    head, tail = ablation.head_and_tail(cfg)
+    assert head == ["c10", "c2", "c5", "c0", "c8"] and tail == ["c9", "c11", "c7", "c1", "c4"]
+
+    row = {"per_class_AP": {n: i / 100 for i, n in enumerate(names)}, "select_per_class_AP": None}
+    ablation.add_head_tail(row, (head, tail))
+    assert row["head_AP"] == pytest.approx((10 + 2 + 5 + 0 + 8) / 500)
+    assert row["tail_AP"] == pytest.approx((9 + 11 + 7 + 1 + 4) / 500)
+    assert "select_head_AP" not in row
