@@ -71,6 +71,7 @@ def test_terms_are_named_weighted_and_only_the_student_learns(method, terms, exp
     assert not teacher.training
 
 
+@pytest.mark.slow
 def test_positive_levels_only_masks_levels_without_positives():
     teacher, student = pair()
     student.train()
@@ -81,6 +82,7 @@ def test_positive_levels_only_masks_levels_without_positives():
     assert 0 < b["raw_bckd_cls"].item() < a["raw_bckd_cls"].item()  # small boxes: some levels hold no positive
 
 
+@pytest.mark.slow
 def test_loc_positives_only_keeps_the_positive_locations_share():
     teacher, student = pair()
     base = Distiller(teacher, ModelConfig(**STUDENT), DistillConfig(), torch.device("cpu"))
@@ -100,6 +102,7 @@ def test_loc_positives_only_keeps_the_positive_locations_share():
     torch.testing.assert_close(b["raw_bckd_cls"], a["raw_bckd_cls"])  # the cls term is untouched
 
 
+@pytest.mark.slow
 def test_loc_detached_features_trains_the_regression_branch_only():
     """Same loss values as the plain term; its gradient reaches the head's regression branch and stops
     at the FPN, where the plain term's does not."""

@@ -116,6 +116,7 @@ SMALL = ModelConfig(name="gfl", backbone="resnet18", pretrained="none", input_si
                     extra_levels=2, head_channels=32, head_convs=1, norm_groups=8, point_offset=0.0, relu_before_p7=False)
 
 
+@pytest.mark.slow
 def test_files_that_are_not_whole_mmdetection_checkpoints_are_one_line_each(tmp_path):
     named = mmdet_names(build_detector(SMALL, 10).state_dict(), 1)
     ten = [f"c{i}" for i in range(10)]
@@ -149,6 +150,7 @@ def test_files_that_are_not_whole_mmdetection_checkpoints_are_one_line_each(tmp_
     assert load_teacher(teacher_config(legacy, "mmdet", SMALL), ["c1"])[1].classes == ["c1"]  # pre-1.6 files still read
 
 
+@pytest.mark.slow
 def test_a_stated_hash_is_checked_for_every_teacher_format(tmp_path):
     mmdet = _save(tmp_path / "gfl.pth", {"state_dict": mmdet_names(build_detector(SMALL, 2).state_dict(), 1),
                                          "meta": {"CLASSES": ["a", "b"]}})

@@ -55,6 +55,7 @@ def qat_file(tmp_path_factory, tiny_model, tiny_splits):
     return model, path
 
 
+@pytest.mark.slow
 def test_folding_removes_every_batchnorm_and_keeps_the_outputs(tiny_model):
     detector = copy.deepcopy(tiny_model[0])
     x = torch.randn(2, 3, *SIZE)
@@ -105,6 +106,7 @@ def test_fake_quantized_model_matches_onnx_runtime_on_the_qdq_file(qat_file, tin
     assert to_onnx.mean() < to_float.mean()
 
 
+@pytest.mark.slow
 def test_the_exported_file_is_tensorrt_qdq_with_every_conv_quantized_and_a_float_decode(qat_file, tiny_onnx):
     _, path = qat_file
     check_tensorrt_qdq(path)

@@ -86,6 +86,7 @@ def test_non_finite_loss_stops_with_step_and_term_keeping_the_last_good_checkpoi
     assert not (tmp_path / "diverged.json").exists()
 
 
+@pytest.mark.slow
 def test_weights_gone_non_finite_under_a_finite_loss_are_never_saved(splits, tmp_path):
     """An optimizer step can blow the weights up while its loss was finite; the checkpoint after that step
     must not replace the last one with finite weights."""

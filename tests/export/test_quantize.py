@@ -154,6 +154,7 @@ def test_openvino_fp32_matches_onnxruntime(ov_irs, tiny_onnx, val_images):
     assert np.abs(stacked(ov, "boxes") - stacked(ort, "boxes")).max() < 1e-2
 
 
+@pytest.mark.slow
 def test_openvino_fp16_and_int8(ov_irs, tiny_onnx, val_images):
     _, ort = outputs(tiny_onnx, val_images)
     fp16_runner, fp16 = outputs(ov_irs["fp16"], val_images)
@@ -167,6 +168,7 @@ def test_openvino_fp16_and_int8(ov_irs, tiny_onnx, val_images):
     assert corr > 0.9, corr
 
 
+@pytest.mark.slow
 def test_openvino_int8_leaves_the_decode_in_float(ov_irs):
     import openvino as ov
 
@@ -227,6 +229,7 @@ def test_layer_kinds_by_hand():
     assert layer_group("Softmax", "jit_avx2_f32") == "Softmax"
 
 
+@pytest.mark.slow
 def test_openvino_layer_profile_shows_int8_convolutions(ov_irs):
     from pipeline.tools.bench_openvino import layers_table
 
@@ -250,6 +253,7 @@ def test_openvino_layer_profile_shows_int8_convolutions(ov_irs):
             assert all("amx" not in k for k in int8["group/depthwise conv"]["kernels"])
 
 
+@pytest.mark.slow
 def test_bf16_is_the_fp32_ir_compiled_for_bf16_where_the_cpu_has_it(ov_irs, val_images):
     """The openvino_bf16 artifact: no file of its own, the FP32 IR with INFERENCE_PRECISION_HINT bf16."""
     import openvino as ov
@@ -303,6 +307,7 @@ def test_the_executed_precision_of_a_hand_built_ir(tmp_path):
         assert (bf16.precision, bf16.executed_precision, bf16.execution["convolutions"]) == ("bf16", "bf16", {"bf16": 1})
 
 
+@pytest.mark.slow
 def test_inference_precision_bad_inputs(ov_irs, monkeypatch):
     from deploy.runtimes import openvino as ov_runner
     from export.settings import QuantizeConfig
@@ -393,6 +398,7 @@ def test_onnxruntime_accuracy_aware_keeps_the_fewest_sensitive_convolutions_in_f
     assert sqnr == sorted(sqnr)  # the most damaged (lowest SQNR) first
 
 
+@pytest.mark.slow
 def test_openvino_uint8_input_irs_follow_their_float_input_ones(ov_irs, tiny_splits, tmp_path):
     """PrePostProcessor puts cast, mean/std and layout in front of the FP32 and the INT8 IR; on images
     that fill the input (no padding to round) the outputs match the float-input IR's."""
@@ -477,6 +483,7 @@ def test_the_nms_ir_keeps_the_int8_irs_weights_and_scales_bit_for_bit(ov_irs, nm
     assert [o.get_any_name() for o in appended.outputs] == ["det_boxes", "det_scores", "det_labels"]
 
 
+@pytest.mark.slow
 def test_the_nms_ir_keeps_what_recalibration_and_host_nms_keep(ov_irs, nms_irs, val_images, tmp_path):
     """The INT8 IR with NMS appended detects what NNCF run again on model.nms.onnx does (the same INT8
     network), and what host NMS keeps from the INT8 IR's outputs; with a uint8 input too."""
