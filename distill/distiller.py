@@ -21,7 +21,6 @@ from distill.models.detector import ModelConfig
 from distill.models.probe import probe
 from distill.settings import DistillConfig
 
-METHODS = ("none", "bckd", "kd", "kd_pos", "ld")
 TERMS = ("cls", "loc", "kd")
 # Anchor widths and heights may differ this much (relative) between teacher and student: torchvision
 # truncates its RetinaNet anchor sizes to integers (40 for 32 x 2^(1/3) = 40.3) and rounds the boxes.

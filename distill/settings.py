@@ -41,6 +41,8 @@ class TrainConfig:
     max_train_images: int = 0  # train on the first N images (0 = all)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
+METHODS = ("none", "bckd", "kd", "kd_pos", "ld")  # DistillConfig.method's values
+
 
 @dataclass
 class DistillConfig:

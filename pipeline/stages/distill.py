@@ -16,25 +16,27 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch.distributed as dist
-
 from deploy.evaluate import format_metrics
-from distill.distiller import Distiller, check_pair
-from distill.models.detector import build_detector
-from distill.teachers import load_teacher
-from distill.trainer import setup_distributed, train
 from pipeline import paths
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
-from pipeline.reuse import refuse_other_settings
 from pipeline.run_lock import run_lock
 from pipeline.stages.data import check_schedule_fits, load_split, run_data
-from pipeline.stages.profile import write_profile
+
+# torch and the trainer are imported by the functions that train, so that `edgekd distill --help` loads neither.
 
 
 def distill_student(cfg: PipelineConfig, teacher_file: str | None = None, resume: bool = True,
                     progress: bool = True, out_name: str = "distill") -> dict[str, Any]:
     """Train cfg.student with cfg.distill's terms from the teacher; return its val metrics."""
+    import torch.distributed as dist
+
+    from distill.distiller import Distiller, check_pair
+    from distill.models.detector import build_detector
+    from distill.teachers import load_teacher
+    from distill.trainer import setup_distributed, train
+    from pipeline.reuse import refuse_other_settings
+
     info = setup_distributed(cfg.student.train.device)
     if info.main:
         run_data(cfg.data, cfg.run_dir / "data", progress)
@@ -61,6 +63,8 @@ def distill_student(cfg: PipelineConfig, teacher_file: str | None = None, resume
 
 def run_stage(cfg: PipelineConfig, out: Path, progress: bool) -> dict[str, Any]:
     """The distill stage: distil, then profile the student."""
+    from pipeline.stages.profile import write_profile
+
     metrics = distill_student(cfg, resume=True, progress=progress)
     write_profile(cfg, paths.distilled_checkpoint(cfg), out)
     return metrics

@@ -12,10 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from torch import nn
 
 from deploy.coco import CocoDataset
 from deploy.errors import GateError, InputError
@@ -24,10 +23,7 @@ from deploy.files import write_json
 from deploy.measure import measure_artifact, sample_images
 from deploy.preprocess import model_input, preprocess_batch
 from deploy.runtimes.onnxruntime import OrtRunner
-from distill.models.detector import load_detector
-from export.onnx import check_parity, export_onnx, parity
 from export.settings import ExportConfig
-from export.torch_runner import TorchRunner
 from pipeline import paths
 from pipeline.artifacts import EXPORTED
 from pipeline.cli import common_arguments, guarded
@@ -35,11 +31,18 @@ from pipeline.config import PipelineConfig, load_config
 from pipeline.progress import step_printer
 from pipeline.run_lock import run_lock
 from pipeline.stages.data import load_split
-from pipeline.stages.profile import count_gflops
+
+if TYPE_CHECKING:  # torch and onnx load when the stage runs, not for `edgekd export --help`
+    from torch import nn
 
 
 def run_export(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
     """Export, check parity, and measure PyTorch and ONNX Runtime FP32; return metrics.json's content."""
+    from distill.models.detector import load_detector
+    from export.onnx import check_parity, export_onnx, parity
+    from export.torch_runner import TorchRunner
+    from pipeline.stages.profile import count_gflops
+
     ec = cfg.export
     source = paths.export_source(cfg)
     if not source.is_file():
@@ -92,6 +95,8 @@ def uint8_artifact(detector: nn.Module, classes: list[str], out_dir: Path, input
                    ec: ExportConfig) -> dict[str, Any]:
     """model.uint8.onnx (export.uint8_input), measured like model.onnx, with its outputs against the float
     file's on the same val images (the uint8 letterbox pads with the mean colour rounded to uint8)."""
+    from export.onnx import export_onnx
+
     path = export_onnx(detector, classes, out_dir / "model.uint8.onnx", input_size, ec.opset, ec.batch, ec.dynamic_batch,
                        ec.slim, source=str(source), uint8_input=True)
     runner, float_runner = OrtRunner(str(path), threads=ec.threads or None), OrtRunner(str(float_path))
@@ -113,6 +118,8 @@ def graph_nms_artifact(detector: nn.Module, classes: list[str], out_dir: Path, i
                        val: CocoDataset, decoded: list[np.ndarray], source: Path, host: dict[str, Any],
                        ec: ExportConfig) -> dict[str, Any]:
     """model.nms.onnx (export.nms: graph), measured like model.onnx; its AP must stay within 0.1 of host NMS's."""
+    from export.onnx import export_onnx
+
     path = export_onnx(detector, classes, out_dir / "model.nms.onnx", input_size, ec.opset, slim=ec.slim,
                        source=str(source), graph_nms=True)
     metrics, results = measure_artifact(OrtRunner(str(path), threads=ec.threads or None), val, input_size,

@@ -19,10 +19,7 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
-
-import onnx
-import torch
+from typing import TYPE_CHECKING, Any
 
 from deploy.errors import InputError
 from deploy.files import write_json
@@ -30,16 +27,8 @@ from deploy.measure import measure_artifact, sample_images
 from deploy.preprocess import preprocess_batch
 from deploy.qdq_check import QDQ, check_tensorrt_qdq, unquantized_convolutions
 from deploy.runtimes import open_runner
-from distill.checkpoint import load_checkpoint
-from distill.distiller import Distiller, check_pair
-from distill.models.detector import load_detector
-from distill.qat import calibration_loop, fold_batchnorm, insert_quantizers, restore_scales
 from distill.settings import QatConfig
-from distill.teachers import load_teacher
-from distill.trainer import setup_distributed, total_steps_for, train
 from export.calibration import calibration_batches, calibration_paths
-from export.onnx import export_onnx, parity
-from export.onnxruntime_int8 import onnx_decode_nodes
 from export.openvino_int8 import openvino_ir
 from pipeline import paths
 from pipeline.cli import common_arguments, guarded
@@ -48,12 +37,20 @@ from pipeline.gates import check_gate
 from pipeline.run_lock import run_lock
 from pipeline.stages.data import load_split
 
+if TYPE_CHECKING:  # torch, onnx and ModelOpt load when the stage runs, not for `edgekd qat --help`
+    import torch
+
 ARTIFACTS = ("qat_onnxruntime", "qat_openvino")
 
 
 def quantize_student(student: torch.nn.Module, qc: QatConfig, train_set, resume_from: Path | None) -> torch.nn.Module:
     """The student with BatchNorms folded and fake quantizers in (in place). Scales come from
     `resume_from` when it exists (a resumed run), else from calibration on training images."""
+    import torch
+
+    from distill.checkpoint import load_checkpoint
+    from distill.qat import calibration_loop, fold_batchnorm, insert_quantizers, restore_scales
+
     input_size = tuple(student.cfg.input_size)
     fold_batchnorm(student, input_size)
     if resume_from is not None and resume_from.is_file():
@@ -68,6 +65,10 @@ def quantize_student(student: torch.nn.Module, qc: QatConfig, train_set, resume_
 
 def check_qat_onnx(path: Path) -> None:
     """TensorRT's Q/DQ form, every convolution quantized, the decode in float: else one InputError."""
+    import onnx
+
+    from export.onnxruntime_int8 import onnx_decode_nodes
+
     check_tensorrt_qdq(path)
     model = onnx.load(str(path))
     float_convs = unquantized_convolutions(model)
@@ -83,6 +84,14 @@ def run_qat(cfg: PipelineConfig, out_dir: Path, progress: bool = True, fine_tune
     """Calibrate, fine-tune, export and measure; return metrics.json's content (the gate,
     qat.max_map_drop, is checked from it by pipeline.gates). Without fine_tune: calibration alone
     (ModelOpt's post-training quantization, the QAT ablation's starting point)."""
+    import torch
+
+    from distill.distiller import Distiller, check_pair
+    from distill.models.detector import load_detector
+    from distill.teachers import load_teacher
+    from distill.trainer import setup_distributed, total_steps_for, train
+    from export.onnx import export_onnx, parity
+
     qc, ec = cfg.qat, cfg.export
     source, export_json = paths.export_source(cfg), paths.metrics_file(cfg, "export")
     if not source.is_file():

@@ -38,11 +38,6 @@ from deploy.runtimes import open_runner
 from deploy.runtimes.openvino import check_inference_precision
 from deploy.tables import markdown_table
 from export.calibration import calibration_paths, model_input
-from export.onnxruntime_int8 import (
-    onnxruntime_accuracy_aware,
-    preprocess_for_quantization,
-    quantize_onnxruntime,
-)
 from export.openvino_int8 import (
     OPENVINO_INFERENCE,
     AccuracyControl,
@@ -175,6 +170,8 @@ def over_gate(q: QuantizeRun, row: dict[str, Any]) -> bool:
 
 def prepared_onnx(q: QuantizeRun) -> Path:
     """The FP32 ONNX after ONNX Runtime's quant_pre_process, made once for every ONNX Runtime INT8 artifact."""
+    from export.onnxruntime_int8 import preprocess_for_quantization  # onnx: not for `edgekd quantize --help`
+
     path = q.work / "prepared.onnx"
     return path if path.is_file() else preprocess_for_quantization(q.fp32, path)
 
@@ -182,6 +179,8 @@ def prepared_onnx(q: QuantizeRun) -> Path:
 def onnxruntime_qdq(q: QuantizeRun, name: str, out: Path, symmetric: bool, tensorrt: bool = False) -> dict[str, Any]:
     """A QDQ ONNX measured, then searched back under the gate (float layers) when over it; the TensorRT form
     is checked against what TensorRT's parser takes each time it is written."""
+    from export.onnxruntime_int8 import onnxruntime_accuracy_aware, quantize_onnxruntime
+
     qc = q.cfg.quantize
     prepared = prepared_onnx(q)
     model = quantize_onnxruntime(prepared, out, q.calib, q.input_size, method=qc.calibration, symmetric=symmetric,
@@ -205,6 +204,8 @@ def build_onnxruntime_int8(q: QuantizeRun) -> dict[str, Any]:
 
 def build_onnxruntime_int8_cpu(q: QuantizeRun) -> dict[str, Any]:
     """model.int8.cpu.onnx: always uint8 activations (ONNX Runtime's fast x86 path), never searched."""
+    from export.onnxruntime_int8 import quantize_onnxruntime
+
     model = quantize_onnxruntime(prepared_onnx(q), paths.onnxruntime_int8(q.cfg, cpu=True), q.calib, q.input_size,
                                  method=q.cfg.quantize.calibration, symmetric=False)
     return q.measure("onnxruntime_int8_cpu", model)

@@ -16,24 +16,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch.distributed as dist
-
 from deploy.evaluate import format_metrics, write_evaluation
 from deploy.files import write_json
-from distill.checkpoint import load_model_state
-from distill.losses.detection import make_detection_loss
-from distill.models.detector import build_detector
-from distill.teachers import load_teacher
-from distill.trainer import setup_distributed, train
-from distill.validate import evaluate_model
-from distill.weights_file import check_weights
 from pipeline import paths
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
-from pipeline.reuse import refuse_other_settings
 from pipeline.run_lock import run_lock
 from pipeline.stages.data import check_schedule_fits, load_split, run_data
-from pipeline.stages.profile import profile_model, write_profile
+
+# torch and the trainer are imported by the functions that train, so that `edgekd train --help` loads neither.
 
 
 def external_teacher(cfg: PipelineConfig) -> bool:
@@ -44,6 +35,9 @@ def external_teacher(cfg: PipelineConfig) -> bool:
 def run_teacher_stage(cfg: PipelineConfig, out: Path, progress: bool) -> dict[str, Any]:
     """The teacher stage: train or measure the teacher, then profile it (the built model when it comes from
     outside edgekd: no edgekd checkpoint to read)."""
+    from distill.teachers import load_teacher
+    from pipeline.stages.profile import profile_model, write_profile
+
     metrics = train_role(cfg, "teacher", resume=True, progress=progress)
     if external_teacher(cfg):
         val, bc = load_split(cfg.data, "val"), cfg.benchmark
@@ -56,6 +50,8 @@ def run_teacher_stage(cfg: PipelineConfig, out: Path, progress: bool) -> dict[st
 
 def run_student_stage(cfg: PipelineConfig, out: Path, progress: bool) -> dict[str, Any]:
     """The student stage: the student trained alone, profiled."""
+    from pipeline.stages.profile import write_profile
+
     metrics = train_role(cfg, "student", resume=True, progress=progress)
     write_profile(cfg, paths.trained_checkpoint(cfg, "student"), out)
     return metrics
@@ -63,6 +59,17 @@ def run_student_stage(cfg: PipelineConfig, out: Path, progress: bool) -> dict[st
 
 def train_role(cfg: PipelineConfig, role: str, resume: bool = True, progress: bool = True) -> dict[str, Any]:
     """Train cfg.<role> on cfg.data (or evaluate the given checkpoint); return its val metrics."""
+    import torch.distributed as dist
+
+    from distill.checkpoint import load_model_state
+    from distill.losses.detection import make_detection_loss
+    from distill.models.detector import build_detector
+    from distill.teachers import load_teacher
+    from distill.trainer import setup_distributed, train
+    from distill.validate import evaluate_model
+    from distill.weights_file import check_weights
+    from pipeline.reuse import refuse_other_settings
+
     role_cfg = getattr(cfg, role)
     info = setup_distributed(role_cfg.train.device)
     out_dir = cfg.run_dir / role

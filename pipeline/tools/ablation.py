@@ -34,15 +34,14 @@ from deploy.errors import InputError
 from deploy.evaluate import coco_eval
 from deploy.files import sha256_file, write_json, write_text
 from deploy.tables import markdown_table
-from distill.models.detector import load_detector
-from distill.teachers import load_teacher
-from distill.validate import predict
-from pipeline import paths, reuse
+from pipeline import paths
 from pipeline.cli import guarded
 from pipeline.config import PipelineConfig, load_config
 from pipeline.run_lock import run_lock
 from pipeline.stages.data import load_split
-from pipeline.stages.distill import distill_student
+
+# The model and training code (torch) is imported by the functions that train or evaluate, so that
+# `edgekd ablation --help` loads none of it.
 
 VARIANTS = {  # name -> distill overrides
     "none": {"method": "none"},
@@ -81,6 +80,9 @@ def teacher_metrics(cfg: PipelineConfig, path: Path) -> dict[str, Any]:
     beside = path.parent / "metrics.json"
     if beside.is_file():
         return json.loads(beside.read_text())
+    from distill.teachers import load_teacher
+    from distill.validate import predict
+
     val = load_split(cfg.data, "val")
     teacher, _ = load_teacher(cfg, val.class_names, path)
     return coco_eval(val, predict(teacher, val, tuple(cfg.student.model.input_size)))
@@ -96,6 +98,9 @@ def selection_metrics(cfg: PipelineConfig, checkpoint: Path) -> dict[str, Any] |
         stored = json.loads(cache.read_text())
         if stored.get("checkpoint_sha256") == digest and stored.get("select_images") == cfg.data.select_images:
             return stored["metrics"]
+    from distill.models.detector import load_detector
+    from distill.validate import predict
+
     model, _, _ = load_detector(checkpoint)  # a student's checkpoint, not a teacher
     select = load_split(cfg.data, "select")
     metrics = coco_eval(select, predict(model, select, tuple(cfg.student.model.input_size)))
@@ -161,6 +166,8 @@ def seed_dir(out: Path, seed: int, home: int) -> Path:
 def changed_setting(checkpoint: Path, cfg: PipelineConfig, teacher: Path) -> str | None:
     """How a variant's existing checkpoint was trained differently from what cfg would train now
     ('section.key: X there, Y now'), or None (pipeline.reuse)."""
+    from pipeline import reuse
+
     return reuse.changed_setting(checkpoint, "student", cfg.student.train, cfg.student.model, cfg.distill, teacher)
 
 
@@ -276,6 +283,8 @@ def run_ablation(cfg: PipelineConfig, path: Path, names: list[str], out: Path) -
 
 
 def _train_variants(cfg: PipelineConfig, path: Path, names: list[str], out: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    from pipeline.stages.distill import distill_student
+
     rows: dict[str, dict[str, Any]] = {}
     classes = head_and_tail(cfg)
     for name in names:

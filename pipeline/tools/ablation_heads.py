@@ -19,11 +19,9 @@ from typing import Any
 from deploy.errors import InputError
 from deploy.files import write_json, write_text
 from deploy.tables import markdown_table
-from distill.models.heads import HEAD_NAMES
 from pipeline import paths
 from pipeline.cli import guarded
 from pipeline.config import load_config
-from pipeline.stages.train import train_role
 from pipeline.tools.ablation import COLUMNS, run_ablation
 
 
@@ -59,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)  # key=value overrides may stand before options too
 
     def body() -> None:
+        from distill.models.heads import HEAD_NAMES  # torch: not for `edgekd ablation-heads --help`
+        from pipeline.stages.train import train_role
+
         heads = args.heads.split(",")
         unknown = [h for h in heads if h not in HEAD_NAMES]
         if unknown:

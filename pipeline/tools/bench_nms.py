@@ -29,8 +29,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
-from torchvision.ops import batched_nms as tv_batched_nms
 
 from deploy.errors import InputError, report
 from deploy.files import write_json
@@ -175,6 +173,9 @@ def torchvision_select(boxes: np.ndarray, scores: np.ndarray, iou: float = IOU_T
                        max_detections: int = MAX_DETECTIONS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(boxes, scores, labels) select_detections must keep, in order: threshold, top-k and batched_nms run by
     torchvision (the reference this benchmark and tests/deploy/test_postprocess.py hold it to)."""
+    import torch  # here, not at the top: `edgekd bench-nms --help` loads no torch
+    from torchvision.ops import batched_nms as tv_batched_nms
+
     s = torch.from_numpy(scores)
     loc, cls = torch.nonzero(s > SCORE_THRESHOLD, as_tuple=True)
     cand = s[loc, cls]
@@ -255,6 +256,9 @@ def select_rows(args: argparse.Namespace, old: types.ModuleType | None, cv2_here
 def nms_rows(args: argparse.Namespace, cv2_here: bool) -> tuple[list, list]:
     """(JSON rows, table cells) of the class-aware NMS alone on each candidate set, after checking that
     every implementation keeps one set."""
+    import torch
+    from torchvision.ops import batched_nms as tv_batched_nms
+
     rng = np.random.default_rng(0)
     cases = [(f"{n} candidates, {c} classes", scene(rng, n, c)) for n, c in CASES]
     cases.append(("chain of 1000, 1 class", chain(1000)))
@@ -298,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", metavar="REV", help="also time select_detections as it was at this git revision "
                                                           "(HEAD: the last commit), beside today's")
     args = parser.parse_intermixed_args(argv)  # key=value overrides may stand before options too
+    import torch
+
     torch.set_num_threads(1)  # NMS runs on one thread in both
     cv2_here = opencv_importable()
     try:

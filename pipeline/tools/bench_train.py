@@ -17,17 +17,18 @@ import resource
 import sys
 import time
 
-import torch
-
 from deploy.files import write_json
-from distill.distiller import Distiller
-from distill.losses.detection import make_detection_loss
-from distill.models.detector import build_detector
 from pipeline.config import load_config
 
 
 def bench(role_cfg, num_classes: int, steps: int, warmup: int, distill_from=None, distill_cfg=None) -> dict:
     """Median step time of one configuration; distill_from (a teacher role config) adds the teacher."""
+    import torch  # here, not at the top: `edgekd bench-train --help` loads no torch
+
+    from distill.distiller import Distiller
+    from distill.losses.detection import make_detection_loss
+    from distill.models.detector import build_detector
+
     torch.manual_seed(0)
     model = build_detector(role_cfg.model, num_classes).train()
     loss_fn = make_detection_loss(role_cfg.model)
@@ -67,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = parser.parse_intermixed_args(argv)  # key=value overrides may stand before options too
+    import torch
+
     cfg = load_config(args.config, args.overrides)
     rows = {role: bench(getattr(cfg, role), args.classes, args.steps, args.warmup) for role in ("teacher", "student")}
     rows[f"distill ({cfg.distill.method})"] = bench(cfg.student, args.classes, args.steps, args.warmup, cfg.teacher, cfg.distill)

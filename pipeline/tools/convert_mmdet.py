@@ -14,13 +14,12 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-
 from deploy.errors import InputError
 from deploy.files import atomic_path
-from distill.checkpoint import error_line, file_damage
-from distill.models.mmdet import head_classes
 from pipeline.cli import guarded
+
+# torch and distill/ are imported by the functions that read and write checkpoints, so that
+# `edgekd convert-mmdet --help` loads no torch.
 
 
 def same_file(a: Path, b: Path) -> bool:
@@ -33,6 +32,10 @@ def same_file(a: Path, b: Path) -> bool:
 def read_any_checkpoint(path: Path) -> object:
     """The whole checkpoint, unpickled with its own classes (mmengine's); one line naming the file when it
     is missing, cut short or not a checkpoint."""
+    import torch
+
+    from distill.checkpoint import error_line, file_damage
+
     if not path.is_file():
         raise InputError(f"{path}: not found")
     damage = file_damage(path)
@@ -51,6 +54,10 @@ def read_any_checkpoint(path: Path) -> object:
 
 def convert(path: Path, out: Path, classes: list[str] | None = None) -> tuple[int, list[str]]:
     """Write out/ as {'state_dict', 'meta': {'classes'}}; return (tensors written, classes)."""
+    import torch
+
+    from distill.models.mmdet import head_classes
+
     if same_file(path, out):  # the rename onto it would replace the only copy of the original
         raise InputError(f"--out {out}: is the checkpoint being converted; write to another file")
     state = read_any_checkpoint(path)

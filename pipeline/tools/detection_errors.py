@@ -20,10 +20,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
-
-import torch
-from torchvision.ops import box_convert, box_iou
+from typing import TYPE_CHECKING, Any
 
 from deploy.coco import CocoDataset, load_coco
 from deploy.errors import InputError
@@ -32,6 +29,9 @@ from deploy.files import write_json
 from deploy.tables import markdown_table
 from pipeline.cli import guarded
 from pipeline.config import load_config
+
+if TYPE_CHECKING:  # torch loads when boxes are compared, not for `edgekd detection-errors --help`
+    import torch
 
 ERRORS = ("Cls", "Loc", "Both", "Dupe", "Bkg", "Miss")
 COLUMNS = ("AP50", "found", "class right")
@@ -91,12 +91,17 @@ def _by_image(items) -> dict[int, list[dict[str, Any]]]:
 
 
 def _xyxy(boxes: list[list[float]]) -> torch.Tensor:
+    import torch
+    from torchvision.ops import box_convert
+
     return box_convert(torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4), "xywh", "xyxy")
 
 
 def class_accuracy(coco: dict[str, Any], detections: list[dict[str, Any]]) -> dict[str, float]:
     """In percent: `found`, objects (crowds aside) covered at IoU >= 0.5 by a detection of any class;
     `class right`, the found ones whose highest-scoring covering detection has their class."""
+    from torchvision.ops import box_iou
+
     by_image = _by_image(detections)
     objects = found = right = 0
     for image_id, objs in _by_image(a for a in coco["annotations"] if not a["iscrowd"]).items():

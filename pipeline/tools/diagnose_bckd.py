@@ -14,52 +14,54 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
-
-import torch
-from torchvision.ops import box_iou
+from typing import TYPE_CHECKING, Any
 
 from deploy.errors import InputError
 from deploy.files import write_json
 from deploy.tables import markdown_table
-from distill.data.dataset import DetectionDataset, collate
-from distill.distiller import check_pair
-from distill.losses.bckd import bckd_cls_loss, bckd_loc_loss
-from distill.losses.detection import head_loss
-from distill.models.detector import ModelConfig, build_detector, load_detector
-from distill.teachers import load_teacher
 from pipeline.cli import guarded
 from pipeline.config import load_config
 from pipeline.stages.data import load_split
 
+if TYPE_CHECKING:  # torch and the models load when the diagnosis runs, not for `edgekd diagnose-bckd --help`
+    import torch
 
-@torch.no_grad()
+    from distill.models.detector import ModelConfig
+
+
 def term_mass(teacher: torch.nn.Module, student: torch.nn.Module, student_cfg: ModelConfig, images: torch.Tensor,
               targets: list[dict]) -> dict[str, float]:
     """Sums over one batch, per location i (BCKD.md's notation): the cls term's mass
     sum_c BCE(p_s, p_t)|p_t - p_s|, the loc term's mass v_i (1 - GIoU), v_i, split positive / all;
     and on positives, IoU of the teacher's and the student's box with the assigned ground truth."""
-    s_out, t_out = student(images), teacher(images)
-    assigned = head_loss(student_cfg)(s_out, targets)[1]
-    c = s_out["cls_logits"].shape[-1]
-    s_logits, t_logits = s_out["cls_logits"].reshape(-1, c).float(), t_out["cls_logits"].reshape(-1, c).float()
-    v = (t_logits.sigmoid() - s_logits.sigmoid()).abs().max(1).values
-    s_boxes = student.head.decode(s_out)[0].reshape(-1, 4)  # input pixels: comparable with the ground truth
-    t_boxes = teacher.head.decode(t_out)[0].reshape(-1, 4)
-    pos = assigned.labels >= 0
+    import torch
+    from torchvision.ops import box_iou
 
-    def masses(rows: torch.Tensor | slice) -> tuple[float, float]:  # the losses' sums (avg_factor 1) over rows
-        return (float(bckd_cls_loss(s_logits[rows], t_logits[rows], avg_factor=1)),
-                float(bckd_loc_loss(s_boxes[rows], t_boxes[rows], s_logits[rows], t_logits[rows], avg_factor=1)))
+    from distill.losses.bckd import bckd_cls_loss, bckd_loc_loss
+    from distill.losses.detection import head_loss
 
-    (cls_pos, loc_pos), (cls_all, loc_all) = masses(pos), masses(slice(None))
-    iou_t = box_iou(t_boxes[pos], assigned.boxes[pos]).diagonal()
-    iou_s = box_iou(s_boxes[pos], assigned.boxes[pos]).diagonal()
-    return {"locations": float(pos.numel()), "positives": float(pos.sum()),
-            "cls_pos": cls_pos, "cls_all": cls_all, "loc_pos": loc_pos, "loc_all": loc_all,
-            "v_pos": float(v[pos].sum()), "v_all": float(v.sum()),
-            "iou_teacher": float(iou_t.sum()), "iou_student": float(iou_s.sum()),
-            "teacher_better": float((iou_t > iou_s).sum())}
+    with torch.no_grad():
+        s_out, t_out = student(images), teacher(images)
+        assigned = head_loss(student_cfg)(s_out, targets)[1]
+        c = s_out["cls_logits"].shape[-1]
+        s_logits, t_logits = s_out["cls_logits"].reshape(-1, c).float(), t_out["cls_logits"].reshape(-1, c).float()
+        v = (t_logits.sigmoid() - s_logits.sigmoid()).abs().max(1).values
+        s_boxes = student.head.decode(s_out)[0].reshape(-1, 4)  # input pixels: comparable with the ground truth
+        t_boxes = teacher.head.decode(t_out)[0].reshape(-1, 4)
+        pos = assigned.labels >= 0
+
+        def masses(rows: torch.Tensor | slice) -> tuple[float, float]:  # the losses' sums (avg_factor 1) over rows
+            return (float(bckd_cls_loss(s_logits[rows], t_logits[rows], avg_factor=1)),
+                    float(bckd_loc_loss(s_boxes[rows], t_boxes[rows], s_logits[rows], t_logits[rows], avg_factor=1)))
+
+        (cls_pos, loc_pos), (cls_all, loc_all) = masses(pos), masses(slice(None))
+        iou_t = box_iou(t_boxes[pos], assigned.boxes[pos]).diagonal()
+        iou_s = box_iou(s_boxes[pos], assigned.boxes[pos]).diagonal()
+        return {"locations": float(pos.numel()), "positives": float(pos.sum()),
+                "cls_pos": cls_pos, "cls_all": cls_all, "loc_pos": loc_pos, "loc_all": loc_all,
+                "v_pos": float(v[pos].sum()), "v_all": float(v.sum()),
+                "iou_teacher": float(iou_t.sum()), "iou_student": float(iou_s.sum()),
+                "teacher_better": float((iou_t > iou_s).sum())}
 
 
 def summary(sums: dict[str, float]) -> dict[str, float]:
@@ -99,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)  # key=value overrides may stand before options too
 
     def body() -> None:
+        from distill.data.dataset import DetectionDataset, collate
+        from distill.distiller import check_pair
+        from distill.models.detector import ModelConfig, build_detector, load_detector
+        from distill.teachers import load_teacher
+
         cfg = load_config(args.config, args.overrides)
         train = load_split(cfg.data, "train")
         teacher, teacher_info = load_teacher(cfg, train.class_names, args.teacher)

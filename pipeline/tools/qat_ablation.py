@@ -21,11 +21,10 @@ from typing import Any
 from deploy.errors import InputError
 from deploy.files import write_json, write_text
 from deploy.tables import markdown_table
-from distill.distiller import METHODS
+from distill.settings import METHODS
 from pipeline import paths
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
-from pipeline.stages.qat import run_qat
 
 CALIBRATED = "calibrated"  # calibration alone, no fine-tuning
 DEFAULT_METHODS = (CALIBRATED, "none", "bckd", "kd")
@@ -56,6 +55,8 @@ def run_qat_ablation(cfg: PipelineConfig, methods: list[str], progress: bool = T
     unknown = [m for m in methods if m != CALIBRATED and m not in METHODS]
     if unknown:
         raise InputError(f"--methods: unknown '{unknown[0]}'; valid: {CALIBRATED}, {', '.join(METHODS)}")
+    from pipeline.stages.qat import run_qat  # torch: not for `edgekd qat-ablation --help`
+
     root = cfg.run_dir / "qat-ablation"
     rows = {}
     for name in methods:

@@ -19,7 +19,6 @@ from deploy.errors import InputError
 from deploy.files import sha256_file, write_text
 from deploy.machine import machine_info, machine_line
 from deploy.tables import markdown_table
-from distill.weights_file import write_weights
 from pipeline.cli import guarded
 
 MAX_MB = 12.0  # the before-stop size check allows files under weights/ up to 12 MiB
@@ -73,6 +72,8 @@ def ship(run_dir: Path, out: Path, command: str, note: str = "") -> dict[str, An
     for f in (checkpoint, metrics_file, log):
         if not f.is_file():
             raise InputError(f"{f} missing: the teacher run has not finished (its final evaluation writes metrics.json)")
+    from distill.weights_file import write_weights  # torch: not for `edgekd ship-teacher --help`
+
     meta = write_weights(checkpoint, out)
     size_mb = out.stat().st_size / 2**20
     if size_mb > MAX_MB:

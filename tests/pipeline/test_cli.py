@@ -271,6 +271,30 @@ def test_status_and_help_load_no_training_or_runtime_code(tmp_path):
     assert proc.stdout.strip().splitlines()[-1] == "[]"
 
 
+HEAVY = ("torch", "torchvision", "onnx", "onnxruntime", "openvino", "nncf", "scipy", "matplotlib")
+
+
+def _all_commands() -> list[str]:
+    from pipeline.__main__ import all_commands
+
+    return list(all_commands())
+
+
+@pytest.mark.parametrize("command", _all_commands())
+def test_every_subcommand_help_and_usage_error_load_no_heavy_package(command):
+    """`edgekd train --help` took 5 s importing torch, onnx and the trainer at the top of its module; every
+    command's --help and argument errors now print before any of them loads (as `python -m pipeline`)."""
+    code = ("import atexit, runpy, sys\n"
+            f"atexit.register(lambda: print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r}))))\n"
+            "runpy.run_module('pipeline', run_name='__main__')")
+    for args, status in ((["--help"], 0), (["--no-such-option"], 2)):
+        proc = subprocess.run([sys.executable, "-c", code, command, *args], capture_output=True, text=True, cwd=REPO,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert proc.returncode == status, proc.stderr[-2000:]
+        assert (proc.stdout if status == 0 else proc.stderr).startswith("usage: "), (proc.stdout + proc.stderr)[-2000:]
+        assert proc.stdout.strip().splitlines()[-1] == "[]", f"{command} {args[0]} imported {proc.stdout.splitlines()[-1]}"
+
+
 def test_debug_shows_the_library_error_behind_the_line(tmp_path):
     """Every re-raise used `from None`: --debug showed our line's traceback without its cause."""
     bad = tmp_path / "bad.yaml"

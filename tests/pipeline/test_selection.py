@@ -30,6 +30,7 @@ def test_the_selection_split_is_the_last_images_and_disjoint_from_train(tiny_sce
 
 def test_the_distill_stage_trains_on_the_train_split_less_the_selection(monkeypatch, tiny_scenes, tiny_model, tmp_path):
     """What the trainer is handed (the ablation and the pipeline's distill stage both come through here)."""
+    import distill.trainer
     import pipeline.stages.distill as distill_stage
     from tests.pipeline.test_ablation import tiny_config
 
@@ -39,7 +40,7 @@ def test_the_distill_stage_trains_on_the_train_split_less_the_selection(monkeypa
         seen["train"] = [i["id"] for i in train_set.images]
         return {"AP": 0.0}
 
-    monkeypatch.setattr(distill_stage, "train", record)
+    monkeypatch.setattr(distill.trainer, "train", record)  # distill_student imports it when it runs
     cfg = tiny_config(tiny_scenes, "data.select_images=10", f"runs_dir={tmp_path}")
     distill_stage.distill_student(cfg, str(tiny_model[2]), resume=False, progress=False)
     held_out = {i["id"] for i in load_split(cfg.data, "select").images}
