@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -142,19 +141,6 @@ def export_onnx(detector: nn.Module, classes: list[str], out: str | Path, input_
                                        f"score > {SCORE_THRESHOLD}, top {PRE_NMS_TOPK}, IoU {IOU_THRESHOLD}, at most {MAX_DETECTIONS})")
         onnx.helper.set_model_props(proto, props)
         onnx.save(proto, str(tmp))
-    return out
-
-
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """Our metadata props of an exported file, JSON values decoded."""
-    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    out = {}
-    for key, value in props.items():
-        if key.startswith("edgekd."):
-            try:
-                out[key[7:]] = json.loads(value)
-            except json.JSONDecodeError:
-                out[key[7:]] = value
     return out
 
 

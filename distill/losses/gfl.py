@@ -1,5 +1,6 @@
-"""GFL's losses: Quality Focal Loss, Distribution Focal Loss and the GIoU box loss, and the batch
-loss that assigns targets with ATSS and returns the named terms.
+"""GFL's losses: Quality Focal Loss, Distribution Focal Loss and the GIoU box loss, the ATSS target
+assignment, and the batch loss that returns the named terms (distill/losses/detection.py makes the
+trainer's loss function of them).
 
 Weights and normalisers follow GFL (mmdet gfl_head): QFL 1.0 over every location, divided by the
 number of positives; GIoU 2.0 and DFL 0.25 on positives, weighted by the detached best class score
@@ -7,8 +8,6 @@ and divided by the sum of those weights (DFL also by its 4 sides).
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -86,12 +85,3 @@ def gfl_loss(outputs: dict[str, torch.Tensor], assigned: Targets,
     out.update({f"raw_{k}": v.detach() for k, v in raw.items()})
     return out
 
-
-def make_gfl_loss(anchor_scale: float = 8.0, topk: int = 9,
-                  weights: tuple[float, float, float] = (1.0, 0.25, 2.0)) -> Callable[..., dict[str, torch.Tensor]]:
-    """The trainer's loss function for plain GFL training: forward, ATSS targets, the three terms."""
-    def loss_fn(model: torch.nn.Module, images: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
-        outputs = model(images)
-        return gfl_loss(outputs, assign_targets(outputs, targets, anchor_scale, topk), weights)
-
-    return loss_fn

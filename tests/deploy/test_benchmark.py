@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from distill.checkpoint import save_checkpoint
-from distill.losses.gfl import make_gfl_loss
+from distill.losses.detection import make_detection_loss
 from distill.models.detector import build_detector
 from distill.settings import TrainConfig
 from distill.trainer import train
@@ -32,7 +32,7 @@ def exported(tiny_scenes, tiny_splits, tmp_path_factory):
     cfg = TrainConfig(epochs=8, batch_size=8, optimizer="adamw", lr=3e-3, weight_decay=0.0, warmup_steps=0,
                       schedule="cosine", augment=[], workers=0,
                       eval_every=100)
-    train(model, make_gfl_loss(), cfg, train_set, val, work / "train", (128, 128), {}, progress=False)
+    train(model, make_detection_loss(SMALL), cfg, train_set, val, work / "train", (128, 128), {}, progress=False)
     save_checkpoint(work / "model.pt", {"model": model.state_dict(), "config": asdict(SMALL),
                                         "classes": train_set.class_names})
     pcfg = PipelineConfig(run="r", runs_dir=str(work))

@@ -8,7 +8,7 @@ import torch
 
 from deploy.errors import InputError
 from distill.checkpoint import load_checkpoint, load_model_state, save_checkpoint
-from distill.losses.gfl import make_gfl_loss
+from distill.losses.detection import make_detection_loss
 from distill.models.detector import ModelConfig, build_detector
 from distill.settings import NonFiniteLoss, TrainConfig
 from distill.trainer import train
@@ -33,7 +33,7 @@ def run(splits, out_dir, resume=False, loss_fn=None, **train_kw):
     cfg = ModelConfig(**SMALL)
     model = build_detector(cfg, num_classes=10)
     tcfg = TrainConfig(**{**FAST, **train_kw})
-    metrics = train(model, loss_fn or make_gfl_loss(), tcfg, *splits, out_dir, (128, 128),
+    metrics = train(model, loss_fn or make_detection_loss(cfg), tcfg, *splits, out_dir, (128, 128),
                     {"config": {}, "classes": splits[0].class_names}, resume=resume, progress=False)
     return model, metrics
 
@@ -67,7 +67,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(splits, tmp_path,
 
 @pytest.mark.slow
 def test_non_finite_loss_stops_with_step_and_term_keeping_the_last_good_checkpoint(splits, tmp_path):
-    gfl, calls = make_gfl_loss(), []
+    gfl, calls = make_detection_loss(ModelConfig(**SMALL)), []
 
     def poisoned(model, images, targets):
         out = gfl(model, images, targets)
@@ -90,7 +90,7 @@ def test_non_finite_loss_stops_with_step_and_term_keeping_the_last_good_checkpoi
 def test_weights_gone_non_finite_under_a_finite_loss_are_never_saved(splits, tmp_path):
     """An optimizer step can blow the weights up while its loss was finite; the checkpoint after that step
     must not replace the last one with finite weights."""
-    gfl, calls = make_gfl_loss(), []
+    gfl, calls = make_detection_loss(ModelConfig(**SMALL)), []
 
     def blow_up(model, images, targets):
         out = gfl(model, images, targets)
@@ -171,7 +171,7 @@ def test_the_trainer_tells_the_loss_its_epoch(splits, tmp_path):
 
     class Recording:
         def __init__(self):
-            self.gfl, self.epoch = make_gfl_loss(), None
+            self.gfl, self.epoch = make_detection_loss(ModelConfig(**SMALL)), None
 
         def set_epoch(self, epoch):
             self.epoch = epoch

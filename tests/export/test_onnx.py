@@ -12,7 +12,19 @@ from deploy.preprocess import preprocess_batch
 from deploy.runtimes import open_runner
 from distill.checkpoint import save_checkpoint
 from distill.models.detector import load_detector
-from export.onnx import check_onnx, check_parity, export_onnx, parity, read_metadata
+from export.onnx import check_onnx, check_parity, export_onnx, parity
+
+
+def read_metadata(path):
+    """The edgekd.* metadata props of an exported file, JSON values decoded."""
+    meta = {}
+    for prop in onnx.load(str(path), load_external_data=False).metadata_props:
+        if prop.key.startswith("edgekd."):
+            try:
+                meta[prop.key[7:]] = json.loads(prop.value)
+            except json.JSONDecodeError:
+                meta[prop.key[7:]] = prop.value
+    return meta
 
 
 def val_batch(val, n=4):
