@@ -116,7 +116,8 @@ def benchmark(spec: str, name: str, args: argparse.Namespace, coco, images, thre
     runner = open_runner(path, backend, **runner_options(backend, args, threads, precision))
     check_detector(runner)
     if runner.batch and args.batch and args.batch != runner.batch:
-        raise InputError(f"{path}: its batch is fixed at {runner.batch}; --batch {args.batch} needs a dynamic-batch export")
+        raise InputError(f"{path}: its batch is fixed at {runner.batch}; "
+                         f"--batch {args.batch} needs a dynamic-batch export")
     if coco is not None:
         check_classes(runner, coco)
     height, width = input_size(runner)
@@ -269,17 +270,20 @@ def load_data(args: argparse.Namespace):
 def parse_args(argv: list | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="deploy/benchmark.py", description=__doc__.split("\n")[0])
     parser.add_argument("artifacts", nargs="+", metavar="ARTIFACT",
-                        help=".onnx, OpenVINO .xml or TensorRT .engine; model_fp32.xml@bf16 compiles an IR with another "
-                             "inference precision (f32, bf16, f16)")
+                        help=".onnx, OpenVINO .xml or TensorRT .engine; model_fp32.xml@bf16 compiles an IR with "
+                             "another inference precision (f32, bf16, f16)")
     parser.add_argument("--names", help="a name per ARTIFACT, comma-separated, in order, for the table and JSON "
                                         "(default: each file's name)")
-    parser.add_argument("--backend", choices=sorted(set(RUNTIME_PACKAGES)), help="override the runtime the suffix implies")
+    parser.add_argument("--backend", choices=sorted(set(RUNTIME_PACKAGES)),
+                        help="override the runtime the suffix implies")
     parser.add_argument("--device", help="onnxruntime: cpu|cuda; openvino: CPU|GPU|NPU|AUTO")
     parser.add_argument("--batch", type=int, help="batch size for dynamic-batch artifacts (static ones keep theirs)")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--iters", type=int, default=100)
-    parser.add_argument("--threads", help="runtime threads, or a list (1,2) to time each artifact at each (default: the runtime's)")
-    parser.add_argument("--rounds", type=int, default=1, help="time the whole list this many times, alternating (noisy machines)")
+    parser.add_argument("--threads",
+                        help="runtime threads, or a list (1,2) to time each artifact at each (default: the runtime's)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="time the whole list this many times, alternating (noisy machines)")
     parser.add_argument("--hint", default="LATENCY", help="OpenVINO performance hint")
     parser.add_argument("--resize", choices=("pil", "opencv"), default="pil",
                         help="the letterbox's resize: PIL (as training) or OpenCV (faster, where cv2 imports)")
@@ -330,7 +334,8 @@ def main(argv: list | None = None) -> int:
     text = table(entries) + (f"\n\n{SYNTHETIC_NOTE}" if synthetic else "")
     summary_text, summary = rounds_summary(entries) if args.rounds > 1 else ("", [])
     if summary_text:
-        text += f"\n\nMedian over {args.rounds} rounds (each round times every artifact once, in order):\n\n{summary_text}"
+        text += (f"\n\nMedian over {args.rounds} rounds (each round times every artifact once, in order):\n\n"
+                 f"{summary_text}")
     print(text)
     machine = machine_info()
     result = {"machine": machine, "results": entries, "summary": summary,
@@ -341,9 +346,10 @@ def main(argv: list | None = None) -> int:
         write_json(args.json, result)
     if args.markdown:
         warnings = [f"- {e['precision_warning']}" for e in entries if e.get("precision_warning")]
-        write_text(args.markdown, f"# Benchmark\n\nMachine: {machine_line(machine)}. Latency in ms per batch, {args.iters} "
-                   f"timed iterations after {args.warmup} warm-up. `executed`: what the runtime reports it runs "
-                   f"(read back after loading).\n\n{text}\n" + ("\n" + "\n".join(warnings) + "\n" if warnings else ""))
+        write_text(args.markdown, f"# Benchmark\n\nMachine: {machine_line(machine)}. Latency in ms per batch, "
+                   f"{args.iters} timed iterations after {args.warmup} warm-up. `executed`: what the runtime reports "
+                   f"it runs (read back after loading).\n\n{text}\n"
+                   + ("\n" + "\n".join(warnings) + "\n" if warnings else ""))
     return 0
 
 

@@ -129,7 +129,8 @@ def build_plan(version: str, precision: str, explicit: bool, input_shape: Sequen
     plan = precision_plan(precision, explicit, version, has_entropy_calibrator, has_calibration, source)
     shape = tuple(int(d) for d in input_shape)
     if len(shape) != 4 or any(d <= 0 for d in shape[1:]):
-        raise InputError(f"{source}: input shape {list(shape)}; edgekd engines take [N, 3, H, W] with H and W fixed at export")
+        raise InputError(f"{source}: input shape {list(shape)}; edgekd engines "
+                         "take [N, 3, H, W] with H and W fixed at export")
     if max_batch < 1:
         raise InputError(f"max_batch {max_batch}: must be at least 1")
     profile = None
@@ -137,7 +138,8 @@ def build_plan(version: str, precision: str, explicit: bool, input_shape: Sequen
         rest = shape[1:]
         profile = ((1, *rest), (max_batch, *rest), (max_batch, *rest))
     elif max_batch != 1 and max_batch != shape[0]:
-        raise InputError(f"{source}: its batch is fixed at {shape[0]}; max_batch {max_batch} needs a dynamic-batch export")
+        raise InputError(f"{source}: its batch is fixed at {shape[0]}; "
+                         f"max_batch {max_batch} needs a dynamic-batch export")
     flags = plan.flags
     if dla_core is not None:
         if dla_cores == 0:
@@ -202,7 +204,8 @@ def add_efficient_nms(trt: Any, network: Any, logger: Any, fields: Sequence[tupl
     if creator is None:
         raise InputError("this TensorRT has no EfficientNMS_TRT plugin (libnvinfer_plugin); build without nms")
     dtypes = {"FLOAT32": (np.float32, trt.PluginFieldType.FLOAT32), "INT32": (np.int32, trt.PluginFieldType.INT32)}
-    collection = trt.PluginFieldCollection([trt.PluginField(name, np.array([value], dtype=dtypes[kind][0]), dtypes[kind][1])
+    collection = trt.PluginFieldCollection([trt.PluginField(name, np.array([value], dtype=dtypes[kind][0]),
+                                                            dtypes[kind][1])
                                             for name, kind, value in fields])
     plugin = creator.create_plugin("efficient_nms", collection)
     named = {network.get_output(i).name: network.get_output(i) for i in range(network.num_outputs)}
@@ -320,7 +323,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-batch", type=int, default=1, help="dynamic-batch ONNX: the profile spans 1..N")
     parser.add_argument("--dla-core", type=int, help="Jetson DLA core (layers DLA cannot run fall back to the GPU)")
     parser.add_argument("--workspace-mb", type=int, default=2048)
-    parser.add_argument("--timing-cache", help="tactic timings kept between builds (default: timing.cache beside the engine)")
+    parser.add_argument("--timing-cache", help="tactic timings kept between builds "
+                                               "(default: timing.cache beside the engine)")
     parser.add_argument("--nms", action="store_true", help="NMS in the engine (EfficientNMS_TRT, host NMS's settings)")
     parser.add_argument("--calib-dir", help="implicit INT8 (TensorRT 8.x, ONNX without Q/DQ): a folder of images")
     # Its own destination, so that the spelling used is known (argparse also expands a prefix of it).

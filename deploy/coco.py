@@ -82,7 +82,8 @@ def _read_json(path: str, what: str) -> dict:
         raise InputError(f"{path}: expected a JSON object with 'images', 'annotations', 'categories'")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
-            raise InputError(f"{path}: '{key}' must be a list (COCO detection format), got {type(data.get(key)).__name__}")
+            raise InputError(f"{path}: '{key}' must be a list (COCO detection format), got "
+                             f"{type(data.get(key)).__name__}")
     return data
 
 
@@ -112,7 +113,8 @@ def _check_categories(path: str, categories: list) -> list[dict]:
     for i, cat in enumerate(categories):
         where = f"{path}: categories[{i}]"
         if not isinstance(cat, dict) or not isinstance(cat.get("id"), int) or isinstance(cat.get("id"), bool):
-            raise InputError(f"{where}.id: expected an integer, got {cat.get('id') if isinstance(cat, dict) else cat!r}")
+            raise InputError(f"{where}.id: expected an integer, got "
+                             f"{cat.get('id') if isinstance(cat, dict) else cat!r}")
         if cat["id"] in seen:
             raise InputError(f"{where}.id: duplicate category id {cat['id']}")
         seen.add(cat["id"])
@@ -166,7 +168,8 @@ def decode_image_files(dataset: CocoDataset, workers: int = 0) -> None:
 def load_coco(annotations_path: str, image_dir: str, check_files: bool = True) -> CocoDataset:
     """Read and validate a COCO instances json and its image folder; raise InputError on bad input."""
     path = str(annotations_path)
-    data = _read_json(path, "annotations file")  # first: a wrong --data path is about the json, not the folder beside it
+    # first: a wrong --data path is about the json, not the folder beside it
+    data = _read_json(path, "annotations file")
     if not os.path.isdir(image_dir):
         raise InputError(f"image folder not found: {image_dir} (for {path})")
     images = _check_images(path, data["images"])

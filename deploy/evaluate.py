@@ -74,7 +74,8 @@ def check_results(ds: CocoDataset, results: list[dict[str, Any]], source: str = 
         if r.get("image_id") not in image_ids:
             raise InputError(f"{where}.image_id: {r.get('image_id')!r} is not an image of {ds.annotations_path}")
         if r.get("category_id") not in cat_ids:
-            raise InputError(f"{where}.category_id: {r.get('category_id')!r} is not a category of {ds.annotations_path}")
+            raise InputError(f"{where}.category_id: {r.get('category_id')!r} "
+                             f"is not a category of {ds.annotations_path}")
         bbox = r.get("bbox")
         if not isinstance(bbox, list) or len(bbox) != 4 or not all(isinstance(v, (int, float)) for v in bbox):
             raise InputError(f"{where}.bbox: expected [x, y, width, height], got {bbox!r}")

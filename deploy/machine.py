@@ -85,7 +85,8 @@ def machine_info() -> dict:
     model = read_text("/proc/device-tree/model")
     if model and ("jetson" in model.lower() or os.path.exists("/etc/nv_tegra_release")):
         info["jetson"] = {"model": model, "l4t": (read_text("/etc/nv_tegra_release") or "").splitlines()[0:1],
-                          "nvpmodel": run_quiet(["nvpmodel", "-q"]), "jetson_clocks_show": run_quiet(["jetson_clocks", "--show"]),
+                          "nvpmodel": run_quiet(["nvpmodel", "-q"]),
+                          "jetson_clocks_show": run_quiet(["jetson_clocks", "--show"]),
                           "dla_cores": len([d for d in os.listdir("/dev") if d.startswith("nvhost-ctrl-nvdla")])
                           if os.path.isdir("/dev") else 0}
     return info

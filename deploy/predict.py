@@ -51,7 +51,8 @@ def detections(boxes: np.ndarray, scores: np.ndarray, lb: Letterbox,
     return unletterbox_boxes(boxes, lb), scores.astype(np.float32), labels.astype(np.int64)
 
 
-def image_detections(outputs: tuple[np.ndarray, ...], k: int, lb: Letterbox) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def image_detections(outputs: tuple[np.ndarray, ...], k: int,
+                     lb: Letterbox) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Image k's detections from an InferFn's outputs, either form."""
     if len(outputs) == 3:
         return detections(outputs[0][k], outputs[1][k], lb, outputs[2][k])

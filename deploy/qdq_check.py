@@ -28,7 +28,8 @@ from typing import Any
 from deploy.errors import InputError
 
 QDQ = ("QuantizeLinear", "DequantizeLinear")
-FIX = "quantize with ONNX Runtime's extra_options QuantizeBias=False, AddQDQPairToWeight=True (the quantize stage's onnxruntime_int8_trt)"
+FIX = ("quantize with ONNX Runtime's extra_options QuantizeBias=False, AddQDQPairToWeight=True (the quantize stage's "
+       "onnxruntime_int8_trt)")
 
 
 def _attribute(node: Any, name: str, default: int) -> int:
@@ -79,9 +80,9 @@ def tensorrt_qdq_problems(model: Any) -> list[str]:
             problems.append(f"{label}: its scale '{node.input[1]}' is computed, not a constant")
             continue
         if not np.all(scale > 0):
-            problems.append(f"{label}: {int(np.sum(~(scale > 0)))} of its {scale.size} scales are not positive (a channel "
-                            "or tensor that was all zeros in calibration); TensorRT's parser refuses it ('Scale "
-                            "coefficients must all be positive')")
+            problems.append(f"{label}: {int(np.sum(~(scale > 0)))} of its {scale.size} scales are not positive "
+                            "(a channel or tensor that was all zeros in calibration); TensorRT's parser refuses "
+                            "it ('Scale coefficients must all be positive')")
             continue
         if scale.dtype == np.float32 and np.any(scale < np.finfo(np.float32).tiny):
             problems.append(f"{label}: {int(np.sum(scale < np.finfo(np.float32).tiny))} of its {scale.size} scales are "

@@ -30,15 +30,17 @@ ANCHOR_TOLERANCE = 0.05
 
 
 def check_pair(teacher: nn.Module, student: nn.Module, teacher_classes: list[str], student_classes: list[str],
-               input_size: tuple[int, int], teacher_source: str, teacher_input_size: tuple[int, int] | None = None) -> None:
+               input_size: tuple[int, int], teacher_source: str,
+               teacher_input_size: tuple[int, int] | None = None) -> None:
     """Refuse a teacher/student pair whose locations or classes differ, each probed at its own input size."""
     if list(teacher_classes) != list(student_classes):
         raise InputError(f"{teacher_source}: teacher classes {list(teacher_classes)[:5]}... differ from the "
                          f"dataset's {list(student_classes)[:5]}... (train the teacher on this dataset)")
     t_k, s_k = teacher.head.anchors_per_location, student.head.anchors_per_location
     if t_k != s_k:
-        raise InputError(f"{teacher_source}: teacher ({teacher.cfg.name}) has {t_k} anchors per location, student "
-                         f"({student.cfg.name}) {s_k}; BCKD pairs them anchor by anchor, so the anchor layouts must match")
+        raise InputError(f"{teacher_source}: teacher ({teacher.cfg.name}) has {t_k} "
+                         f"anchors per location, student ({student.cfg.name}) {s_k}; BCKD "
+                         "pairs them anchor by anchor, so the anchor layouts must match")
     device = next(student.parameters()).device
     t = probe(teacher.float(), torch.zeros(1, 3, *(teacher_input_size or input_size), device=device))
     s = probe(student, torch.zeros(1, 3, *input_size, device=device))
@@ -65,7 +67,8 @@ def check_pair(teacher: nn.Module, student: nn.Module, teacher_classes: list[str
                              f"{100 * worst:.0f}% (allowed {100 * ANCHOR_TOLERANCE:.0f}%; model.octave_base_scale, "
                              "model.scales_per_octave); BCKD pairs them anchor by anchor")
     if t["cls_logits"].shape[-1] != s["cls_logits"].shape[-1]:
-        raise InputError(f"{teacher_source}: teacher has {t['cls_logits'].shape[-1]} classes, student {s['cls_logits'].shape[-1]}")
+        raise InputError(f"{teacher_source}: teacher has {t['cls_logits'].shape[-1]} classes, student "
+                         f"{s['cls_logits'].shape[-1]}")
 
 
 class Distiller:
@@ -135,13 +138,15 @@ class Distiller:
                 terms["bckd_loc"] = (bckd_loc_loss(s_boxes, t_boxes, s_logits, t_logits, loc_weight, assigned.num_pos),
                                      self.cfg.loc_weight)
         elif self.cfg.method == "kd":
-            terms["kd"] = (softmax_kd_loss(s_logits, t_logits, self.cfg.kd_temperature, assigned.num_pos, weight), self.cfg.kd_weight)
+            terms["kd"] = (softmax_kd_loss(s_logits, t_logits, self.cfg.kd_temperature, assigned.num_pos, weight),
+                           self.cfg.kd_weight)
         elif self.cfg.method == "kd_pos":
             pos = assigned.labels >= 0
             if weight is not None:
                 pos = pos & (weight > 0)
             strides = out["strides"].repeat(n)
-            terms["kd_pos"] = (positive_kd_loss(s_logits[pos], t_logits[pos], strides[pos], self.cfg.kd_pos_temperature),
+            terms["kd_pos"] = (positive_kd_loss(s_logits[pos], t_logits[pos], strides[pos],
+                                                self.cfg.kd_pos_temperature),
                                self.cfg.kd_pos_weight)
         elif self.cfg.method == "ld":
             pos = assigned.labels >= 0

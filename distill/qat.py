@@ -41,7 +41,8 @@ def fold_batchnorm(model: nn.Module, input_size: tuple[int, int]) -> int:
     def hook(name: str):  # holds the tensors, so that no id() is reused while pairs are matched
         return lambda module, inputs, output: calls.append((name, module, inputs[0], output))
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
+               if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
     x = torch.randn(1, 3, *input_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         before = model(x)

@@ -232,13 +232,15 @@ def steps_in_epoch(epoch: int, steps_per_epoch: int, total_steps: int) -> int:
     return max(0, min(steps_per_epoch, total_steps - epoch * steps_per_epoch))
 
 
-def evaluate(s: Session, val_set: CocoDataset, input_size: tuple[int, int], final: bool, progress: bool) -> dict[str, Any]:
+def evaluate(s: Session, val_set: CocoDataset, input_size: tuple[int, int], final: bool,
+             progress: bool) -> dict[str, Any]:
     """Val mAP (a subset during training, all of val at the end); best.pt follows the best AP."""
     val = val_set if final else subset(val_set, s.cfg.max_val_images)
     metrics, results = evaluate_model(s.model, val, input_size, s.cfg.batch_size, s.info.device, progress)
     log(s, {"step": s.step, "epoch": s.epoch, "val_images": len(val.images),
             "val": {k: metrics[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}})
-    print(f"epoch {-(-s.step // s.steps_per_epoch)}: val ({len(val.images)} images) {format_metrics(metrics)}", flush=True)
+    print(f"epoch {-(-s.step // s.steps_per_epoch)}: val ({len(val.images)} images) {format_metrics(metrics)}",
+          flush=True)
     if metrics["AP"] > s.best_ap:
         s.best_ap = metrics["AP"]
         save(s, s.out_dir / "last.pt")  # records best_ap for a resume
@@ -264,10 +266,12 @@ def train(model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, train_set: CocoDa
         model.to(memory_format=torch.channels_last)
     dataset = DetectionDataset(subset(train_set, cfg.max_train_images) if cfg.max_train_images else train_set,
                                input_size, cfg.augment, cfg.seed)
-    sampler = DistributedSampler(dataset, num_replicas=info.world, rank=info.rank, shuffle=True, seed=cfg.seed, drop_last=True)
+    sampler = DistributedSampler(dataset, num_replicas=info.world, rank=info.rank, shuffle=True, seed=cfg.seed,
+                                 drop_last=True)
     steps_per_epoch = len(sampler) // cfg.batch_size
     if steps_per_epoch == 0:
-        raise InputError(f"train.batch_size: {cfg.batch_size} x {info.world} processes exceeds the {len(dataset)} training images")
+        raise InputError(f"train.batch_size: {cfg.batch_size} x {info.world} "
+                         f"processes exceeds the {len(dataset)} training images")
     optimizer = build_optimizer(model, cfg)
     amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda and cfg.amp else None
     s = Session(model, cfg, Path(out_dir), info, steps_per_epoch, extra_state, optimizer,
@@ -306,7 +310,8 @@ def train(model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, train_set: CocoDa
             images_per_s, tick = cfg.batch_size * info.world / max(now - tick, 1e-9), now
             values = {k: round(float(v.detach()), 5) for k, v in losses.items()}
             if info.main:
-                bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in values.items() if k.startswith("loss_")}
+                bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in values.items()
+                                 if k.startswith("loss_")}
                                 | {"img/s": f"{images_per_s:.1f}"})
                 if s.step % cfg.log_every == 0 or s.step == total_steps:
                     log(s, {"step": s.step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],

@@ -43,7 +43,8 @@ def architecture_differences(stored: dict[str, Any], expected: ModelConfig) -> l
         return [f"{k}: unknown to this version" for k in unknown]
     want = asdict(expected)
     full = asdict(ModelConfig(**stored))
-    return [f"{k}: {full[k]!r} there vs {want[k]!r} here" for k in want if k not in NOT_ARCHITECTURE and full[k] != want[k]]
+    return [f"{k}: {full[k]!r} there vs {want[k]!r} here" for k in want
+            if k not in NOT_ARCHITECTURE and full[k] != want[k]]
 
 
 def check_weights(path: str | Path, model: ModelConfig, classes: list[str], expected_sha256: str | None = None,

@@ -20,7 +20,8 @@ MIN_CALIBRATION_IMAGES = 8
 def calibration_paths(train: CocoDataset, count: int, seed: int = 0) -> list[str]:
     """`count` training image paths drawn at random (seeded): calibration never sees val."""
     if count < MIN_CALIBRATION_IMAGES:
-        raise InputError(f"quantize.calib_images={count}: at least {MIN_CALIBRATION_IMAGES} calibration images are needed")
+        raise InputError(f"quantize.calib_images={count}: at least "
+                         f"{MIN_CALIBRATION_IMAGES} calibration images are needed")
     if len(train.images) < MIN_CALIBRATION_IMAGES:
         raise InputError(f"quantize: the train split ({train.image_dir}) holds {len(train.images)} images; calibration "
                          f"needs at least {MIN_CALIBRATION_IMAGES}")

@@ -83,7 +83,8 @@ class ExportModel(nn.Module):
         return self.detector.decode(self.detector(images))
 
 
-def metadata(classes: list[str], input_size: tuple[int, int], source: str | None, uint8_input: bool = False) -> dict[str, str]:
+def metadata(classes: list[str], input_size: tuple[int, int], source: str | None,
+             uint8_input: bool = False) -> dict[str, str]:
     """Model properties a device needs to use the file without our configs (all strings, as ONNX wants)."""
     preprocess = ({"resize": "letterbox, centred, bilinear", "color": "RGB", "dtype": "uint8", "layout": "NHWC",
                    "pad": list(PAD_UINT8), "in_graph": "cast, NHWC -> NCHW, (x - mean) / std", "mean": MEAN, "std": STD}
@@ -137,15 +138,17 @@ def export_onnx(detector: nn.Module, classes: list[str], out: str | Path, input_
             proto = check_onnx(onnxslim.slim(proto), f"{out} (after onnxslim)")
         props = metadata(classes, input_size, source, uint8_input)
         if graph_nms:
-            props["edgekd.outputs"] = (f"det_boxes [K,4] xyxy input pixels; det_scores [K]; det_labels [K] (NMS in the graph: "
-                                       f"score > {SCORE_THRESHOLD}, top {PRE_NMS_TOPK}, IoU {IOU_THRESHOLD}, at most {MAX_DETECTIONS})")
+            props["edgekd.outputs"] = ("det_boxes [K,4] xyxy input pixels; det_scores [K]; det_labels [K] (NMS in the "
+                                       f"graph: score > {SCORE_THRESHOLD}, top {PRE_NMS_TOPK}, IoU {IOU_THRESHOLD}, "
+                                       f"at most {MAX_DETECTIONS})")
         onnx.helper.set_model_props(proto, props)
         onnx.save(proto, str(tmp))
     return out
 
 
 @torch.no_grad()
-def parity(detector: nn.Module, onnx_path: str | Path, images: np.ndarray, batch: int | None = None) -> dict[str, float]:
+def parity(detector: nn.Module, onnx_path: str | Path, images: np.ndarray,
+           batch: int | None = None) -> dict[str, float]:
     """Max abs difference of scores and of boxes (pixels) between ONNX Runtime and PyTorch on images
     [N, 3, H, W], run in chunks of the file's batch size."""
     runner = OrtRunner(str(onnx_path))

@@ -176,7 +176,8 @@ def onnx_conv_sensitivity(prepared: str | Path, qdq: str | Path, paths: Sequence
         float_act = collect_activations(float_aug, _Reader(paths, input_size))
         qdq_act = collect_activations(qdq_aug, _Reader(paths, input_size))
     errors = compute_activation_error(create_activation_matching(qdq_act, float_act))
-    ranked = [(measured_at[t], float(e["xmodel_err"])) for t, e in errors.items() if t in measured_at and "xmodel_err" in e]
+    ranked = [(measured_at[t], float(e["xmodel_err"])) for t, e in errors.items()
+              if t in measured_at and "xmodel_err" in e]
     return sorted(ranked, key=lambda item: item[1])  # low SQNR = most damaged
 
 
@@ -212,8 +213,9 @@ def keep_float_until(ranked: Sequence[str], evaluate: Callable[[list[str]], floa
 
 
 def onnxruntime_accuracy_aware(prepared: str | Path, out: str | Path, paths: Sequence[str], input_size: tuple[int, int],
-                               evaluate: Callable[[Path], float], float_ap: float, max_drop: float, max_layers: int = 32,
-                               method: str = "minmax", symmetric: bool = False, tensorrt: bool = False) -> dict[str, Any]:
+                               evaluate: Callable[[Path], float], float_ap: float, max_drop: float,
+                               max_layers: int = 32, method: str = "minmax", symmetric: bool = False,
+                               tensorrt: bool = False) -> dict[str, Any]:
     """Requantize `out` with its most sensitive convolutions (lowest SQNR on the first calibration images)
     kept in float, the fewest that bring evaluate(model file) -> AP within max_drop points of float_ap.
     Returns what to record: the layers kept in float with their SQNR, and every trial of the search."""
@@ -222,8 +224,8 @@ def onnxruntime_accuracy_aware(prepared: str | Path, out: str | Path, paths: Seq
 
     def trial(kept: list[str]) -> float:
         with tempfile.TemporaryDirectory() as tmp:
-            ap = evaluate(quantize_onnxruntime(prepared, Path(tmp) / "trial.onnx", paths, input_size, kept, method, symmetric,
-                                               tensorrt))
+            ap = evaluate(quantize_onnxruntime(prepared, Path(tmp) / "trial.onnx", paths, input_size, kept, method,
+                                               symmetric, tensorrt))
         print(f"[quantize]   {len(kept)} layers in float: AP {ap:.2f}", flush=True)
         return ap
 

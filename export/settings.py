@@ -29,7 +29,8 @@ class ExportConfig:
     nms: Literal["host", "graph"] = "host"
 
 
-ARTIFACTS = ("onnxruntime_int8", "onnxruntime_int8_trt", "openvino_fp32", "openvino_bf16", "openvino_fp16", "openvino_int8")
+ARTIFACTS = ("onnxruntime_int8", "onnxruntime_int8_trt", "openvino_fp32", "openvino_bf16", "openvino_fp16",
+             "openvino_int8")
 
 
 @dataclass
@@ -40,8 +41,9 @@ class QuantizeConfig:
     # listed as skipped, with the reason, elsewhere.
     # onnxruntime_int8_trt is the file TensorRT builds INT8 engines from (make export-trt PRECISION=int8),
     # measured here in ONNX Runtime.
-    artifacts: list[Literal["onnxruntime_int8", "onnxruntime_int8_cpu", "onnxruntime_int8_trt", "openvino_fp32", "openvino_bf16", "openvino_fp16",
-                            "openvino_int8"]] = field(default_factory=lambda: list(ARTIFACTS))
+    artifacts: list[Literal["onnxruntime_int8", "onnxruntime_int8_cpu", "onnxruntime_int8_trt", "openvino_fp32",
+                            "openvino_bf16", "openvino_fp16", "openvino_int8"]] = field(
+        default_factory=lambda: list(ARTIFACTS))
     # Per OpenVINO artifact, the inference precision to compile with (f32 | bf16 | f16), overriding
     # OPENVINO_INFERENCE: e.g. {openvino_fp16: f16} for f16 arithmetic on a CPU that has it.
     inference_precision: dict[str, str] = field(default_factory=dict)

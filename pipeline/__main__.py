@@ -3,7 +3,8 @@
     edgekd run --config configs/pipelines/default.yaml [--stages a,b | --from stage] [key.sub=value ...]
     edgekd status --config configs/pipelines/default.yaml [key.sub=value ...]
     edgekd train --role teacher|student | distill | export | quantize | qat | engines | benchmark   one stage alone
-    edgekd ablation | qat-ablation | ablation-heads | detection-errors | diagnose-bckd | bench-train | bench-openvino | bench-nms | ship-teacher | convert-mmdet
+    edgekd ablation | qat-ablation | ablation-heads | detection-errors | diagnose-bckd | bench-train
+           | bench-openvino | bench-nms | ship-teacher | convert-mmdet
 
 `run` skips every stage whose settings and inputs are unchanged since it finished, resumes an
 interrupted one and reruns the rest; `--from stage` reruns that stage and every one after it.
@@ -47,7 +48,8 @@ def all_commands() -> dict[str, str]:
 def command_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The top-level parser (usage and --help) and the parsers of `run` and `status`."""
     parser = argparse.ArgumentParser(prog="edgekd", description="edgekd: distil, export, quantize, measure.",
-                                     epilog="one stage or tool alone: " + ", ".join(all_commands()) + " (each with --help)")
+                                     epilog="one stage or tool alone: " + ", ".join(all_commands())
+                                     + " (each with --help)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{run,status," + ",".join(all_commands()) + "}")
     run = common_arguments(sub.add_parser("run", help="run the pipeline's stages"))
     chosen = run.add_mutually_exclusive_group()

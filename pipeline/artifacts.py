@@ -58,7 +58,8 @@ def run_artifacts(cfg: PipelineConfig) -> list[Artifact]:
         found += [Artifact(qualified_name(stage, k), stage, k, _in_this_run(cfg, stage, m["artifact"]),
                            m.get("inference_precision"))
                   for k, m in _metrics(cfg, stage).get("artifacts", {}).items()]
-    found += [Artifact(f"engines/tensorrt_{p.stem.removeprefix('model_')}", "engines", f"tensorrt_{p.stem.removeprefix('model_')}", p)
+    found += [Artifact(f"engines/tensorrt_{p.stem.removeprefix('model_')}", "engines",
+                       f"tensorrt_{p.stem.removeprefix('model_')}", p)
               for p in sorted(paths.engines_dir(cfg).glob("*.engine"))]
     listed = {a.path.resolve() for a in found}
     for stage, pattern in (("export", "*.onnx"), ("quantize", "*.onnx"), ("quantize", "openvino/*.xml"),

@@ -253,7 +253,8 @@ def _resolve_includes(cls: type, data: dict, source: str) -> dict:
         tp = types_.get(key)
         if tp is None or not _is_section(tp):
             continue
-        inner = tp if dataclasses.is_dataclass(tp) else next(a for a in typing.get_args(tp) if dataclasses.is_dataclass(a))
+        inner = tp if dataclasses.is_dataclass(tp) else next(a for a in typing.get_args(tp)
+                                                             if dataclasses.is_dataclass(a))
         if isinstance(value, str) and value.endswith((".yaml", ".yml")):
             value = _resolve_includes(inner, read_yaml(value), value)
             from_dict(inner, value, source=f"{data[key]}", where=key)  # errors name the included file
@@ -308,17 +309,20 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), c
 RANGES = [(f"{role}.train.{key}", low, strict) for role in ("teacher", "student", "qat")
           for key, low, strict in (("batch_size", 1, False), ("epochs", 1, False), ("lr", 0.0, True),
                                    ("weight_decay", 0.0, False), ("warmup_steps", 0, False), ("max_steps", 0, False),
-                                   ("max_train_images", 0, False), ("max_val_images", 0, False), ("grad_clip", 0.0, False),
-                                   ("eval_every", 1, False), ("save_every_steps", 0, False), ("workers", 0, False))]
-RANGES += [("report.latency_budget_ms", 0.0, True), ("data.select_images", 0, False), ("data.generator.long_tail_ratio", 1.0, False),
-           ("distill.until_epoch", 0, False), ("quantize.calib_images", 8, False), ("quantize.max_map_drop", 0.0, False), ("export.iters", 1, False),
+                                   ("max_train_images", 0, False), ("max_val_images", 0, False),
+                                   ("grad_clip", 0.0, False), ("eval_every", 1, False), ("save_every_steps", 0, False),
+                                   ("workers", 0, False))]
+RANGES += [("report.latency_budget_ms", 0.0, True), ("data.select_images", 0, False),
+           ("data.generator.long_tail_ratio", 1.0, False), ("distill.until_epoch", 0, False),
+           ("quantize.calib_images", 8, False), ("quantize.max_map_drop", 0.0, False), ("export.iters", 1, False),
            ("qat.calib_images", 8, False), ("qat.max_map_drop", 0.0, False)]
 
 
 def check_ranges(config: PipelineConfig, source: str) -> None:
     """Every numeric setting of RANGES within its range, and the run a folder name, else one ConfigError naming it."""
     if not config.run or config.run in (".", "..") or "/" in config.run or "\\" in config.run:
-        raise ConfigError(f"{source}: 'run' must be a folder name inside runs_dir ({config.runs_dir}), got {config.run!r}")
+        raise ConfigError(f"{source}: 'run' must be a folder name inside "
+                          f"runs_dir ({config.runs_dir}), got {config.run!r}")
     for dotted, low, strict in RANGES:
         value: Any = config
         for part in dotted.split("."):

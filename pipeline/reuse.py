@@ -19,7 +19,8 @@ from distill.models.detector import ModelConfig
 from distill.settings import DistillConfig, TrainConfig
 
 # Settings that do not change what a run learns, so a resumed or reused run may differ in them.
-RUN_ONLY = {"eval_every", "max_val_images", "log_every", "save_every_steps", "workers", "device", "min_gain_over_baseline"}
+RUN_ONLY = {"eval_every", "max_val_images", "log_every", "save_every_steps", "workers", "device",
+            "min_gain_over_baseline"}
 
 
 def _resolved(settings: dict[str, Any]) -> dict[str, Any]:

@@ -117,7 +117,8 @@ def run_stage(cfg: PipelineConfig, name: str, force: bool, progress: bool) -> di
             raise
         wall = round(time.perf_counter() - start, 1)
         write_state(out, state="done", **record, finished=now(), wall_s=wall,
-                    outputs=output_files(out if stage.track_folder else None, stage.extra_outputs(cfg), cfg.run_dir), versions=versions(), summary=summary(result))
+                    outputs=output_files(out if stage.track_folder else None, stage.extra_outputs(cfg), cfg.run_dir),
+                    versions=versions(), summary=summary(result))
         print(f"[{name}] done in {wall:.1f}s" + (f": {summary(result)}" if summary(result) else ""), flush=True)
     try:
         gate = check_gate(name, cfg)
@@ -192,7 +193,8 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None, progress:
         with sigterm_as_interrupt():
             for name in selected:
                 stale_upstream = [u for u in get(name).upstream
-                                  if u in cfg.stages and u not in selected and (read_state(run_dir / u) or {}).get("state") != "done"]
+                                  if u in cfg.stages and u not in selected
+                                  and (read_state(run_dir / u) or {}).get("state") != "done"]
                 if stale_upstream:
                     print(f"[{name}] note: upstream {', '.join(stale_upstream)} not done and not selected; "
                           "using the files it left", flush=True)

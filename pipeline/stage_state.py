@@ -29,7 +29,8 @@ def versions() -> dict[str, str]:
     """Versions of Python and of the libraries that change results (recorded with every stage), read from
     the installed packages' metadata: nothing is imported."""
     out = {"python": platform.python_version()}
-    for module in ("numpy", "torch", "torchvision", "onnx", "onnxruntime", "openvino", "nncf", "pycocotools", "tensorrt"):
+    for module in ("numpy", "torch", "torchvision", "onnx", "onnxruntime", "openvino", "nncf", "pycocotools",
+                   "tensorrt"):
         out[module] = package_version(module) or "not installed"
     return out
 
@@ -84,13 +85,15 @@ def inputs_hash(paths: list[Path], run_dir: Path | None = None) -> tuple[str, li
     return digest.hexdigest()[:16], missing, as_given.hexdigest()[:16]
 
 
-def output_files(stage_dir: Path | None, extra: list[Path] = (), run_dir: Path | None = None) -> dict[str, dict[str, Any]]:
+def output_files(stage_dir: Path | None, extra: list[Path] = (),
+                 run_dir: Path | None = None) -> dict[str, dict[str, Any]]:
     """{path: {size, sha256}} of every file a stage left (its folder, unless None, plus files it wrote
     elsewhere). The hash, not the size, tells a cached artifact is the one the stage made: a weight
     scaled in place keeps its size."""
     files = [p for p in sorted(stage_dir.rglob("*")) if p.is_file() and p.name != STATE_FILE
              and not is_temporary(p.relative_to(stage_dir))] if stage_dir is not None and stage_dir.is_dir() else []
-    return {_name(p, run_dir): {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in [*files, *extra] if p.is_file()}
+    return {_name(p, run_dir): {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in [*files, *extra]
+            if p.is_file()}
 
 
 def is_temporary(path: Path) -> bool:

@@ -42,7 +42,8 @@ def write_coco(root: Path, images: list[dict], annotations: list[dict], categori
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     if write_images:
         for img in images:
-            Image.fromarray(np.full((img["height"], img["width"], 3), 128, np.uint8)).save(root / split / img["file_name"])
+            Image.fromarray(np.full((img["height"], img["width"], 3), 128, np.uint8)).save(
+                root / split / img["file_name"])
     path = root / "annotations" / f"instances_{split}.json"
     path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
     return path
@@ -80,7 +81,8 @@ def tiny_onnx(tmp_path_factory, tiny_model):
 
 def hand_qdq_model(zero=0, axis=0, act_scale=0.1, with_zero=True, batch=1, zero_dtype=np.int8):
     """x -> Q/DQ -> Conv(w behind its own Q/DQ pair, per output channel) -> y: the form TensorRT takes,
-    unless an argument breaks it (a uint8 (zero_dtype) or non-zero zero point, another axis, per-channel activations)."""
+    unless an argument breaks it (a uint8 (zero_dtype) or non-zero zero point, another axis, per-channel
+    activations)."""
     from onnx import TensorProto, helper, numpy_helper
 
     w = numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "w")
@@ -95,5 +97,6 @@ def hand_qdq_model(zero=0, axis=0, act_scale=0.1, with_zero=True, batch=1, zero_
              helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], name="dq_w", axis=axis),
              helper.make_node("Conv", ["xd", "wd"], ["y"], name="conv")]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 4, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4, 4, 4])], [w, ws, wz, xs, xz])
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4, 4, 4])],
+                              [w, ws, wz, xs, xz])
     return helper.make_model(graph)

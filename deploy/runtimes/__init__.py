@@ -4,8 +4,8 @@ A runner has `inputs` and `outputs` ({name: shape}, -1 for a dynamic axis), `bat
 size, or None when dynamic), `precision` (what the artifact is), `executed_precision` (what the
 runtime reports it runs: read back after loading), `execution` (the details behind it: kernels,
 threads), `precision_warning` (a line when the two disagree, else None), `backend`, and
-`infer(images) -> {name: array}` on a preprocessed float32 [N, 3, H, W] batch. The runtime library is imported when a runner is opened,
-so a device needs only the runtime it uses.
+`infer(images) -> {name: array}` on a preprocessed float32 [N, 3, H, W] batch. The runtime library is
+imported when a runner is opened, so a device needs only the runtime it uses.
 """
 
 from __future__ import annotations
@@ -68,12 +68,14 @@ def check_detector(runner: Any) -> None:
     model contract is one image input, float [N, 3, H, W] (or uint8 [N, H, W, 3] when exported with a
     uint8 input), and outputs `boxes` and `scores`."""
     shape = runner.inputs[runner.input_name]
-    channels = shape[3] if getattr(runner, "input_uint8", False) and len(shape) == 4 else shape[1] if len(shape) > 1 else None
+    channels = (shape[3] if getattr(runner, "input_uint8", False) and len(shape) == 4
+                else shape[1] if len(shape) > 1 else None)
     if len(runner.inputs) != 1 or len(shape) != 4 or channels != 3:
         found = ", ".join(f"'{n}' {s}" for n, s in runner.inputs.items())
         raise InputError(f"{runner.path}: input {found}; an edgekd detector takes one image input [N, 3, H, W] "
                          "(or uint8 [N, H, W, 3])")
-    if all(n in runner.outputs for n in ("det_boxes", "det_scores", "det_labels")) or "num_detections" in runner.outputs:
+    if (all(n in runner.outputs for n in ("det_boxes", "det_scores", "det_labels"))
+            or "num_detections" in runner.outputs):
         return  # NMS in the graph (export.nms: graph) or in the engine (EfficientNMS_TRT)
     missing = [n for n in ("boxes", "scores") if n not in runner.outputs]
     if missing:

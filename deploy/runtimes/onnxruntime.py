@@ -54,7 +54,8 @@ class OrtRunner:
         try:
             stored_ops = [n.op_type for n in _graph_nodes(str(path))]
         except Exception as e:  # protobuf's DecodeError and friends: not an ONNX file
-            raise InputError(f"{path}: ONNX Runtime cannot load it (not an ONNX model: {str(e).splitlines()[0][:160]})") from e
+            raise InputError(f"{path}: ONNX Runtime cannot load it (not an ONNX model: "
+                             f"{str(e).splitlines()[0][:160]})") from e
         qdq = "QuantizeLinear" in stored_ops or "QLinearConv" in stored_ops
         options = _options(threads)
         with tempfile.TemporaryDirectory() as work:

@@ -93,8 +93,8 @@ def import_cudart(driver_version: int | None = None) -> Any:
         try:
             from cuda import cudart
         except ImportError as exc:
-            raise InputError("cuda_graph needs cuda-python: pip install 'cuda-python>=11.8,<12' on JetPack 5 (CUDA 11.4), "
-                             "'cuda-python>=12.6,<13' on JetPack 6 (CUDA 12.6)") from exc
+            raise InputError("cuda_graph needs cuda-python: pip install 'cuda-python>=11.8,<12' on JetPack 5 "
+                             "(CUDA 11.4), 'cuda-python>=12.6,<13' on JetPack 6 (CUDA 12.6)") from exc
     runtime = cuda_call(cudart.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion", "cuda-python")
     driver = driver_version or cuda_call(cudart.cudaDriverGetVersion(), "cudaDriverGetVersion", "cuda-python")
     if runtime // 1000 > driver // 1000:
@@ -115,12 +115,14 @@ class TensorRTRunner:
         check_engine_meta(self.meta, path, trt.__version__, cuda.Device(0).name())
         logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(logger)
-        if self.meta.get("dla_core") is not None:  # must be set before deserializing a DLA engine (IRuntime::setDLACore)
+        # must be set before deserializing a DLA engine (IRuntime::setDLACore)
+        if self.meta.get("dla_core") is not None:
             runtime.DLA_core = int(self.meta["dla_core"])
         with open(path, "rb") as f:
             self.engine = runtime.deserialize_cuda_engine(f.read())
         if self.engine is None:
-            raise InputError(f"{path}: TensorRT cannot deserialize it (built by another version or corrupt); rebuild it")
+            raise InputError(f"{path}: TensorRT cannot deserialize it (built "
+                             "by another version or corrupt); rebuild it")
         self.context = self.engine.create_execution_context()
         self.stream = cuda.Stream()
         self.path, self.precision = str(path), self.meta.get("precision", "unknown")
@@ -187,7 +189,8 @@ class TensorRTRunner:
             graph = cuda_call(cudart.cudaStreamEndCapture(handle), "cudaStreamEndCapture", where)
         # cudaGraphInstantiateWithFlags has the same (graph, flags) signature in cuda-python 11.8, 12 and
         # 13; cudaGraphInstantiate's changed in 12 (11.8 takes a log buffer and its size).
-        self.graph_exec = cuda_call(cudart.cudaGraphInstantiateWithFlags(graph, 0), "cudaGraphInstantiateWithFlags", where)
+        self.graph_exec = cuda_call(cudart.cudaGraphInstantiateWithFlags(graph, 0), "cudaGraphInstantiateWithFlags",
+                                    where)
         cuda_call(cudart.cudaGraphDestroy(graph), "cudaGraphDestroy", where)
         self._cudart = cudart
 

@@ -28,7 +28,8 @@ def build_augmentation(names: list[str]) -> v2.Compose:
         if name == "photometric":
             steps.append(v2.RandomPhotometricDistort(p=0.5))
         elif name == "zoom_out":
-            steps.append(v2.RandomZoomOut(fill={tv_tensors.Image: (124, 116, 104), "others": 0}, side_range=(1.0, 2.0), p=0.3))
+            steps.append(v2.RandomZoomOut(fill={tv_tensors.Image: (124, 116, 104), "others": 0}, side_range=(1.0, 2.0),
+                                          p=0.3))
         elif name == "iou_crop":
             steps.append(v2.RandomApply([v2.RandomIoUCrop()], p=0.3))
         elif name == "hflip":
@@ -76,7 +77,8 @@ class DetectionDataset(Dataset):
                 torch.manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFFFFFF)
                 img_t, out = self.augment(
                     tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)),
-                    {"boxes": tv_tensors.BoundingBoxes(torch.from_numpy(boxes), format="XYXY", canvas_size=image.shape[:2]),
+                    {"boxes": tv_tensors.BoundingBoxes(torch.from_numpy(boxes), format="XYXY",
+                                                       canvas_size=image.shape[:2]),
                      "labels": torch.from_numpy(labels)})
             image = img_t.permute(1, 2, 0).numpy()
             boxes, labels = out["boxes"].numpy(), out["labels"].numpy()

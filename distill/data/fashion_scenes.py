@@ -16,9 +16,9 @@ import colorsys
 import hashlib
 import json
 import multiprocessing as mp
-import signal
 import os
 import shutil
+import signal
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -27,7 +27,6 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image
-
 from tqdm import tqdm
 
 from deploy.errors import InputError
@@ -218,7 +217,8 @@ def _write_split(split: str, n: int, root: Path, workers: int, progress: bool) -
         # Forked workers inherit the pipeline's SIGTERM-as-Ctrl-C handler, and the pool's exit terminates them
         # with SIGTERM: each printed a KeyboardInterrupt traceback. They take the default action, and the
         # pool is closed and joined (a clean exit) once every scene is back.
-        with mp.get_context("fork").Pool(workers, initializer=signal.signal, initargs=(signal.SIGTERM, signal.SIG_DFL)) as pool:
+        with mp.get_context("fork").Pool(workers, initializer=signal.signal,
+                                         initargs=(signal.SIGTERM, signal.SIG_DFL)) as pool:
             rows = list(tqdm(pool.imap(job, range(n), chunksize=8), **bar))
             pool.close()
             pool.join()
@@ -251,7 +251,8 @@ def generate(cfg: FashionScenesConfig, root: str | os.PathLike, progress: bool =
     """Write the dataset to root (built in a temporary folder, swapped in whole); return seconds taken."""
     start = time.perf_counter()
     root = Path(root)
-    if root.is_dir() and any(root.iterdir()) and not (root / "generator.json").is_file():  # e.g. a generator setting on a user's dataset
+    # e.g. a generator setting on a user's dataset
+    if root.is_dir() and any(root.iterdir()) and not (root / "generator.json").is_file():
         raise InputError(f"data.root: {root} holds files the fashion-scenes generator did not write; it will not "
                          "replace them (set data.generator=null for a dataset of your own, or another data.root)")
     root.parent.mkdir(parents=True, exist_ok=True)

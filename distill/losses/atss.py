@@ -15,8 +15,8 @@ from distill.models.heads.atss import ATSSHead
 def assign_targets(outputs: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]], topk: int = 9) -> Targets:
     anchors = outputs["anchors"]
     level_sizes = torch.unique_consecutive(outputs["strides"], return_counts=True)[1].tolist()
-    return gather_targets(targets, anchors.shape[0], anchors.device, lambda gt: atss_assign(anchors, level_sizes, gt, topk),
-                          (anchors[:, :2] + anchors[:, 2:]) / 2)
+    return gather_targets(targets, anchors.shape[0], anchors.device,
+                          lambda gt: atss_assign(anchors, level_sizes, gt, topk), (anchors[:, :2] + anchors[:, 2:]) / 2)
 
 
 def atss_loss(outputs: dict[str, torch.Tensor], assigned: Targets,

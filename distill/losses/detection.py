@@ -20,9 +20,11 @@ def head_loss(cfg) -> HeadLoss:
     """The loss of the head a ModelConfig names, with its weights (cfg.loss_weights or the head's)."""
     weights = tuple(cfg.loss_weights) if cfg.loss_weights else DEFAULT_WEIGHTS[cfg.name]
     if len(weights) != len(DEFAULT_WEIGHTS[cfg.name]):
-        raise InputError(f"model.loss_weights: {cfg.name} takes {len(DEFAULT_WEIGHTS[cfg.name])} weights, got {list(weights)}")
+        raise InputError(f"model.loss_weights: {cfg.name} takes "
+                         f"{len(DEFAULT_WEIGHTS[cfg.name])} weights, got {list(weights)}")
 
-    def loss(outputs: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]]) -> tuple[dict[str, torch.Tensor], Targets]:
+    def loss(outputs: dict[str, torch.Tensor],
+             targets: list[dict[str, torch.Tensor]]) -> tuple[dict[str, torch.Tensor], Targets]:
         if cfg.name == "gfl":
             assigned = gfl.assign_targets(outputs, targets, cfg.anchor_scale, cfg.atss_topk)
             return gfl.gfl_loss(outputs, assigned, weights), assigned

@@ -54,7 +54,8 @@ def fcos_assign(points: torch.Tensor, strides: torch.Tensor, ranges: torch.Tenso
     return torch.where(torch.isfinite(best_area), best, torch.full_like(best, -1))
 
 
-def assign_targets(outputs: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]], radius: float = 1.5) -> Targets:
+def assign_targets(outputs: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]],
+                   radius: float = 1.5) -> Targets:
     points, strides = outputs["points"], outputs["strides"]
     ranges = level_ranges(strides)
     return gather_targets(targets, points.shape[0], points.device,
@@ -67,7 +68,8 @@ def centerness_terms(outputs: dict[str, torch.Tensor], boxes: torch.Tensor, assi
     head's decoded boxes in input pixels."""
     n, a, c = outputs["cls_logits"].shape
     pos = assigned.labels >= 0
-    focal = focal_loss(outputs["cls_logits"].reshape(n * a, c), assigned.labels, valid=assigned.valid) / assigned.num_pos
+    focal = focal_loss(outputs["cls_logits"].reshape(n * a, c), assigned.labels,
+                       valid=assigned.valid) / assigned.num_pos
     centerness = outputs["centerness"].reshape(n * a).float()
     if pos.any():
         points = outputs["points"].repeat(n, 1)[pos]

@@ -18,7 +18,8 @@ from distill.models.assign import atss_assign, point_anchors
 from distill.models.heads.gfl import box_to_distance, distance_to_box, distribution_to_distance
 
 
-def quality_focal_loss(logits: torch.Tensor, labels: torch.Tensor, quality: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
+def quality_focal_loss(logits: torch.Tensor, labels: torch.Tensor, quality: torch.Tensor,
+                       beta: float = 2.0) -> torch.Tensor:
     """QFL per location [N]: BCE of the sigmoid score against the IoU quality at the true class (0 at
     others), scaled by |score - target|^beta. logits [N, C]; labels [N] (-1 or C: background); quality [N]."""
     logits = logits.float()

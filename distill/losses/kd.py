@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 
-def _kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, mean: bool = False) -> torch.Tensor:
+def _kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+        mean: bool = False) -> torch.Tensor:
     """Per-row KL(softmax(t/T) || softmax(s/T)) * T^2 over the last dim (summed, or averaged) -> [...]."""
     log_p_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
     p_t = F.softmax(teacher_logits.detach().float() / temperature, dim=-1)

@@ -34,7 +34,8 @@ def retinanet_loss(outputs: dict[str, torch.Tensor], assigned: Targets, weights:
     """{'loss_focal', 'loss_box'} weighted; raw values under 'raw_*'."""
     n, a, c = outputs["cls_logits"].shape
     pos = assigned.labels >= 0
-    focal = focal_loss(outputs["cls_logits"].reshape(n * a, c), assigned.labels, valid=assigned.valid) / assigned.num_pos
+    focal = focal_loss(outputs["cls_logits"].reshape(n * a, c), assigned.labels,
+                       valid=assigned.valid) / assigned.num_pos
     deltas = outputs["deltas"].reshape(n * a, 4).float()
     if pos.any():
         anchors = outputs["anchors"].repeat(n, 1)[pos]

@@ -31,8 +31,10 @@ _TORCHVISION = {
     "resnet50": ("resnet50", "ResNet50_Weights", ("layer2", "layer3", "layer4")),
     "resnet101": ("resnet101", "ResNet101_Weights", ("layer2", "layer3", "layer4")),
     "mobilenet_v2": ("mobilenet_v2", "MobileNet_V2_Weights", ("features.6", "features.13", "features.18")),
-    "mobilenet_v3_large": ("mobilenet_v3_large", "MobileNet_V3_Large_Weights", ("features.6", "features.12", "features.16")),
-    "mobilenet_v3_small": ("mobilenet_v3_small", "MobileNet_V3_Small_Weights", ("features.3", "features.8", "features.12")),
+    "mobilenet_v3_large": ("mobilenet_v3_large", "MobileNet_V3_Large_Weights",
+                           ("features.6", "features.12", "features.16")),
+    "mobilenet_v3_small": ("mobilenet_v3_small", "MobileNet_V3_Small_Weights",
+                           ("features.3", "features.8", "features.12")),
 }
 _EFFICIENTNET_LITE = {f"efficientnet_lite{k}": k for k in (0, 1, 2)}
 BACKBONES = tuple(_TORCHVISION) + tuple(_EFFICIENTNET_LITE)
@@ -96,7 +98,8 @@ def _torchvision(name: str, pretrained: str) -> Backbone:
         except Exception as e:  # offline machines: say how to proceed
             raise InputError(
                 f"pretrained: imagenet for {name} downloads torchvision's weights ({weights.url}) and that failed "
-                f"({type(e).__name__}); download the file elsewhere and set pretrained: /path/to/{Path(weights.url).name}"
+                f"({type(e).__name__}); download the file elsewhere and set pretrained: "
+                f"/path/to/{Path(weights.url).name}"
             ) from e
         model.load_state_dict(state)
     body = create_feature_extractor(model, return_nodes={n: str(i) for i, n in enumerate(nodes)})

@@ -29,7 +29,8 @@ RULES: list[tuple[str, Any]] = [
     (r"neck\.fpn_convs\.3\.conv\.(weight|bias)", lambda m: f"fpn.extra_blocks.p6.{m[1]}"),
     (r"neck\.fpn_convs\.4\.conv\.(weight|bias)", lambda m: f"fpn.extra_blocks.p7.{m[1]}"),
     (r"bbox_head\.(cls|reg)_convs\.(\d+)\.conv\.weight", lambda m: f"head.{m[1]}_tower.{3 * int(m[2])}.weight"),
-    (r"bbox_head\.(cls|reg)_convs\.(\d+)\.gn\.(weight|bias)", lambda m: f"head.{m[1]}_tower.{3 * int(m[2]) + 1}.{m[3]}"),
+    (r"bbox_head\.(cls|reg)_convs\.(\d+)\.gn\.(weight|bias)",
+     lambda m: f"head.{m[1]}_tower.{3 * int(m[2]) + 1}.{m[3]}"),
     (r"bbox_head\.gfl_cls\.(weight|bias)", lambda m: f"head.cls_out.{m[1]}"),
     (r"bbox_head\.gfl_reg\.(weight|bias)", lambda m: f"head.reg_out.{m[1]}"),
     (r"bbox_head\.scales\.(\d+)\.scale", lambda m: f"head.scales.{m[1]}.scale"),
@@ -77,8 +78,9 @@ def head_classes(weights: dict[str, torch.Tensor], classes: list[str], source: s
         raise InputError(f"{source}: no GFL classifier ({CLASSIFIER}; its {len(weights)} tensors start {first}): "
                          "teacher.format: mmdet takes a whole mmdetection GFL detector's checkpoint, not a backbone's")
     if head.shape[0] != len(classes):
-        raise InputError(f"{source}: {named_by} names {len(classes)} classes, its head ({CLASSIFIER}) has {head.shape[0]} "
-                         f"rows; name exactly {head.shape[0]} (edgekd convert-mmdet {source} --out plain.pth --classes ...)")
+        raise InputError(f"{source}: {named_by} names {len(classes)} classes, its head "
+                         f"({CLASSIFIER}) has {head.shape[0]} rows; name exactly {head.shape[0]} "
+                         f"(edgekd convert-mmdet {source} --out plain.pth --classes ...)")
 
 
 def read_mmdet_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str]]:

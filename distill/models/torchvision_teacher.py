@@ -91,8 +91,9 @@ class TorchvisionTeacher(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         height, width = images.shape[-2:]
         if height % LARGEST_STRIDE or width % LARGEST_STRIDE:
-            raise InputError(f"{self.cfg.source}: input {height}x{width}; torchvision places P6/P7 anchors at the nominal "
-                             f"stride only for inputs that are multiples of {LARGEST_STRIDE} (set teacher.model.input_size)")
+            raise InputError(f"{self.cfg.source}: input {height}x{width}; torchvision places P6/P7 anchors at the "
+                             f"nominal stride only for inputs that are multiples of {LARGEST_STRIDE} (set "
+                             "teacher.model.input_size)")
         features = list(self.model.backbone(images).values())
         head = self.model.head(features)
         anchors = self.model.anchor_generator(ImageList(images, [(height, width)] * images.shape[0]), features)[0]
@@ -147,7 +148,8 @@ def read_weights(path: Path, url: str) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  cut inside, or pickled objects weights_only refuses
-        raise InputError(f"{path}: unreadable with weights_only=True ({error_line(e)}); torchvision's file is {url}") from e
+        raise InputError(f"{path}: unreadable with weights_only=True "
+                         f"({error_line(e)}); torchvision's file is {url}") from e
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise InputError(f"{path}: holds a {type(state).__name__}, not a state dict of tensors; "
                          f"torchvision's file is {url}")
@@ -166,17 +168,19 @@ def torchvision_teacher(source: str, checkpoint: str | Path | None, dataset_clas
     index = {c: i for i, c in enumerate(categories) if c not in ("__background__", "N/A")}
     missing = [c for c in dataset_classes if c not in index]
     if missing:
-        raise InputError(f"teacher.source: {source} knows COCO's 80 classes, not {', '.join(repr(c) for c in missing[:3])}; "
-                         "distil from a teacher trained on your classes")
+        raise InputError(f"teacher.source: {source} knows COCO's 80 classes, not "
+                         f"{', '.join(repr(c) for c in missing[:3])}; distil from a teacher trained on your classes")
     input_size = list(model.input_size) if model is not None else [512, 512]
     if input_size[0] % LARGEST_STRIDE or input_size[1] % LARGEST_STRIDE:
-        raise InputError(f"teacher.model.input_size {input_size}: a torchvision teacher needs multiples of {LARGEST_STRIDE} "
-                         f"(its anchors sit at image_size // grid_size, the nominal stride only there)")
+        raise InputError(f"teacher.model.input_size {input_size}: a torchvision teacher "
+                         f"needs multiples of {LARGEST_STRIDE} (its anchors sit "
+                         "at image_size // grid_size, the nominal stride only there)")
     url = getattr(torchvision.models.detection, MODELS[name]).COCO_V1.url  # settings checked: now the weights
     path = Path(checkpoint) if checkpoint else fetch_weights(url)
     check_sha256(path, expected_sha256, "teacher.checkpoint")
     state = read_weights(path, url)
-    detector = getattr(torchvision.models.detection, name)(weights=None, weights_backbone=None, num_classes=len(categories))
+    detector = getattr(torchvision.models.detection, name)(weights=None, weights_backbone=None,
+                                                           num_classes=len(categories))
     try:
         missing_keys, unexpected = detector.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shapes that differ

@@ -1,7 +1,8 @@
 """`make benchmark`: deploy/benchmark.py over every artifact of the run that this machine can execute;
 the others are listed as skipped, with the reason.
 
-    python -m pipeline.stages.benchmark --config configs/pipelines/default.yaml [benchmark.evaluate=true] [key=value ...]
+    python -m pipeline.stages.benchmark --config configs/pipelines/default.yaml \\
+        [benchmark.evaluate=true] [key=value ...]
 
 Writes runs/<run>/benchmark/benchmark.{json,md}; latency only unless benchmark.evaluate (each stage
 measured its artifacts' AP already).
@@ -33,7 +34,8 @@ def artifacts(cfg: PipelineConfig) -> tuple[list[tuple[str, str]], list[tuple[st
     """([(stage-qualified name, deploy/benchmark.py argument)] runnable here, [(artifact, why skipped)]) of the
     run. OpenVINO IRs run with the inference precision their stage measured them with (quantize/openvino_bf16
     is the FP32 IR @bf16)."""
-    quantized = json.loads(paths.metrics_file(cfg, "quantize").read_text()) if paths.metrics_file(cfg, "quantize").is_file() else {}
+    quantized = (json.loads(paths.metrics_file(cfg, "quantize").read_text())
+                 if paths.metrics_file(cfg, "quantize").is_file() else {})
     specs = [(a.name, join_artifact(a.path, a.inference_precision)) for a in run_artifacts(cfg)]
     skipped = [(f"{paths.openvino_ir(cfg, 'fp32')}@bf16 (quantize/{name})", why)
                for name, why in quantized.get("skipped", {}).items()]
@@ -55,7 +57,8 @@ def run_benchmark(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> 
     # Always on the val images, taken in turn: a blank canvas has no candidates for NMS and needs no resize,
     # so its end-to-end time was the model's alone. Their AP only with benchmark.evaluate (each stage measured it).
     cmd = [sys.executable, str(DEPLOY), *(s for _, s in runnable), "--names", ",".join(n for n, _ in runnable),
-           "--warmup", str(bc.warmup), "--iters", str(bc.iters), "--data", str(Path(cfg.data.root) / cfg.data.val_annotations),
+           "--warmup", str(bc.warmup), "--iters", str(bc.iters),
+           "--data", str(Path(cfg.data.root) / cfg.data.val_annotations),
            "--json", str(out_dir / "benchmark.json"), "--markdown", str(out_dir / "benchmark.md")]
     if not bc.evaluate:
         cmd.append("--latency-only")

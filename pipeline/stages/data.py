@@ -97,7 +97,8 @@ def run_data(data: DataConfig, out_dir: Path, progress: bool = True) -> dict[str
     stats = {split: dataset_stats(ds) for split, ds in splits.items()}
     result.update(validation_s=round(time.perf_counter() - start, 2), stats=stats)
     if "decode_s" in result:
-        print(f"{data.name}: decoded all {sum(len(ds.images) for ds in splits.values())} images in {result['decode_s']} s")
+        print(f"{data.name}: decoded all {sum(len(ds.images) for ds in splits.values())} images "
+              f"in {result['decode_s']} s")
     print(format_stats(stats))
     write_json(out_dir / "stats.json", result)
     return result

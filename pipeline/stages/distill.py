@@ -79,9 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         cfg = load_config(args.config, args.overrides)
         with run_lock(cfg.run_dir, "edgekd distill"):
-            metrics = distill_student(cfg, args.teacher or None, args.resume, progress=not args.no_progress and sys.stderr.isatty())
+            metrics = distill_student(cfg, args.teacher or None, args.resume,
+                                      progress=not args.no_progress and sys.stderr.isatty())
             if metrics:
-                print(f"distilled student ({cfg.distill.method}): val {format_metrics(metrics)} -> {cfg.run_dir / 'distill'}")
+                print(f"distilled student ({cfg.distill.method}): val {format_metrics(metrics)} "
+                      f"-> {cfg.run_dir / 'distill'}")
 
     return guarded(body, args.debug, "interrupted: rerun with --resume to continue from the last checkpoint")
 

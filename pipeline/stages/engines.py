@@ -1,7 +1,8 @@
 """TensorRT engines from the run's ONNX files (what `make export-trt PRECISION=fp16|int8` runs, on a GPU
 box or on the Jetson itself): fp32/fp16 from export/model.onnx, int8 from quantize/model.int8.trt.onnx
-or, with engines.int8_source=qat, qat/model.qat.onnx (explicit quantization, its Q/DQ form checked by the builder before it parses). The builder is deploy/build_engine.py, the same
-code a board runs from the copied deploy/ folder. Each engine is measured by the deploy/ evaluator.
+or, with engines.int8_source=qat, qat/model.qat.onnx (explicit quantization, its Q/DQ form checked by
+the builder before it parses). The builder is deploy/build_engine.py, the same code a board runs from
+the copied deploy/ folder. Each engine is measured by the deploy/ evaluator.
 
     python -m pipeline.stages.engines --config configs/pipelines/default.yaml --precision fp16 [key=value ...]
 
@@ -50,7 +51,8 @@ def run_export_trt(cfg: PipelineConfig, precision: str, dla_core: int | None = N
                                         sample_images(val, 8))
     write_json(out_dir / f"predictions_{precision}.json", results)
     write_json(out_dir / f"metrics_{precision}.json", metrics)
-    print(f"[export-trt] {engine}: AP {100 * metrics['AP']:.2f}, infer p50 {metrics['latency_ms']['infer']['p50']:.2f} ms")
+    print(f"[export-trt] {engine}: AP {100 * metrics['AP']:.2f}, "
+          f"infer p50 {metrics['latency_ms']['infer']['p50']:.2f} ms")
     return metrics
 
 
@@ -62,7 +64,8 @@ def run_engines(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> di
         print(f"[engines] skipped: {reason}", flush=True)
         result: dict[str, Any] = {"skipped": reason}
     else:
-        result = {"engines": {p: run_export_trt(cfg, p, cfg.engines.dla_core, cfg.engines.workspace_mb, cfg.engines.efficient_nms)
+        result = {"engines": {p: run_export_trt(cfg, p, cfg.engines.dla_core, cfg.engines.workspace_mb,
+                                                cfg.engines.efficient_nms)
                               for p in cfg.engines.precisions}}
     write_json(out_dir / "engines.json", result)
     return result

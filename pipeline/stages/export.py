@@ -77,13 +77,14 @@ def run_export(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> dic
     check_results(val, results, str(path))
     if ec.uint8_input:
         step("model.uint8.onnx: export and measure")
-    uint8 = uint8_artifact(detector, classes, out_dir, input_size, val, decoded, source, path, ec) if ec.uint8_input else {}
+    uint8 = (uint8_artifact(detector, classes, out_dir, input_size, val, decoded, source, path, ec)
+             if ec.uint8_input else {})
     if ec.nms == "graph":
         step("model.nms.onnx: export and measure")
         uint8.update(graph_nms_artifact(detector, classes, out_dir, input_size, val, decoded, source, onnx_metrics, ec))
     model = {"params": sum(p.numel() for p in detector.parameters()), "gflops": count_gflops(detector, input_size)}
-    metrics = {"pytorch": reference, "onnxruntime_fp32": onnx_metrics, **uint8, "parity": diff, "input_size": list(input_size),
-               "classes": classes, "source": str(source), "model": model}
+    metrics = {"pytorch": reference, "onnxruntime_fp32": onnx_metrics, **uint8, "parity": diff,
+               "input_size": list(input_size), "classes": classes, "source": str(source), "model": model}
     write_json(out_dir / "predictions_pytorch.json", ref_results)
     write_json(out_dir / "predictions.json", results)
     write_json(out_dir / "metrics.json", metrics)
@@ -97,8 +98,8 @@ def uint8_artifact(detector: nn.Module, classes: list[str], out_dir: Path, input
     file's on the same val images (the uint8 letterbox pads with the mean colour rounded to uint8)."""
     from export.onnx import export_onnx
 
-    path = export_onnx(detector, classes, out_dir / "model.uint8.onnx", input_size, ec.opset, ec.batch, ec.dynamic_batch,
-                       ec.slim, source=str(source), uint8_input=True)
+    path = export_onnx(detector, classes, out_dir / "model.uint8.onnx", input_size, ec.opset, ec.batch,
+                       ec.dynamic_batch, ec.slim, source=str(source), uint8_input=True)
     runner, float_runner = OrtRunner(str(path), threads=ec.threads or None), OrtRunner(str(float_path))
     worst = {"scores_max_abs": 0.0, "boxes_max_abs": 0.0}
     for image in decoded:
@@ -108,8 +109,9 @@ def uint8_artifact(detector: nn.Module, classes: list[str], out_dir: Path, input
                  "boxes_max_abs": max(worst["boxes_max_abs"], float(np.abs(got["boxes"] - ref["boxes"]).max()))}
     metrics, results = measure_artifact(runner, val, input_size, ec.warmup, ec.iters, decoded)
     metrics["vs_float_input"] = worst
-    print(f"[export] model.uint8.onnx vs model.onnx on {len(decoded)} val images: scores {worst['scores_max_abs']:.2e}, "
-          f"boxes {worst['boxes_max_abs']:.2e} px; AP {100 * metrics['AP']:.2f}", flush=True)
+    print(f"[export] model.uint8.onnx vs model.onnx on {len(decoded)} val images: "
+          f"scores {worst['scores_max_abs']:.2e}, boxes {worst['boxes_max_abs']:.2e} px; AP {100 * metrics['AP']:.2f}",
+          flush=True)
     write_json(out_dir / "predictions_uint8.json", results)
     return {"onnxruntime_fp32_uint8": metrics}
 
@@ -128,8 +130,8 @@ def graph_nms_artifact(detector: nn.Module, classes: list[str], out_dir: Path, i
     print(f"[export] model.nms.onnx (NMS in the graph): AP {100 * metrics['AP']:.2f} "
           f"({100 * metrics['delta_AP_vs_host_nms']:+.2f} vs host NMS)", flush=True)
     if abs(metrics["delta_AP_vs_host_nms"]) > 0.001:
-        raise GateError(f"{path}: AP {100 * metrics['AP']:.2f} with NMS in the graph, {100 * host['AP']:.2f} with host NMS: "
-                        "more than 0.1 apart")
+        raise GateError(f"{path}: AP {100 * metrics['AP']:.2f} with NMS in the graph, "
+                        f"{100 * host['AP']:.2f} with host NMS: more than 0.1 apart")
     write_json(out_dir / "predictions_nms.json", results)
     return {"onnxruntime_fp32_nms": metrics}
 

@@ -59,7 +59,8 @@ def quantize_student(student: torch.nn.Module, qc: QatConfig, train_set, resume_
     else:
         images = calibration_paths(train_set, qc.calib_images, qc.train.seed)
         print(f"[qat] calibrating the activation scales on {len(images)} training images", flush=True)
-        insert_quantizers(student, calibration_loop(torch.from_numpy(x) for x in calibration_batches(images, input_size)))
+        insert_quantizers(student, calibration_loop(torch.from_numpy(x)
+                                                    for x in calibration_batches(images, input_size)))
     return student
 
 
@@ -73,11 +74,13 @@ def check_qat_onnx(path: Path) -> None:
     model = onnx.load(str(path))
     float_convs = unquantized_convolutions(model)
     if float_convs:
-        raise InputError(f"{path}: {len(float_convs)} convolutions run in float (first: {float_convs[0]}); QAT quantizes all")
+        raise InputError(f"{path}: {len(float_convs)} convolutions run in float "
+                         f"(first: {float_convs[0]}); QAT quantizes all")
     by_name = {n.name or f"#{i}": n for i, n in enumerate(model.graph.node)}
     in_decode = [name for name in onnx_decode_nodes(model) if by_name[name].op_type in QDQ]
     if in_decode:
-        raise InputError(f"{path}: the decode holds {len(in_decode)} Q/DQ nodes (first: {in_decode[0]}); it must stay float")
+        raise InputError(f"{path}: the decode holds {len(in_decode)} Q/DQ "
+                         f"nodes (first: {in_decode[0]}); it must stay float")
 
 
 def run_qat(cfg: PipelineConfig, out_dir: Path, progress: bool = True, fine_tune: bool = True) -> dict[str, Any]:
@@ -95,7 +98,8 @@ def run_qat(cfg: PipelineConfig, out_dir: Path, progress: bool = True, fine_tune
     qc, ec = cfg.qat, cfg.export
     source, export_json = paths.export_source(cfg), paths.metrics_file(cfg, "export")
     if not source.is_file():
-        raise InputError(f"no distilled student to start QAT from: {source} not found (run `make distill`, or set export.checkpoint)")
+        raise InputError(f"no distilled student to start QAT from: {source} not "
+                         "found (run `make distill`, or set export.checkpoint)")
     if not export_json.is_file():
         raise InputError(f"{export_json} missing: run `make export` first (QAT is measured against the FP32 ONNX)")
     exported = json.loads(export_json.read_text())
@@ -112,7 +116,8 @@ def run_qat(cfg: PipelineConfig, out_dir: Path, progress: bool = True, fine_tune
     teacher, teacher_info = load_teacher(cfg, train_set.class_names)
     student, classes, state = load_detector(source)
     if classes != train_set.class_names:
-        raise InputError(f"{source}: its classes {classes[:3]}... differ from the dataset's {train_set.class_names[:3]}...")
+        raise InputError(f"{source}: its classes {classes[:3]}... differ from the dataset's "
+                         f"{train_set.class_names[:3]}...")
     input_size = tuple(student.cfg.input_size)
     check_pair(teacher, student, teacher_info.classes, classes, input_size, teacher_info.source,
                tuple(teacher.cfg.input_size))
@@ -129,8 +134,9 @@ def run_qat(cfg: PipelineConfig, out_dir: Path, progress: bool = True, fine_tune
     check_qat_onnx(onnx_path)
     images, _ = preprocess_batch([val_set.image_path(i) for i in val_set.images[: max(ec.batch, 8)]], input_size)
     diff = parity(student, onnx_path, images, ec.batch)
-    print(f"[qat] fake-quantized PyTorch vs ONNX Runtime on {len(images)} val images: scores {diff['scores_max_abs']:.2e}, "
-          f"boxes {diff['boxes_max_abs']:.2e} px (int8 rounding ties and accumulation order)", flush=True)
+    print(f"[qat] fake-quantized PyTorch vs ONNX Runtime on {len(images)} val images: "
+          f"scores {diff['scores_max_abs']:.2e}, boxes {diff['boxes_max_abs']:.2e} px "
+          "(int8 rounding ties and accumulation order)", flush=True)
     xml = openvino_ir(onnx_path, out_dir / paths.qat_openvino(cfg).name)
 
     fp32_ap, decoded, rows = exported["onnxruntime_fp32"]["AP"], sample_images(val_set, 8), {}
@@ -138,7 +144,8 @@ def run_qat(cfg: PipelineConfig, out_dir: Path, progress: bool = True, fine_tune
     for name, runner in (("qat_onnxruntime", open_runner(str(onnx_path), threads=threads)),
                          ("qat_openvino", open_runner(str(xml), threads=threads))):
         metrics, results = measure_artifact(runner, val_set, input_size, ec.warmup, ec.iters, decoded)
-        metrics.update(delta_AP_vs_fp32=metrics["AP"] - fp32_ap, delta_AP_vs_pytorch=metrics["AP"] - exported["pytorch"]["AP"])
+        metrics.update(delta_AP_vs_fp32=metrics["AP"] - fp32_ap,
+                       delta_AP_vs_pytorch=metrics["AP"] - exported["pytorch"]["AP"])
         write_json(out_dir / f"predictions_{name}.json", results)
         rows[name] = metrics
         print(f"[qat] {name}: AP {100 * metrics['AP']:.2f} ({100 * metrics['delta_AP_vs_fp32']:+.2f} vs FP32 ONNX "

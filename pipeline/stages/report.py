@@ -28,12 +28,15 @@ from pipeline.stages.report_plots import pareto_front, plot_ap_bars, plot_ap_lat
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # Which row each artifact is compared with as "the previous stage".
-PREVIOUS = {"onnxruntime_fp32": "distill", "onnxruntime_int8": "onnxruntime_fp32", "onnxruntime_int8_cpu": "onnxruntime_fp32",
-            "openvino_fp32": "onnxruntime_fp32", "openvino_bf16": "openvino_fp32", "openvino_fp16": "openvino_fp32", "openvino_int8": "openvino_fp32",
-            "tensorrt_fp32": "onnxruntime_fp32", "tensorrt_fp16": "onnxruntime_fp32", "tensorrt_int8": "onnxruntime_int8_trt",
-            "onnxruntime_int8_trt": "onnxruntime_fp32", "onnxruntime_fp32_uint8": "onnxruntime_fp32", "onnxruntime_fp32_nms": "onnxruntime_fp32",
-            "openvino_int8_uint8": "openvino_int8", "openvino_int8_nms": "openvino_int8", "openvino_int8_uint8_nms": "openvino_int8",
-            "qat_onnxruntime": "onnxruntime_fp32", "qat_openvino": "onnxruntime_fp32"}
+PREVIOUS = {"onnxruntime_fp32": "distill", "onnxruntime_int8": "onnxruntime_fp32",
+            "onnxruntime_int8_cpu": "onnxruntime_fp32", "openvino_fp32": "onnxruntime_fp32",
+            "openvino_bf16": "openvino_fp32", "openvino_fp16": "openvino_fp32", "openvino_int8": "openvino_fp32",
+            "tensorrt_fp32": "onnxruntime_fp32", "tensorrt_fp16": "onnxruntime_fp32",
+            "tensorrt_int8": "onnxruntime_int8_trt", "onnxruntime_int8_trt": "onnxruntime_fp32",
+            "onnxruntime_fp32_uint8": "onnxruntime_fp32", "onnxruntime_fp32_nms": "onnxruntime_fp32",
+            "openvino_int8_uint8": "openvino_int8", "openvino_int8_nms": "openvino_int8",
+            "openvino_int8_uint8_nms": "openvino_int8", "qat_onnxruntime": "onnxruntime_fp32",
+            "qat_openvino": "onnxruntime_fp32"}
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -43,7 +46,8 @@ def _read(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _row(stage: str, name: str, metrics: dict[str, Any], latency: dict[str, Any] | None, model: dict[str, Any]) -> dict[str, Any]:
+def _row(stage: str, name: str, metrics: dict[str, Any], latency: dict[str, Any] | None,
+         model: dict[str, Any]) -> dict[str, Any]:
     infer, e2e = (latency or {}).get("infer"), (latency or {}).get("end_to_end")
     pre, post = (latency or {}).get("preprocess"), (latency or {}).get("postprocess")
     return {
@@ -68,7 +72,9 @@ def collect_rows(cfg: PipelineConfig) -> list[dict[str, Any]]:
     for stage in ("teacher", "student", "distill"):
         metrics, profile = _read(paths.metrics_file(cfg, stage)), _read(paths.stage_dir(cfg, stage) / "profile.json")
         if "AP" in metrics and stage in cfg.stages:
-            rows.append(_row(stage, stage, {**profile, **metrics, "artifact": profile.get("artifact", str(paths.stage_dir(cfg, stage) / "last.pt"))},
+            rows.append(_row(stage, stage,
+                             {**profile, **metrics,
+                              "artifact": profile.get("artifact", str(paths.stage_dir(cfg, stage) / "last.pt"))},
                              profile.get("latency_ms"), profile))
     exported = _read(paths.metrics_file(cfg, "export"))
     model = exported.get("model", {})
@@ -87,7 +93,8 @@ def collect_rows(cfg: PipelineConfig) -> list[dict[str, Any]]:
     # possibly being several artifacts (the FP32 IR compiled for f32 and for bf16): keyed by both.
     entries = [e for e in _read(paths.benchmark_json(cfg)).get("results", []) if not e.get("round")]
     by_id = {e["name"]: e["latency_ms"] for e in entries if "name" in e}
-    by_file = {join_artifact(Path(e["artifact"]).resolve(), e.get("inference_precision")): e["latency_ms"] for e in entries}
+    by_file = {join_artifact(Path(e["artifact"]).resolve(), e.get("inference_precision")): e["latency_ms"]
+               for e in entries}
     for name, (stage, m) in artifacts.items():
         latency = by_id.get(qualified_name(stage, name)) if by_id else \
             by_file.get(join_artifact(Path(m["artifact"]).resolve(), m.get("inference_precision")))
@@ -95,8 +102,8 @@ def collect_rows(cfg: PipelineConfig) -> list[dict[str, Any]]:
     by_name = {r["name"]: r for r in rows}
     teacher = by_name.get("teacher")
     for r in rows:
-        previous = {"student": "teacher", "distill": "student" if "student" in by_name else "teacher"}.get(r["name"],
-                                                                                                        PREVIOUS.get(r["name"]))
+        previous = {"student": "teacher", "distill": "student" if "student" in by_name else "teacher"}.get(
+            r["name"], PREVIOUS.get(r["name"]))
         r["previous"] = previous if previous in by_name else None
         r["delta_AP_previous"] = r["AP"] - by_name[previous]["AP"] if r["previous"] else None
         r["delta_AP_teacher"] = r["AP"] - teacher["AP"] if teacher and r is not teacher else None
@@ -120,14 +127,15 @@ def table_cells(r: dict[str, Any]) -> list[str]:
             *(_fmt(r[k], ".1f", 100) for k in ("AP", "AP50", "AP75", "APs")),
             _fmt(r["delta_AP_previous"], ".2f", 100, True) + (f" ({r['previous']})" if r["previous"] else ""),
             _fmt(r["delta_AP_teacher"], ".2f", 100, True),
-            _fmt(lat.get("p50"), ".2f"), _fmt(lat.get("p99"), ".2f"), _fmt(e2e.get("p50"), ".2f"), _fmt(e2e.get("p99"), ".2f"),
-            _fmt(r.get("preprocess_ms"), ".2f"), _fmt(r.get("postprocess_ms"), ".2f"), _fmt(r.get("e2e_over_infer"), ".2f"),
-            _fmt(r["throughput_ips"], ".1f"), _fmt(r["size_mb"], ".2f"), _fmt(r["params"], ".2f", 1e-6), _fmt(r["gflops"], ".2f")]
+            _fmt(lat.get("p50"), ".2f"), _fmt(lat.get("p99"), ".2f"), _fmt(e2e.get("p50"), ".2f"),
+            _fmt(e2e.get("p99"), ".2f"), _fmt(r.get("preprocess_ms"), ".2f"), _fmt(r.get("postprocess_ms"), ".2f"),
+            _fmt(r.get("e2e_over_infer"), ".2f"), _fmt(r["throughput_ips"], ".1f"), _fmt(r["size_mb"], ".2f"),
+            _fmt(r["params"], ".2f", 1e-6), _fmt(r["gflops"], ".2f")]
 
 
-HEADER = ["artifact", "runtime", "precision", "executed", "AP", "AP50", "AP75", "APs", "ΔAP vs previous", "ΔAP vs teacher",
-          "infer p50 ms", "infer p99 ms", "e2e p50 ms", "e2e p99 ms", "pre p50 ms", "post p50 ms", "e2e/infer", "images/s",
-          "size MB", "params M", "GFLOPs"]
+HEADER = ["artifact", "runtime", "precision", "executed", "AP", "AP50", "AP75", "APs", "ΔAP vs previous",
+          "ΔAP vs teacher", "infer p50 ms", "infer p99 ms", "e2e p50 ms", "e2e p99 ms", "pre p50 ms", "post p50 ms",
+          "e2e/infer", "images/s", "size MB", "params M", "GFLOPs"]
 
 
 def passes_gates(row: dict[str, Any], float_ap: float | None, cfg: PipelineConfig) -> bool:
@@ -178,7 +186,8 @@ def deployment_lines(chosen: dict[str, Any] | None, cfg: PipelineConfig) -> list
             "```bash", f"python3 deploy/benchmark.py {r['artifact']} --data {data} --latency-only", "```", "",
             "Use it in an application (`deploy/` needs no torch):", "",
             "```python", "from deploy.detector import open_detector",
-            f"boxes, scores, labels = open_detector(\"{r['artifact']}\")(image)  # image: HWC uint8 RGB; boxes xyxy pixels",
+            f"boxes, scores, labels = open_detector(\"{r['artifact']}\")(image)"
+            "  # image: HWC uint8 RGB; boxes xyxy pixels",
             "```", ""]
 
 
@@ -229,9 +238,11 @@ def write_report(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> d
              "training": plot_training(logs, out_dir / "training_curves.png")}
     plots = {k: v for k, v in plots.items() if v is not None}
     chosen = deployed_artifact(rows, cfg)
-    report = {"run": cfg.run, "rows": rows, "deployed": {"id": chosen["row"]["id"], "artifact": chosen["row"]["artifact"],
+    report = {"run": cfg.run, "rows": rows, "deployed": {"id": chosen["row"]["id"],
+                                                         "artifact": chosen["row"]["artifact"],
                                                          "why": chosen["why"]} if chosen else None,
-              "deployment": deployment_lines(chosen, cfg), "stages": stage_times(cfg), "notes": notes(cfg), "machine": machine_info(), "versions": versions(),
+              "deployment": deployment_lines(chosen, cfg), "stages": stage_times(cfg), "notes": notes(cfg),
+              "machine": machine_info(), "versions": versions(),
               "plots": {k: str(v) for k, v in plots.items()},
               "units": {"AP": "COCO mAP@[.5:.95] as a fraction", "latency_ms": "infer-only, ms per batch of 1",
                         "e2e_latency_ms": "preprocess + infer + NMS, ms", "size_mb": "file (PyTorch: fp32 weights)",
@@ -286,10 +297,13 @@ def deployment_html(lines: list[str]) -> str:
 
 def render_html(report: dict[str, Any], plots: dict[str, Path]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in table_cells(r)) + "</tr>" for r in report["rows"])
-    images = "".join(f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in table_cells(r)) + "</tr>"
+                   for r in report["rows"])
+    images = "".join(f'<figure><img alt="{name}" '
+                     f'src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
                      f"<figcaption>{name}</figcaption></figure>" for name, path in plots.items())
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>edgekd report: {html.escape(report['run'])}</title>"
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>edgekd report: "
+            f"{html.escape(report['run'])}</title>"
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
             "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}td:first-child{text-align:left}"
             "img{max-width:100%}</style></head><body>"

@@ -2,7 +2,8 @@
 KD, LD, BCKD, and BCKD's classification or localization term alone, with the same seed, data and
 schedule, against one teacher.
 
-    python -m pipeline.tools.ablation --config configs/pipelines/default.yaml [--variants none,bckd] [--seeds 0,1,2] [key=value ...]
+    python -m pipeline.tools.ablation --config configs/pipelines/default.yaml [--variants none,bckd] \\
+        [--seeds 0,1,2] [key=value ...]
 
 Writes runs/ablation/<variant>/ (each a distill stage folder), and runs/ablation/ablation.md and
 ablation.json: AP, AP50, AP75, APs/m/l per variant and the share of the teacher-student gap closed,
@@ -238,14 +239,17 @@ def run_seeds(cfg: PipelineConfig, path: Path, names: list[str], out: Path,
         summary = summarise(per_seed)
         text = seeds_table(summary, teacher)
         print(text)
-        header = (f"# Distillation ablation over seeds {', '.join(map(str, seeds))}\n\nTeacher {path}; student "
-                  f"{cfg.student.model.name} {cfg.student.model.backbone}, {cfg.student.train.epochs} epochs. AP on "
-                  f"{teacher['num_images']} val images (percent). Seed {cfg.student.train.seed}'s runs are in {out}/, seed k's in "
-                  f"{out}/seed<k>/. The gain is paired: each seed's variant against that seed's `none`.\n\n")
+        header = (f"# Distillation ablation over seeds {', '.join(map(str, seeds))}\n\nTeacher {path}; "
+                  f"student {cfg.student.model.name} {cfg.student.model.backbone}, "
+                  f"{cfg.student.train.epochs} epochs. AP on {teacher['num_images']} val images (percent). "
+                  f"Seed {cfg.student.train.seed}'s runs are in {out}/, seed k's in {out}/seed<k>/. The "
+                  "gain is paired: each seed's variant against that seed's `none`.\n\n")
         write_text(out / "ablation-seeds.md", header + text + "\n")
         classes = head_and_tail(cfg)
-        write_json(out / "ablation-seeds.json", {"teacher": {c: teacher.get(c) for c in COLUMNS}, "teacher_checkpoint": str(path),
-                                                 **({"head_classes": classes[0], "tail_classes": classes[1]} if classes else {}),
+        write_json(out / "ablation-seeds.json", {"teacher": {c: teacher.get(c) for c in COLUMNS},
+                                                 "teacher_checkpoint": str(path),
+                                                 **({"head_classes": classes[0], "tail_classes": classes[1]}
+                                                    if classes else {}),
                                                  "seeds": seeds, "variants": summary,
                                                  "per_seed": {str(s): rows for s, rows in per_seed.items()}})
     return per_seed, teacher
@@ -275,14 +279,16 @@ def check_variants(cfg: PipelineConfig, path: Path, names: list[str], out: Path)
                              f"or remove {out / name} to train it again")
 
 
-def run_ablation(cfg: PipelineConfig, path: Path, names: list[str], out: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+def run_ablation(cfg: PipelineConfig, path: Path, names: list[str],
+                 out: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Check, then train each variant (finished ones are reused) and write out/ablation.{md,json}; return
     (rows, teacher metrics)."""
     check_variants(cfg, path, names, out)
     return _train_variants(cfg, path, names, out)
 
 
-def _train_variants(cfg: PipelineConfig, path: Path, names: list[str], out: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+def _train_variants(cfg: PipelineConfig, path: Path, names: list[str],
+                    out: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     from pipeline.stages.distill import distill_student
 
     rows: dict[str, dict[str, Any]] = {}
@@ -304,9 +310,10 @@ def _train_variants(cfg: PipelineConfig, path: Path, names: list[str], out: Path
     teacher = teacher_metrics(cfg, path)
     text = table(rows, teacher)
     print(text)
-    header = (f"# Distillation ablation\n\nTeacher {path}; student {cfg.student.model.name} {cfg.student.model.backbone} "
-              f"({cfg.student.model.head_channels}-channel head), {cfg.student.train.epochs} epochs, seed "
-              f"{cfg.student.train.seed}. AP on {teacher['num_images']} val images (percent).\n\n")
+    header = (f"# Distillation ablation\n\nTeacher {path}; student {cfg.student.model.name} "
+              f"{cfg.student.model.backbone} ({cfg.student.model.head_channels}-channel head), "
+              f"{cfg.student.train.epochs} epochs, seed {cfg.student.train.seed}. AP on {teacher['num_images']} val "
+              "images (percent).\n\n")
     write_text(out / "ablation.md", header + text + "\n")
     write_json(out / "ablation.json", {"teacher": {c: teacher.get(c) for c in COLUMNS}, "teacher_checkpoint": str(path),
                                        **({"head_classes": classes[0], "tail_classes": classes[1]} if classes else {}),
@@ -318,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edgekd ablation", description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="configs/pipelines/default.yaml")
     parser.add_argument("--teacher", help="teacher checkpoint (default: runs/<run>/teacher/last.pt)")
-    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                        help=f"comma-separated, of {', '.join(VARIANTS)}")
     parser.add_argument("--seeds", help="comma-separated student seeds (default: student.train.seed); that seed's "
                         "runs go to OUT/, the others' to OUT/seed<k>/, and the summary to OUT/ablation-seeds.md")
     parser.add_argument("--out", default="runs/ablation")

@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.config, [*head_overrides(head), *args.overrides])
             print(f"[ablation-heads] {head}: teacher -> {cfg.run_dir / 'teacher'}", flush=True)
             train_role(cfg, "teacher", resume=True, progress=sys.stderr.isatty())
-            rows, teacher = run_ablation(cfg, paths.trained_checkpoint(cfg, "teacher"), args.variants.split(","), out / head)
+            rows, teacher = run_ablation(cfg, paths.trained_checkpoint(cfg, "teacher"), args.variants.split(","),
+                                         out / head)
             results[head] = {"teacher": {c: teacher.get(c) for c in COLUMNS}, **rows}
             text = table(results)
             write_text(out / "ablation-heads.md", "# BCKD across heads (embedded default, AP in percent on val)\n\n"

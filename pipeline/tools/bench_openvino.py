@@ -3,7 +3,8 @@
 default threads and the LATENCY hint. The two alternate for --rounds rounds and each reports its
 median round, so drift of a shared machine hits both alike.
 
-    python -m pipeline.tools.bench_openvino MODEL.xml [MODEL.xml@bf16 ...] [--seconds 10] [--rounds 3] [--json runs/bench-openvino.json]
+    python -m pipeline.tools.bench_openvino MODEL.xml [MODEL.xml@bf16 ...] [--seconds 10] [--rounds 3] \\
+        [--json runs/bench-openvino.json]
 
 Every IR compiles with an explicit inference precision: f32 unless the argument says @bf16 or @f16.
 
@@ -46,7 +47,8 @@ def benchmark_app(spec: str, seconds: int) -> dict[str, float]:
     """benchmark_app's median and average latency (ms) for an IR, LATENCY hint, CPU, the same inference precision."""
     xml, precision = split_spec(spec)
     exe = shutil.which("benchmark_app") or str(Path(sys.executable).parent / "benchmark_app")
-    proc = subprocess.run([exe, "-m", xml, "-d", "CPU", "-hint", "latency", "-infer_precision", precision, "-t", str(seconds)],
+    proc = subprocess.run([exe, "-m", xml, "-d", "CPU", "-hint", "latency", "-infer_precision", precision,
+                           "-t", str(seconds)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise InputError(f"benchmark_app failed on {xml}: {proc.stdout[-300:]}{proc.stderr[-300:]}")
@@ -124,7 +126,8 @@ def layers_table(models: list[str], iters: int, threads: int | None = None) -> t
         ref = ms(times[0], g)
         cells += [f"{ref / v:.2f}x" if ref and (v := ms(t, g)) else "" for t in times[1:]]
         rows.append([f"**{g}**" if g == "total" else g, *cells])
-    text = markdown_table(["layer kind", *(f"{n} ms (kernels)" for n in names), *(f"{n} speed-up" for n in names[1:])], rows)
+    text = markdown_table(["layer kind", *(f"{n} ms (kernels)" for n in names), *(f"{n} speed-up" for n in names[1:])],
+                          rows)
     return text, [{"model": m, "layers": t} for m, t in zip(models, times)]
 
 
@@ -160,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             cells.append([xml, f"{mine['p50']:.2f}", f"{theirs['p50']:.2f}", f"{mine['p50'] / theirs['p50']:.3f}",
                           f"{mine['mean']:.2f}", f"{theirs['mean']:.2f}"])
             print(f"{xml}: done", file=sys.stderr, flush=True)
-        print(markdown_table(["IR", "ours p50 ms", "benchmark_app median ms", "ratio", "ours mean ms", "benchmark_app mean ms"],
+        print(markdown_table(["IR", "ours p50 ms", "benchmark_app median ms", "ratio", "ours mean ms",
+                              "benchmark_app mean ms"],
                              cells, numbers_right=True))
         write_json(args.json, {"rows": rows})
 

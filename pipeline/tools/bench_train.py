@@ -72,10 +72,12 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_config(args.config, args.overrides)
     rows = {role: bench(getattr(cfg, role), args.classes, args.steps, args.warmup) for role in ("teacher", "student")}
-    rows[f"distill ({cfg.distill.method})"] = bench(cfg.student, args.classes, args.steps, args.warmup, cfg.teacher, cfg.distill)
+    rows[f"distill ({cfg.distill.method})"] = bench(cfg.student, args.classes, args.steps, args.warmup, cfg.teacher,
+                                                    cfg.distill)
     ratio = rows[f"distill ({cfg.distill.method})"]["s_per_step"] / rows["student"]["s_per_step"]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.steps} steps after {args.warmup} warm-up")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"median of {args.steps} steps after {args.warmup} warm-up")
     print(f"{'role':<15}{'backbone':<20}{'input':>10}{'batch':>6}{'params M':>9}{'s/step':>8}{'img/s':>7}")
     for role, r in rows.items():
         print(f"{role:<15}{r['backbone']:<20}{'x'.join(map(str, r['input_size'])):>10}{r['batch']:>6}"

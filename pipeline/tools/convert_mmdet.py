@@ -44,7 +44,8 @@ def read_any_checkpoint(path: Path) -> object:
     try:
         import mmengine  # noqa: F401  (its classes must be importable to unpickle the checkpoint)
     except ImportError as exc:
-        raise InputError("convert_mmdet needs mmengine where it runs: pip install mmengine (or pip install -e .[mmdet])") from exc
+        raise InputError("convert_mmdet needs mmengine where it runs: pip "
+                         "install mmengine (or pip install -e .[mmdet])") from exc
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001  cut inside, or a class from a package missing here
@@ -63,7 +64,8 @@ def convert(path: Path, out: Path, classes: list[str] | None = None) -> tuple[in
     state = read_any_checkpoint(path)
     weights = state.get("state_dict", state) if isinstance(state, dict) else None
     if not isinstance(weights, dict):
-        raise InputError(f"{path}: holds a {type(state).__name__}, no state_dict; give the mmdetection checkpoint itself")
+        raise InputError(f"{path}: holds a {type(state).__name__}, "
+                         "no state_dict; give the mmdetection checkpoint itself")
     meta = state.get("meta") or {}
     found = classes or meta.get("CLASSES") or (meta.get("dataset_meta") or {}).get("classes")
     if not found:

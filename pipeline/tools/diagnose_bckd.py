@@ -70,7 +70,8 @@ def summary(sums: dict[str, float]) -> dict[str, float]:
     return {"positive_share": sums["positives"] / n,
             "cls_mass_on_positives": sums["cls_pos"] / max(sums["cls_all"], 1e-12),
             "loc_mass_on_positives": sums["loc_pos"] / max(sums["loc_all"], 1e-12),
-            "v_mean_positives": sums["v_pos"] / pos, "v_mean_others": (sums["v_all"] - sums["v_pos"]) / max(n - pos, 1.0),
+            "v_mean_positives": sums["v_pos"] / pos,
+            "v_mean_others": (sums["v_all"] - sums["v_pos"]) / max(n - pos, 1.0),
             "iou_teacher_gt": sums["iou_teacher"] / pos, "iou_student_gt": sums["iou_student"] / pos,
             "teacher_better_share": sums["teacher_better"] / pos}
 

@@ -2,7 +2,8 @@
 calibration, schedule and seed fine-tuned with the task losses alone, with BCKD and with softmax KD,
 beside calibration alone (no fine-tuning) and the run's post-training quantization.
 
-    python -m pipeline.tools.qat_ablation --config configs/pipelines/default.yaml [--methods calibrated,none,bckd,kd] [key=value ...]
+    python -m pipeline.tools.qat_ablation --config configs/pipelines/default.yaml \\
+        [--methods calibrated,none,bckd,kd] [key=value ...]
 
 Each variant is a qat stage folder, runs/<run>/qat-ablation/<variant>/ (finished ones are reused: the
 trainer finds them trained); runs/<run>/qat-ablation/qat-ablation.{md,json} hold the table: AP of the
@@ -46,7 +47,8 @@ def ablation_table(rows: dict[str, dict[str, Any]], fp32_ap: float, ptq: dict[st
     for name, m in rows.items():
         ort, ov = m["artifacts"]["qat_onnxruntime"], m["artifacts"]["qat_openvino"]
         cells.append([name, m["method"] or "-", str(m["steps"]), _points(m["pytorch_fake_quant"].get("AP")),
-                      _points(ort["AP"]), _points(ort["AP"] - fp32_ap, True), _points(ov["AP"]), _points(ov["AP"] - fp32_ap, True)])
+                      _points(ort["AP"]), _points(ort["AP"] - fp32_ap, True), _points(ov["AP"]),
+                      _points(ov["AP"] - fp32_ap, True)])
     return markdown_table(["variant", "teacher terms", "steps", "PyTorch fake-quant AP", "ONNX Runtime AP", "Δ vs FP32",
                            "OpenVINO AP", "Δ vs FP32"], cells)
 
@@ -72,18 +74,21 @@ def run_qat_ablation(cfg: PipelineConfig, methods: list[str], progress: bool = T
     ptq = json.loads(quantized.read_text()).get("artifacts", {}) if quantized.is_file() else {}
     table = ablation_table(rows, fp32_ap, ptq)
     qc = cfg.qat
-    header = (f"QAT ablation: {paths.export_source(cfg)}, {qc.calib_images} calibration images, {qc.train.epochs} epoch(s) "
-              f"over {qc.train.max_train_images or 'all'} training images at batch {qc.train.batch_size}, {qc.train.optimizer} "
-              f"lr {qc.train.lr:g} ({qc.train.schedule}), seed {qc.train.seed}. AP on the val images (percent).\n\n")
+    header = (f"QAT ablation: {paths.export_source(cfg)}, {qc.calib_images} calibration images, "
+              f"{qc.train.epochs} epoch(s) over {qc.train.max_train_images or 'all'} training "
+              f"images at batch {qc.train.batch_size}, {qc.train.optimizer} lr {qc.train.lr:g} "
+              f"({qc.train.schedule}), seed {qc.train.seed}. AP on the val images (percent).\n\n")
     write_text(root / "qat-ablation.md", header + table + "\n")
-    write_json(root / "qat-ablation.json", {"variants": rows, "fp32_AP": fp32_ap, "ptq": {k: v["AP"] for k, v in ptq.items()}})
+    write_json(root / "qat-ablation.json", {"variants": rows, "fp32_AP": fp32_ap,
+                                            "ptq": {k: v["AP"] for k, v in ptq.items()}})
     print(table, flush=True)
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = common_arguments(argparse.ArgumentParser(prog="edgekd qat-ablation", description=__doc__.split("\n")[0]))
-    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma-separated, of {CALIBRATED}, {', '.join(METHODS)}")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help=f"comma-separated, of {CALIBRATED}, {', '.join(METHODS)}")
     args = parser.parse_intermixed_args(argv)  # key=value overrides may stand before options too
 
     def body() -> None:

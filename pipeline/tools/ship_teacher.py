@@ -41,6 +41,8 @@ def model_card(name: str, digest: str, size_mb: float, meta: dict[str, Any], met
                curve: list[dict[str, Any]], command: str, machine: str) -> str:
     train = meta.get("train") or {}
     wall = curve[-1]["elapsed_s"] if curve else None
+    images = (str(train["max_train_images"]) + " training images" if train.get("max_train_images")
+              else "every training image")
     gains = [100 * (b["AP"] - a["AP"]) for a, b in zip(curve, curve[1:])]
     table = markdown_table(["epoch", "step", "val images", "AP", "AP50", "gain"],
                            [[r["epoch"], r["step"], r["val_images"], f"{100 * r['AP']:.2f}", f"{100 * r['AP50']:.2f}",
@@ -50,14 +52,14 @@ def model_card(name: str, digest: str, size_mb: float, meta: dict[str, Any], met
     return "\n".join([
         f"# {name}: the embedded default's teacher", "",
         f"GFL detector, {cfg['backbone']} backbone (ImageNet init), FPN {cfg['fpn_channels']} channels, head "
-        f"{cfg['head_convs']} x {cfg['head_channels']} channels, input {cfg['input_size'][1]} x {cfg['input_size'][0]}; "
-        f"{len(meta['classes'])} classes (fashion-scenes, Fashion-MNIST's). Float16 state dict, {size_mb:.1f} MB.", "",
+        f"{cfg['head_convs']} x {cfg['head_channels']} channels, input {cfg['input_size'][1]} x "
+        f"{cfg['input_size'][0]}; {len(meta['classes'])} classes (fashion-scenes, Fashion-MNIST's). Float16 state "
+        f"dict, {size_mb:.1f} MB.", "",
         f"- SHA-256: `{digest}`",
         f"- Command: `{command}`",
-        f"- Seed {train.get('seed')}, {train.get('epochs')} epochs ({meta.get('step')} steps of batch {train.get('batch_size')}), "
-        f"{train.get('optimizer')} lr {train.get('lr')} {train.get('schedule')}, weight decay {train.get('weight_decay')}, "
-        f"augmentation {train.get('augment')}, "
-        f"{'every training image' if not train.get('max_train_images') else str(train['max_train_images']) + ' training images'}",
+        f"- Seed {train.get('seed')}, {train.get('epochs')} epochs ({meta.get('step')} steps of batch "
+        f"{train.get('batch_size')}), {train.get('optimizer')} lr {train.get('lr')} {train.get('schedule')}, "
+        f"weight decay {train.get('weight_decay')}, augmentation {train.get('augment')}, {images}",
         f"- Wall time: {wall / 60:.0f} min of training and evaluation" if wall else "- Wall time: not logged",
         f"- Machine: {machine}",
         f"- On all {metrics['num_images']} val images (COCO mAP, percent): {final}", "",
@@ -71,7 +73,8 @@ def ship(run_dir: Path, out: Path, command: str, note: str = "") -> dict[str, An
     checkpoint, metrics_file, log = run_dir / "last.pt", run_dir / "metrics.json", run_dir / "log.jsonl"
     for f in (checkpoint, metrics_file, log):
         if not f.is_file():
-            raise InputError(f"{f} missing: the teacher run has not finished (its final evaluation writes metrics.json)")
+            raise InputError(f"{f} missing: the teacher run has not finished "
+                             "(its final evaluation writes metrics.json)")
     from distill.weights_file import write_weights  # torch: not for `edgekd ship-teacher --help`
 
     meta = write_weights(checkpoint, out)

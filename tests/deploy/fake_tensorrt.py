@@ -214,7 +214,8 @@ def tensorrt_module(version: str, rec: Recorder) -> types.ModuleType:
             return f"plugin:{name}"
 
     trt.get_plugin_registry = lambda: type("Registry", (), {
-        "get_plugin_creator": lambda self, name, version, namespace="": rec("get_plugin_creator", name, version) or Creator()})()
+        "get_plugin_creator": lambda self, name, version, namespace="": (rec("get_plugin_creator", name, version)
+                                                                         or Creator())})()
     trt.nptype = lambda dtype: __import__("numpy").float32
     return trt
 

@@ -133,7 +133,8 @@ def test_make_benchmark_runs_what_it_can_and_lists_engines_it_cannot(exported, t
     runnable, skipped = artifacts(cfg)
     assert runnable == [("export/onnxruntime_fp32", str(onnx_path))]
     assert [Path(p).name for p, _ in skipped] == ["model_fp16.engine"] and "tensorrt is not installed" in skipped[0][1]
-    for made in (run_dir / "quantize" / "model.int8.trt.onnx", run_dir / "qat" / "model.qat.onnx"):  # the Q/DQ files too
+    # the Q/DQ files too
+    for made in (run_dir / "quantize" / "model.int8.trt.onnx", run_dir / "qat" / "model.qat.onnx"):
         made.parent.mkdir(exist_ok=True)
         shutil.copy(onnx_path, made)
     assert [(n, Path(p).name) for n, p in artifacts(cfg)[0]] == [
@@ -153,7 +154,8 @@ def one_conv_onnx(path, channels_in, outputs=("boxes", "scores")):
     if len(outputs) > 1:
         nodes.append(helper.make_node("Sigmoid", [outputs[0]], [outputs[1]]))
         outs.append(helper.make_tensor_value_info(outputs[1], TensorProto.FLOAT, [1, 4, 32, 32]))
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, channels_in, 32, 32])],
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT,
+                                                                         [1, channels_in, 32, 32])],
                               outs, [weight])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path

@@ -106,7 +106,8 @@ def test_nms_matches_torchvision_on_adversarial_inputs(case, use_opencv):
         boxes, scores = random_boxes(rng, 1000), rng.random(1000).astype(np.float32)
     labels = rng.integers(0, 80 if case == "many_classes" else 3, size=len(boxes))
     assert nms(boxes, scores, 0.5).tolist() == torchvision_nms(boxes, scores)
-    assert sorted(batched_nms(boxes, scores, labels, 0.5, use_opencv).tolist()) == sorted(torchvision_nms(boxes, scores, labels))
+    assert (sorted(batched_nms(boxes, scores, labels, 0.5, use_opencv).tolist())
+            == sorted(torchvision_nms(boxes, scores, labels)))
     if case == "chain":
         assert nms(boxes, scores, 0.5).tolist() == list(range(0, 1000, 2))
 

@@ -27,7 +27,8 @@ from tests.conftest import REPO
 from tests.deploy import fake_tensorrt
 
 TRT_MISSING = available()
-needs_trt = pytest.mark.skipif(TRT_MISSING is not None, reason=f"TensorRT engine tests need TensorRT and a GPU: {TRT_MISSING}")
+needs_trt = pytest.mark.skipif(TRT_MISSING is not None, reason="TensorRT engine tests need TensorRT and a GPU: "
+                                                               f"{TRT_MISSING}")
 
 
 def test_supported_versions_are_8_5_to_10_x():
@@ -43,7 +44,8 @@ def test_supported_versions_are_8_5_to_10_x():
 def test_an_engine_from_another_tensorrt_or_gpu_is_refused_with_a_rebuild_hint():
     meta = {"tensorrt": "8.6.1", "gpu": "Orin"}
     check_engine_meta(meta, "m.engine", "8.6.1.post1", "Orin")
-    with pytest.raises(InputError, match=r"m.engine was built with TensorRT 8.6.1, this device runs 10.3.0: rebuild it"):
+    with pytest.raises(InputError, match=r"m.engine was built with TensorRT 8.6.1, "
+                                         r"this device runs 10.3.0: rebuild it"):
         check_engine_meta(meta, "m.engine", "10.3.0", "Orin")
     with pytest.raises(InputError, match=r"built on Orin, this device is NVIDIA H100.*rebuild it on this device"):
         check_engine_meta(meta, "m.engine", "8.6.1", "NVIDIA H100")
@@ -107,7 +109,8 @@ def test_int8_engine_from_the_qdq_onnx_follows_fp32(tiny_onnx, tiny_splits, tmp_
     ("int8", False, "8.6.1", (("FP16", "INT8"), "implicit (entropy calibration)")),
 ])
 def test_precision_plan_without_a_gpu(precision, explicit, version, expected):
-    plan = precision_plan(precision, explicit, version, has_entropy_calibrator=True, has_calibration=True, source="m.onnx")
+    plan = precision_plan(precision, explicit, version, has_entropy_calibrator=True, has_calibration=True,
+                          source="m.onnx")
     assert (plan.flags, plan.quantization) == expected
 
 
@@ -134,11 +137,13 @@ D = (-1, 3, 128, 128)
 @pytest.mark.parametrize("version, precision, explicit, shape, max_batch, dla, cores, expected", [
     ("8.5.2", "fp16", False, S, 1, None, 0, (("EXPLICIT_BATCH",), ("FP16",), "none", None, None)),
     ("10.3.0", "fp32", False, S, 1, None, 0, ((), (), "none", None, None)),
-    ("10.3.0", "fp16", False, D, 4, None, 0, ((), ("FP16",), "none", ((1, 3, 128, 128), (4, 3, 128, 128), (4, 3, 128, 128)), None)),
+    ("10.3.0", "fp16", False, D, 4, None, 0, ((), ("FP16",), "none",
+                                              ((1, 3, 128, 128), (4, 3, 128, 128), (4, 3, 128, 128)), None)),
     ("8.6.1", "int8", True, D, 1, 1, 2, (("EXPLICIT_BATCH",), ("FP16", "INT8", "GPU_FALLBACK"), "explicit (QDQ)",
                                          ((1, 3, 128, 128),) * 3, 1)),
     ("10.3.0", "int8", True, S, 1, None, 0, ((), ("FP16", "INT8"), "explicit (QDQ)", None, None)),
-    ("8.6.1", "int8", False, S, 1, None, 0, (("EXPLICIT_BATCH",), ("FP16", "INT8"), "implicit (entropy calibration)", None, None)),
+    ("8.6.1", "int8", False, S, 1, None, 0, (("EXPLICIT_BATCH",), ("FP16", "INT8"), "implicit (entropy calibration)",
+                                             None, None)),
 ])
 def test_build_plan_from_a_table(version, precision, explicit, shape, max_batch, dla, cores, expected):
     plan = build_plan(version, precision, explicit, shape, max_batch, dla, cores, True, True, "m.onnx")
@@ -170,7 +175,8 @@ def qdq_onnx(tmp_path):
 
 
 @pytest.mark.parametrize("version, network_flags", [("8.6.1", 1), ("10.3.0", 0)])
-def test_the_builder_asks_tensorrt_for_what_the_plan_says(monkeypatch, tiny_onnx, qdq_onnx, tmp_path, version, network_flags):
+def test_the_builder_asks_tensorrt_for_what_the_plan_says(monkeypatch, tiny_onnx, qdq_onnx, tmp_path, version,
+                                                          network_flags):
     rec = fake_tensorrt.Recorder()
     fake_tensorrt.install(monkeypatch, version, rec)
     engine = build_engine(tiny_onnx, tmp_path / "m_fp16.engine", EngineConfig(precision="fp16", workspace_mb=64,
@@ -181,7 +187,8 @@ def test_the_builder_asks_tensorrt_for_what_the_plan_says(monkeypatch, tiny_onnx
     assert not rec.named("profile.set_shape") and not rec.named("config.DLA_core")
     meta = json.loads((tmp_path / "m_fp16.engine.json").read_text())
     assert engine.is_file() and (tmp_path / "t.cache").read_bytes() == b"timing"
-    assert (meta["tensorrt"], meta["gpu"], meta["precision"], meta["quantization"]) == (version, "Fake GPU", "fp16", "none")
+    assert (meta["tensorrt"], meta["gpu"], meta["precision"], meta["quantization"]) == (
+        version, "Fake GPU", "fp16", "none")
 
     rec.calls.clear()
     rec.dla_cores, rec.input_shape = 2, (-1, 3, 4, 4)
@@ -194,9 +201,11 @@ def test_the_builder_asks_tensorrt_for_what_the_plan_says(monkeypatch, tiny_onnx
 
 @pytest.mark.parametrize("version, where", [("8.5.2", "node 7: "), ("10.3.0", "node 7 (DequantizeLinear): ")])
 def test_the_parsers_errors_reach_the_user_in_one_line(monkeypatch, tiny_onnx, tmp_path, version, where):
-    rec = fake_tensorrt.Recorder(parse_ok=False, parse_errors=[(7, "DequantizeLinear", "only activation types allowed")])
+    rec = fake_tensorrt.Recorder(parse_ok=False, parse_errors=[(7, "DequantizeLinear",
+                                                                "only activation types allowed")])
     fake_tensorrt.install(monkeypatch, version, rec)
-    with pytest.raises(InputError, match=rf"model.onnx: TensorRT's ONNX parser refused it: {re.escape(where)}only activation"):
+    with pytest.raises(InputError, match=r"model.onnx: TensorRT's ONNX parser refused it: "
+                                         rf"{re.escape(where)}only activation"):
         build_engine(tiny_onnx, tmp_path / "m.engine", EngineConfig(precision="fp16"))
     assert not (tmp_path / "m.engine").exists() and not rec.named("build_serialized_network")
 
@@ -209,7 +218,8 @@ def test_a_qdq_file_tensorrt_cannot_parse_is_refused_before_the_parser(monkeypat
     rec = fake_tensorrt.Recorder()
     fake_tensorrt.install(monkeypatch, "10.3.0", rec)
     onnx.save(hand_qdq_model(zero_dtype=np.uint8), str(tmp_path / "u8.onnx"))
-    with pytest.raises(InputError, match=r"u8.onnx: not a Q/DQ file TensorRT can build: QuantizeLinear 'q_x': zero point"):
+    with pytest.raises(InputError, match=r"u8.onnx: not a Q/DQ file TensorRT can build: "
+                                         r"QuantizeLinear 'q_x': zero point"):
         build_engine(tmp_path / "u8.onnx", tmp_path / "m.engine", EngineConfig(precision="int8"))
     assert not rec.named("parse")
 
@@ -242,7 +252,8 @@ def test_the_runner_sets_the_dla_core_before_deserializing_and_checks_every_retu
     fake_tensorrt.install(monkeypatch, "10.3.0", rec)
     runner = TensorRTRunner(_fake_engine(tmp_path, {"dla_core": 1, "precision": "fp16"}))
     names = [c[0] for c in rec.calls]
-    assert names.index("runtime.DLA_core") < names.index("deserialize_cuda_engine") and ("runtime.DLA_core", 1) in rec.calls
+    assert (names.index("runtime.DLA_core") < names.index("deserialize_cuda_engine")
+            and ("runtime.DLA_core", 1) in rec.calls)
     out = runner.infer(np.zeros((1, 3, 128, 128), np.float32))
     assert set(out) == {"boxes", "scores"} and rec.named("execute_async_v3") == [("execute_async_v3", 1234)]
     rec.execute_ok = False  # a failed launch must not hand back the previous call's outputs
@@ -319,8 +330,10 @@ def test_cuda_python_of_a_newer_cuda_than_the_driver_is_refused_with_the_pin(mon
 def test_build_engine_runs_as_a_script_without_torch(tmp_path):
     """What a Jetson runs from the copied deploy/ folder: Python 3.8 syntax (tests/test_layering.py), no torch."""
     code = ("import runpy, sys\nsys.modules['torch'] = None\nsys.modules['tensorrt'] = None\n"
-            "sys.argv = ['build_engine.py', *sys.argv[1:]]\nrunpy.run_path('deploy/build_engine.py', run_name='__main__')")
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "none.onnx")], capture_output=True, text=True, cwd=REPO)
+            "sys.argv = ['build_engine.py', *sys.argv[1:]]\n"
+            "runpy.run_path('deploy/build_engine.py', run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "none.onnx")], capture_output=True, text=True,
+                          cwd=REPO)
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: {tmp_path / 'none.onnx'}: no such file"
     import onnx
 
@@ -338,8 +351,9 @@ def test_build_engine_runs_without_pillow_and_names_bad_paths(tmp_path):
 
     from tests.conftest import hand_qdq_model
 
-    code = ("import runpy, sys\nsys.modules['torch'] = None\nsys.modules['tensorrt'] = None\nsys.modules['PIL'] = None\n"
-            "sys.argv = ['build_engine.py', *sys.argv[1:]]\nrunpy.run_path('deploy/build_engine.py', run_name='__main__')")
+    code = ("import runpy, sys\nsys.modules['torch'] = None\nsys.modules['tensorrt'] = None\n"
+            "sys.modules['PIL'] = None\nsys.argv = ['build_engine.py', *sys.argv[1:]]\n"
+            "runpy.run_path('deploy/build_engine.py', run_name='__main__')")
     model = tmp_path / "m.onnx"
     onnx.save(hand_qdq_model(), str(model))
     (tmp_path / "images").mkdir()

@@ -48,7 +48,8 @@ def test_loc_loss_by_hand():
     expected = 0.3 * (1 - (1 / 7 - 2 / 9)) / 2
     loss = bckd_loc_loss(sb, tb, s_logits, t_logits)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
-    assert bckd_loc_loss(sb, tb, s_logits, t_logits, weight=torch.tensor([0.0, 1.0])).item() == pytest.approx(0.0, abs=1e-7)
+    assert (bckd_loc_loss(sb, tb, s_logits, t_logits, weight=torch.tensor([0.0, 1.0])).item()
+            == pytest.approx(0.0, abs=1e-7))
     assert bckd_loc_loss(sb, tb, s_logits, t_logits, avg_factor=1.0).item() == pytest.approx(2 * expected, rel=1e-5)
     loss.backward()
     assert sb.grad is not None and sb.grad[0].abs().sum() > 0

@@ -149,13 +149,13 @@ def test_distill_cli_runs_a_few_steps(tiny_scenes, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     teacher = [*common, *(f"teacher.model.{k}={json.dumps(v)}" for k, v in {**small, "head_channels": 32}.items()),
                *(f"teacher.train.{k}={json.dumps(v)}" for k, v in train.items())]
-    proc = subprocess.run([sys.executable, "-m", "pipeline.stages.train", "--no-progress", *teacher], capture_output=True,
-                          text=True, cwd=REPO, env=env)
+    proc = subprocess.run([sys.executable, "-m", "pipeline.stages.train", "--no-progress", *teacher],
+                          capture_output=True, text=True, cwd=REPO, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     student = [*common, *(f"student.model.{k}={json.dumps(v)}" for k, v in {**small, "head_channels": 16}.items()),
                *(f"student.train.{k}={json.dumps(v)}" for k, v in train.items())]
-    proc = subprocess.run([sys.executable, "-m", "pipeline.stages.distill", "--no-progress", *student], capture_output=True,
-                          text=True, cwd=REPO, env=env)
+    proc = subprocess.run([sys.executable, "-m", "pipeline.stages.distill", "--no-progress", *student],
+                          capture_output=True, text=True, cwd=REPO, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = tmp_path / "default" / "distill"
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
@@ -166,7 +166,8 @@ def test_distill_cli_runs_a_few_steps(tiny_scenes, tmp_path):
     assert (out / "metrics.json").is_file()
     # A teacher of another input size is refused before any training.
     proc = subprocess.run([sys.executable, "-m", "pipeline.stages.distill", "--no-progress", *student,
-                           "student.model.input_size=[160,160]", "run=other", f"teacher.checkpoint={tmp_path / 'default/teacher/last.pt'}",
+                           "student.model.input_size=[160,160]", "run=other",
+                           f"teacher.checkpoint={tmp_path / 'default/teacher/last.pt'}",
                            "teacher.checkpoint_sha256=null"],  # the default config's hash is the shipped file's
                           capture_output=True, text=True, cwd=REPO, env=env)
     assert proc.returncode == 2 and "differ in locations per level" in proc.stderr
@@ -187,7 +188,8 @@ def test_distillation_steps_leave_the_teacher_bit_identical(tiny_scenes, tmp_pat
     student = build_detector(ModelConfig(**dict(STUDENT, input_size=[128, 128])), 10)
     teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
     student_before = {k: v.clone() for k, v in student.state_dict().items()}
-    distiller = Distiller(teacher, ModelConfig(**dict(STUDENT, input_size=[128, 128])), DistillConfig(), torch.device("cpu"))
+    distiller = Distiller(teacher, ModelConfig(**dict(STUDENT, input_size=[128, 128])), DistillConfig(),
+                          torch.device("cpu"))
     cfg = TrainConfig(epochs=1, max_steps=3, batch_size=4, workers=0, warmup_steps=0, optimizer="adamw", lr=1e-3)
     train(student, distiller, cfg, *splits, tmp_path, (128, 128), {"classes": splits[0].class_names}, progress=False)
     for k, v in teacher.state_dict().items():
@@ -208,8 +210,8 @@ def test_two_process_gloo_distillation(tiny_scenes, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     teacher = [*common, *(f"teacher.model.{k}={json.dumps(v)}" for k, v in {**small, "head_channels": 32}.items()),
                *(f"teacher.train.{k}={json.dumps(v)}" for k, v in train.items())]
-    proc = subprocess.run([sys.executable, "-m", "pipeline.stages.train", "--no-progress", *teacher], capture_output=True,
-                          text=True, cwd=REPO, env=env)
+    proc = subprocess.run([sys.executable, "-m", "pipeline.stages.train", "--no-progress", *teacher],
+                          capture_output=True, text=True, cwd=REPO, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     student = [*common, *(f"student.model.{k}={json.dumps(v)}" for k, v in {**small, "head_channels": 16}.items()),
                *(f"student.train.{k}={json.dumps(v)}" for k, v in train.items())]
@@ -235,7 +237,8 @@ def test_diagnose_bckd_term_mass_against_the_loss_functions():
     s_logits, t_logits = s_out["cls_logits"].reshape(-1, c), t_out["cls_logits"].reshape(-1, c)
     s_boxes, t_boxes = student.head.decode(s_out)[0].reshape(-1, 4), teacher.head.decode(t_out)[0].reshape(-1, 4)
     assert sums["cls_all"] == pytest.approx(bckd_cls_loss(s_logits, t_logits, avg_factor=1).item(), rel=1e-5)
-    assert sums["loc_all"] == pytest.approx(bckd_loc_loss(s_boxes, t_boxes, s_logits, t_logits, avg_factor=1).item(), rel=1e-5)
+    assert sums["loc_all"] == pytest.approx(bckd_loc_loss(s_boxes, t_boxes, s_logits, t_logits, avg_factor=1).item(),
+                                            rel=1e-5)
     shares = summary(sums)
     assert 0 < shares["positive_share"] < 1 and 0 < shares["loc_mass_on_positives"] < 1
     same = summary(term_mass(teacher, teacher, ModelConfig(**TEACHER), images, targets))
@@ -250,7 +253,8 @@ def test_bckd_plus_kd_adds_softmax_kd_at_its_own_weight_to_the_unchanged_bckd_te
     both = Distiller(teacher, ModelConfig(**STUDENT), DistillConfig(terms=["cls", "loc", "kd"], kd_weight=0.3),
                      torch.device("cpu"))(student.train(), images, targets)
     bckd = Distiller(teacher, ModelConfig(**STUDENT), DistillConfig(), torch.device("cpu"))(student, images, targets)
-    kd = Distiller(teacher, ModelConfig(**STUDENT), DistillConfig(method="kd"), torch.device("cpu"))(student, images, targets)
+    kd = Distiller(teacher, ModelConfig(**STUDENT), DistillConfig(method="kd"),
+                   torch.device("cpu"))(student, images, targets)
     for name in ("bckd_cls", "bckd_loc"):
         torch.testing.assert_close(both[f"loss_{name}"], bckd[f"loss_{name}"])
     torch.testing.assert_close(both["raw_kd"], kd["raw_kd"])  # dense KD, as method kd computes it

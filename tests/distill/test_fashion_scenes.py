@@ -29,9 +29,11 @@ def test_same_seed_gives_the_same_bytes_whatever_the_workers(tiny_scenes, tmp_pa
         ids = {img["id"] for img in b["images"]}
         assert [x for x in a["annotations"] if x["image_id"] in ids] == b["annotations"]
         for img in b["images"]:
-            assert (tiny_scenes / split / img["file_name"]).read_bytes() == (tmp_path / "again" / split / img["file_name"]).read_bytes()
+            assert ((tiny_scenes / split / img["file_name"]).read_bytes()
+                    == (tmp_path / "again" / split / img["file_name"]).read_bytes())
     generate(replace(cfg, seed=1), tmp_path / "other", progress=False)
-    assert (tmp_path / "other" / "train" / "000000.jpg").read_bytes() != (tmp_path / "again" / "train" / "000000.jpg").read_bytes()
+    assert ((tmp_path / "other" / "train" / "000000.jpg").read_bytes()
+            != (tmp_path / "again" / "train" / "000000.jpg").read_bytes())
 
 
 def test_boxes_inside_images_and_every_class_present(tiny_scenes):
@@ -64,7 +66,8 @@ def test_valid_for_pycocotools_and_our_loader(tiny_scenes):
 def test_occlusion_rule_holds_in_crowded_scenes():
     images, labels = load_fashion_mnist("test")
     photos = load_backgrounds()
-    cfg = FashionScenesConfig(min_objects=12, max_objects=12, min_object_size=80, max_object_size=200, max_occlusion=0.3)
+    cfg = FashionScenesConfig(min_objects=12, max_objects=12, min_object_size=80, max_object_size=200,
+                              max_occlusion=0.3)
     fractions = []
     for index in range(10):
         image, anns = make_scene(index, "val", cfg, images, labels, photos)
@@ -111,7 +114,8 @@ def test_a_long_tailed_train_split_follows_the_profile_and_leaves_val_as_it_was(
     assert counts[np.argmax(expected)] > 20 * max(counts[np.argmin(expected)], 1) / 2  # head far above tail
     # val is the balanced val (same scenes as the default generator's), and the train split is
     # deterministic: a smaller run gives the same first scenes
-    assert read(tmp_path / "lt", "val")["annotations"] == [a for a in read(tiny_scenes, "val")["annotations"] if a["image_id"] <= 4]
+    assert read(tmp_path / "lt", "val")["annotations"] == [a for a in read(tiny_scenes, "val")["annotations"]
+                                                           if a["image_id"] <= 4]
     generate(replace(cfg, num_train=10, workers=1), tmp_path / "lt10", progress=False)
     assert read(tmp_path / "lt10", "train")["annotations"] == [a for a in read(tmp_path / "lt", "train")["annotations"]
                                                                if a["image_id"] <= 10]

@@ -42,7 +42,8 @@ FOCAL_NEG_AT_0 = 0.75 * 0.25 * LOG2  # (1 - alpha) * 0.5^2 * BCE at logit 0, tar
 
 
 def targets_of(labels, boxes):
-    return Targets(torch.tensor(labels), torch.tensor(boxes, dtype=torch.float32), float(max(sum(x >= 0 for x in labels), 1)))
+    return Targets(torch.tensor(labels), torch.tensor(boxes, dtype=torch.float32),
+                   float(max(sum(x >= 0 for x in labels), 1)))
 
 
 def test_retinanet_anchors_are_nine_per_location_with_the_right_areas():
@@ -116,7 +117,8 @@ def test_atss_loss_by_hand():
     # Zero deltas decode to the anchor itself: [1, 0, 11, 10] against [0, 0, 10, 10] -> IoU 90/110, the
     # enclosing box is the union (110) -> GIoU loss 1 - 90/110; centerness of (5, 5) in the box is 1.
     outputs = {"cls_logits": torch.zeros(1, 1, 1), "deltas": torch.zeros(1, 1, 4), "centerness": torch.zeros(1, 1),
-               "anchors": torch.tensor([[1.0, 0, 11, 10]]), "points": torch.tensor([[5.0, 5]]), "strides": torch.ones(1)}
+               "anchors": torch.tensor([[1.0, 0, 11, 10]]), "points": torch.tensor([[5.0, 5]]),
+               "strides": torch.ones(1)}
     losses = atss_loss(outputs, targets_of([0], [[0.0, 0, 10, 10]]), (1.0, 2.0, 1.0))
     assert losses["raw_focal"].item() == pytest.approx(FOCAL_POS_AT_0, rel=1e-5)
     assert losses["raw_giou"].item() == pytest.approx(1 - 90 / 110, rel=1e-5)
@@ -152,7 +154,8 @@ def test_each_head_runs_through_every_runtime_and_the_evaluator(name, tiny_split
     xml = openvino_ir(path, tmp_path / "model.xml")
     ov = [open_runner(str(xml)).infer(images[i : i + 1]) for i in range(4)]
     for key, atol in (("scores", 1e-4), ("boxes", 1e-2)):
-        np.testing.assert_allclose(np.concatenate([o[key] for o in ov]), np.concatenate([o[key] for o in fp32]), atol=atol)
+        np.testing.assert_allclose(np.concatenate([o[key] for o in ov]), np.concatenate([o[key] for o in fp32]),
+                                   atol=atol)
 
     prepared = preprocess_for_quantization(path, tmp_path / "prepared.onnx")
     int8 = quantize_onnxruntime(prepared, tmp_path / "model.int8.onnx", calibration_paths(train_set, 16), (128, 128))
@@ -209,7 +212,8 @@ def test_different_anchor_layouts_are_refused():
     close = build_detector(ModelConfig(name="retinanet", octave_base_scale=4.1, **SMALL), 3, seed=0)
     check_pair(teacher, close, ["a", "b", "c"], ["a", "b", "c"], (64, 64), "t.pt")
     shifted = build_detector(ModelConfig(name="retinanet", point_offset=0.0, **SMALL), 3, seed=0)
-    with pytest.raises(InputError, match=r"place their locations differently \(by up to 16 px: set student.model.point_offset"):
+    with pytest.raises(InputError, match=r"place their locations differently \(by up to 16 px: set "
+                                         r"student.model.point_offset"):
         check_pair(teacher, shifted, ["a", "b", "c"], ["a", "b", "c"], (64, 64), "t.pt")
     with pytest.raises(InputError, match="ld distils GFL's box distributions"):
         Distiller(teacher, ModelConfig(name="retinanet", **SMALL), DistillConfig(method="ld"), torch.device("cpu"))

@@ -87,7 +87,8 @@ def test_checkpoint_files_classes_and_what_cannot_be_read(tmp_path):
                         relu_before_p7=False)
     named = mmdet_names(build_detector(small, 4).state_dict(), 1)
     v2 = _save(tmp_path / "v2.pth", {"state_dict": named, "meta": {"CLASSES": ("cat", "dog", "bird", "fish")}})
-    v3 = _save(tmp_path / "v3.pth", {"state_dict": named, "meta": {"dataset_meta": {"classes": ["cat", "dog", "bird", "fish"]}}})
+    v3 = _save(tmp_path / "v3.pth", {"state_dict": named,
+                                     "meta": {"dataset_meta": {"classes": ["cat", "dog", "bird", "fish"]}}})
     for path in (v2, v3):
         assert read_mmdet_checkpoint(path)[1] == ["cat", "dog", "bird", "fish"]
     # The dataset's classes are picked by name, in the dataset's order.
@@ -113,7 +114,8 @@ class MessageHub:  # an mmengine object pickled into a checkpoint: weights_only=
 
 
 SMALL = ModelConfig(name="gfl", backbone="resnet18", pretrained="none", input_size=[128, 128], fpn_channels=32,
-                    extra_levels=2, head_channels=32, head_convs=1, norm_groups=8, point_offset=0.0, relu_before_p7=False)
+                    extra_levels=2, head_channels=32, head_convs=1, norm_groups=8, point_offset=0.0,
+                    relu_before_p7=False)
 
 
 @pytest.mark.slow
@@ -133,16 +135,19 @@ def test_files_that_are_not_whole_mmdetection_checkpoints_are_one_line_each(tmp_
                                             "classes": ["a", "b"]})
     cases = [
         ({"state_dict": {k: v for k, v in named.items() if k.startswith("backbone.")}, "meta": {"CLASSES": ten}},
-         r"no GFL classifier \(bbox_head.gfl_cls.weight; its \d+ tensors start backbone.conv1.weight.*not a backbone's"),
+         r"no GFL classifier \(bbox_head.gfl_cls.weight; its "
+         r"\d+ tensors start backbone.conv1.weight.*not a backbone's"),
         ({"state_dict": named, "meta": {"CLASSES": [*ten, "x", "y"]}},
          r"its meta names 12 classes, its head \(bbox_head.gfl_cls.weight\) has 10 rows; name exactly 10"),
         (torch.zeros(3), r"holds a Tensor, not a checkpoint dict"),
     ]
     files = [(_save(tmp_path / f"case{i}.pth", obj), message) for i, (obj, message) in enumerate(cases)]
-    files += [(truncated, r"truncated or damaged \(its zip directory is missing\); the converter cannot read it either"),
+    files += [(truncated, r"truncated or damaged \(its zip directory "
+                          r"is missing\); the converter cannot read it either"),
               (cut_legacy, r"truncated or damaged \(a pickle in it ends early\)"),
               (text, r"not a PyTorch file \(it starts with b'not '"),
-              (edgekd, r"an edgekd checkpoint \(it has 'model' and 'config'\), not an mmdetection one; set teacher.format: edgekd")]
+              (edgekd, r"an edgekd checkpoint \(it has 'model' and 'config'\), "
+                       r"not an mmdetection one; set teacher.format: edgekd")]
     for path, message in files:
         with pytest.raises(InputError, match=rf"^{re.escape(str(path))}: {message}") as error:
             load_teacher(teacher_config(path, "mmdet", SMALL), ["c1"])
@@ -276,6 +281,7 @@ def test_raw_outputs_and_boxes_match_mmdetections_own_forward(mmdet_models):
             boxes.append(distance2bbox(centers, distances))
         ours_boxes = ours.decode(out)[0][0]
     box_err = (ours_boxes - torch.cat(boxes)).abs().max().item()
-    print(f"mmdet {sys.modules['mmdet'].__version__} parity: raw outputs max |diff| {worst_raw:.2e}, boxes {box_err:.2e} px")
+    print(f"mmdet {sys.modules['mmdet'].__version__} parity: raw "
+          f"outputs max |diff| {worst_raw:.2e}, boxes {box_err:.2e} px")
     assert start == out["cls_logits"].shape[1] and worst_raw < 1e-5
     assert box_err < 1e-3

@@ -183,7 +183,8 @@ def test_a_teacher_of_other_classes_is_refused(tmp_path, tiny_model, tiny_splits
 
     detector, classes, student_path = tiny_model
     teacher_path = tmp_path / "teacher.pt"
-    save_checkpoint(teacher_path, {"model": detector.state_dict(), "config": json.loads(json.dumps(detector.cfg.__dict__)),
+    save_checkpoint(teacher_path, {"model": detector.state_dict(),
+                                   "config": json.loads(json.dumps(detector.cfg.__dict__)),
                                    "classes": [f"other{i}" for i in range(len(classes))]})
     export_dir = tmp_path / "default" / "export"
     export_dir.mkdir(parents=True)

@@ -120,14 +120,16 @@ def test_distilling_from_a_torchvision_teacher_changes_only_the_student(tmp_path
 @pytest.mark.slow
 def test_a_retinanet_teacher_pairs_with_an_edgekd_retinanet_anchor_by_anchor(tmp_path):
     _, path = saved_detector("retinanet_resnet50_fpn_v2", tmp_path)
-    teacher = torchvision_teacher("torchvision:retinanet_resnet50_fpn_v2", path, CLASSES, ModelConfig(input_size=[SIZE, SIZE]))
+    teacher = torchvision_teacher("torchvision:retinanet_resnet50_fpn_v2", path, CLASSES,
+                                  ModelConfig(input_size=[SIZE, SIZE]))
     cfg = ModelConfig(name="retinanet", backbone="efficientnet_lite0", pretrained="none", input_size=[SIZE, SIZE],
                       fpn_channels=16, extra_levels=2, head_channels=16, head_convs=1, norm_groups=4, point_offset=0.0)
     check_pair(teacher, build_detector(cfg, len(CLASSES), seed=0), CLASSES, CLASSES, (SIZE, SIZE), "tv")  # 1.6% apart
 
 
 def test_bad_torchvision_teachers_are_one_line(tmp_path):
-    with pytest.raises(InputError, match=r"torchvision:retinanet_resnet50_fpn_v2 knows COCO's 80 classes, not 'Sneaker'"):
+    with pytest.raises(InputError, match=r"torchvision:retinanet_resnet50_fpn_v2 "
+                                         r"knows COCO's 80 classes, not 'Sneaker'"):
         torchvision_teacher("torchvision:retinanet_resnet50_fpn_v2", None, ["person", "Sneaker"])
     with pytest.raises(InputError, match=r"teacher.source: 'torchvision:maskrcnn'; valid: torchvision:retinanet"):
         torchvision_teacher("torchvision:maskrcnn", None, ["person"])
@@ -135,7 +137,8 @@ def test_bad_torchvision_teachers_are_one_line(tmp_path):
     with pytest.raises(InputError, match=r"input_size \[320, 320\]: a torchvision teacher needs multiples of 128"):
         torchvision_teacher("torchvision:fcos_resnet50_fpn", path, ["person"], ModelConfig(input_size=[320, 320]))
     with pytest.raises(InputError, match=r"fcos_resnet50_fpn.pth: not retinanet_resnet50_fpn's weights"):
-        torchvision_teacher("torchvision:retinanet_resnet50_fpn", path, ["person"], ModelConfig(input_size=[SIZE, SIZE]))
+        torchvision_teacher("torchvision:retinanet_resnet50_fpn", path, ["person"],
+                            ModelConfig(input_size=[SIZE, SIZE]))
 
 
 def test_coco_categories_are_torchvisions_91():
@@ -214,8 +217,9 @@ def file_server(body: bytes, claimed_length: int):
 def test_a_download_that_never_answers_fails_in_one_line_naming_the_url(no_proxy, tmp_path):
     with silent_server() as url:
         start = time.monotonic()
-        with pytest.raises(InputError, match=rf"^{re.escape(url)}: download failed \(TimeoutError: timed out; 1 s allowed "
-                                             r"to connect and per read\): download it by hand and set teacher.checkpoint"):
+        with pytest.raises(InputError, match=rf"^{re.escape(url)}: download failed \(TimeoutError: "
+                                             r"timed out; 1 s allowed to connect and per read\): "
+                                             r"download it by hand and set teacher.checkpoint"):
             fetch_weights(url, timeout=1.0, folder=tmp_path)
         assert time.monotonic() - start < 5
     assert list(tmp_path.iterdir()) == []  # no partial file left under the final name
@@ -245,7 +249,8 @@ def test_a_wrong_hash_or_a_broken_weights_file_is_one_line(tmp_path):
     source, model = "torchvision:retinanet_resnet50_fpn", ModelConfig(input_size=[SIZE, SIZE])
     good = tmp_path / "good.pth"
     torch.save({"x": torch.zeros(64)}, good)
-    with pytest.raises(InputError, match=r"good.pth: SHA-256 [0-9a-f]{64} does not match teacher.checkpoint_sha256 0+ "):
+    with pytest.raises(InputError, match=r"good.pth: SHA-256 [0-9a-f]{64} does not "
+                                         r"match teacher.checkpoint_sha256 0+ "):
         load_teacher(teacher_config(good, model=model, sha256="0" * 64, source=source), ["person"])
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(good.read_bytes()[:200])

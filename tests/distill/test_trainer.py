@@ -76,7 +76,8 @@ def test_non_finite_loss_stops_with_step_and_term_keeping_the_last_good_checkpoi
             out["loss_dfl"] = out["loss_dfl"] * float("nan")
         return out
 
-    with pytest.raises(NonFiniteLoss, match="step 2: loss term 'loss_dfl' is nan; training stopped: last.pt .* holds step 2"):
+    with pytest.raises(NonFiniteLoss, match="step 2: loss term 'loss_dfl' is nan; "
+                                            "training stopped: last.pt .* holds step 2"):
         run(splits, tmp_path, loss_fn=poisoned, max_steps=6, save_every_steps=1)
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 2
     # A resume would replay the same seeded steps into the same NaN: it is refused, naming the marker.
@@ -99,7 +100,8 @@ def test_weights_gone_non_finite_under_a_finite_loss_are_never_saved(splits, tmp
             out["loss_qfl"] = out["loss_qfl"] + torch.sqrt(0 * next(model.parameters()).sum())
         return out
 
-    with pytest.raises(NonFiniteLoss, match="step 3: the weights became non-finite; training stopped: last.pt .* holds step 2"):
+    with pytest.raises(NonFiniteLoss, match="step 3: the weights became non-finite; "
+                                            "training stopped: last.pt .* holds step 2"):
         run(splits, tmp_path, loss_fn=blow_up, max_steps=6, save_every_steps=1)
     state = load_checkpoint(tmp_path / "last.pt")
     assert state["step"] == 2
@@ -142,7 +144,8 @@ def test_two_process_gloo_ddp_writes_one_checkpoint(tiny_scenes, tmp_path):
     assert sorted(p.name for p in out.glob("*.pt")) == ["best.pt", "last.pt"]
     state = load_checkpoint(out / "last.pt")
     assert state["step"] == 2 and state["train"]["batch_size"] == 2
-    assert [r["img_s"] > 0 for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" in r] == [True, True]
+    assert [r["img_s"] > 0 for r in map(json.loads, (out / "log.jsonl").read_text().splitlines())
+            if "loss" in r] == [True, True]
 
 
 @pytest.mark.slow

@@ -35,12 +35,15 @@ def test_every_bad_teacher_is_one_line_naming_the_file(tiny_model, tmp_path):
     out = tmp_path / "w.pt"
     write_weights(ckpt, out)
     digest = sha256(out)
-    with pytest.raises(InputError, match=rf"w.pt: SHA-256 {digest} does not match teacher.checkpoint_sha256 0+ .*restore it"):
+    with pytest.raises(InputError, match=rf"w.pt: SHA-256 {digest} does not match "
+                                         r"teacher.checkpoint_sha256 0+ .*restore it"):
         check_weights(out, SMALL, classes, "0" * 64)
-    with pytest.raises(InputError, match=r"w.pt: trained on classes .* the dataset has \['x'.*: set teacher.checkpoint=null "
-                                         r"to train one on this dataset \(with teacher.train\), or teacher.checkpoint=PATH"):
+    with pytest.raises(InputError, match=r"w.pt: trained on classes .* the dataset has \['x'.*: set "
+                                         r"teacher.checkpoint=null to train one on this dataset \(with "
+                                         r"teacher.train\), or teacher.checkpoint=PATH"):
         check_weights(out, SMALL, ["x"] * len(classes))
-    with pytest.raises(InputError, match=r"architecture differs from the model config: head_channels: 16 there vs 32 here"):
+    with pytest.raises(InputError, match=r"architecture differs from the model config: "
+                                         r"head_channels: 16 there vs 32 here"):
         check_weights(out, replace(SMALL, head_channels=32), classes)
     state = load_checkpoint(out)
     save_checkpoint(tmp_path / "bgr.pt", {**state, "preprocess": {**PREPROCESS, "color": "BGR"}})
@@ -65,6 +68,7 @@ def test_the_shipped_teacher_matches_its_hash_and_the_default_config(tiny_splits
     load_model_state(model, state["model"], str(path))
     from distill.validate import evaluate_model
 
-    metrics, _ = evaluate_model(model, tiny_splits[1], tuple(cfg.teacher.model.input_size), 8, torch.device("cpu"), False)
+    metrics, _ = evaluate_model(model, tiny_splits[1], tuple(cfg.teacher.model.input_size), 8, torch.device("cpu"),
+                                False)
     # the full-val AP is in the model card; on the 24 tiny val scenes a converged teacher is far above chance
     assert metrics["num_images"] == 24 and metrics["AP"] > 0.2, metrics["AP"]

@@ -20,8 +20,8 @@ from tests.conftest import REPO
 SMALL = {"input_size": "[128,128]", "fpn_channels": 32, "head_convs": 1, "backbone": "efficientnet_lite0"}
 SHORT = {"max_steps": 3, "batch_size": 4, "workers": 0, "max_train_images": 0}
 # teacher.checkpoint=null: the pipeline trains its tiny teacher instead of loading the shipped one
-TINY = ["data.generator.size=tiny", "teacher.checkpoint=null", "quantize.calib_images=16", "export.warmup=1", "export.iters=5",
-        "benchmark.warmup=1", "benchmark.iters=5",
+TINY = ["data.generator.size=tiny", "teacher.checkpoint=null", "quantize.calib_images=16", "export.warmup=1",
+        "export.iters=5", "benchmark.warmup=1", "benchmark.iters=5",
         *(f"{role}.model.{k}={v}" for role in ("teacher", "student") for k, v in SMALL.items()),
         "teacher.model.head_channels=32", "student.model.head_channels=16",
         *(f"{role}.train.{k}={v}" for role in ("teacher", "student") for k, v in SHORT.items())]
@@ -53,7 +53,8 @@ def test_tiny_pipeline_caches_reruns_what_changed_and_gates(tiny_scenes, tmp_pat
     assert ran(first.stdout) == stages
     # export and quantize number their artifacts as they go
     for stage in ("export", "quantize"):
-        steps = [line.split(")")[0].split("(")[1] for line in first.stdout.splitlines() if line.startswith(f"[{stage}] (")]
+        steps = [line.split(")")[0].split("(")[1] for line in first.stdout.splitlines()
+                 if line.startswith(f"[{stage}] (")]
         assert steps == [f"{k}/{len(steps)}" for k in range(1, len(steps) + 1)], steps
     assert "[export] (1/5) model.onnx: export and parity" in first.stdout  # the default exports the device form too
     for stage in stages:
@@ -72,11 +73,12 @@ def test_tiny_pipeline_caches_reruns_what_changed_and_gates(tiny_scenes, tmp_pat
     rows = {r["name"]: r for r in report["rows"]}
     quantize_json = json.loads((run / "quantize" / "metrics.json").read_text())
     bf16 = "openvino_bf16" not in quantize_json["skipped"]  # built where the CPU has bf16, else skipped, with why
-    assert bf16 == ("BF16" in device_capabilities(ov.Core(), "CPU")) or "cannot compile" in quantize_json["skipped"]["openvino_bf16"]
-    assert list(rows) == ["teacher", "student", "distill", "onnxruntime_fp32", "onnxruntime_fp32_uint8", "onnxruntime_fp32_nms",
-                          "onnxruntime_int8", "onnxruntime_int8_trt", "openvino_fp32", *(["openvino_bf16"] if bf16 else []),
-                          "openvino_fp16", "openvino_int8", "openvino_int8_uint8", "openvino_int8_nms", "openvino_int8_uint8_nms",
-                          "qat_onnxruntime", "qat_openvino"]
+    assert (bf16 == ("BF16" in device_capabilities(ov.Core(), "CPU"))
+            or "cannot compile" in quantize_json["skipped"]["openvino_bf16"])
+    assert list(rows) == ["teacher", "student", "distill", "onnxruntime_fp32", "onnxruntime_fp32_uint8",
+                          "onnxruntime_fp32_nms", "onnxruntime_int8", "onnxruntime_int8_trt", "openvino_fp32",
+                          *(["openvino_bf16"] if bf16 else []), "openvino_fp16", "openvino_int8", "openvino_int8_uint8",
+                          "openvino_int8_nms", "openvino_int8_uint8_nms", "qat_onnxruntime", "qat_openvino"]
     # the benchmark timed every file export and quantize wrote, on the val images, each under its own name
     bench = json.loads((run / "benchmark" / "benchmark.json").read_text())
     names = [e["name"] for e in bench["results"]]
@@ -95,8 +97,10 @@ def test_tiny_pipeline_caches_reruns_what_changed_and_gates(tiny_scenes, tmp_pat
     for name in ("openvino_fp32", "openvino_fp16"):  # what ran is what the artifact says, on every CPU
         assert rows[name]["executed_precision"] == "fp32" and not rows[name]["precision_warning"]
     if bf16:
-        assert rows["openvino_bf16"]["executed_precision"] == "bf16" and rows["openvino_bf16"]["previous"] == "openvino_fp32"
-        assert quantize_json["artifacts"]["openvino_bf16"]["artifact"] == quantize_json["artifacts"]["openvino_fp32"]["artifact"]
+        assert (rows["openvino_bf16"]["executed_precision"] == "bf16"
+                and rows["openvino_bf16"]["previous"] == "openvino_fp32")
+        assert (quantize_json["artifacts"]["openvino_bf16"]["artifact"]
+                == quantize_json["artifacts"]["openvino_fp32"]["artifact"])
     else:
         assert "Not built here: openvino_bf16" in (run / "report.md").read_text()
     quantized = quantize_json["artifacts"]
@@ -104,7 +108,8 @@ def test_tiny_pipeline_caches_reruns_what_changed_and_gates(tiny_scenes, tmp_pat
         assert rows[name]["AP"] == m["AP"] and rows[name]["size_mb"] == m["size_mb"]
     timed = {e["artifact"]: e for e in json.loads((run / "benchmark" / "benchmark.json").read_text())["results"]
              if not e["inference_precision"]}
-    assert rows["openvino_int8"]["latency_ms"]["p50"] == timed[quantized["openvino_int8"]["artifact"]]["latency_ms"]["infer"]["p50"]
+    assert (rows["openvino_int8"]["latency_ms"]["p50"]
+            == timed[quantized["openvino_int8"]["artifact"]]["latency_ms"]["infer"]["p50"])
     for row in report["rows"]:
         assert {"stage", "artifact", "runtime", "precision", "AP", "AP50", "AP75", "latency_ms", "e2e_latency_ms",
                 "throughput_ips", "size_mb", "params", "gflops"} <= set(row)
@@ -160,7 +165,8 @@ def test_tiny_pipeline_caches_reruns_what_changed_and_gates(tiny_scenes, tmp_pat
 
 @pytest.mark.slow
 def test_sigterm_during_distillation_then_resume(tiny_scenes, tmp_path):
-    longer = ["student.train.max_steps=24", "student.train.epochs=2", "student.train.save_every_steps=2", "stages=[data,teacher,distill,export]"]
+    longer = ["student.train.max_steps=24", "student.train.epochs=2", "student.train.save_every_steps=2",
+              "stages=[data,teacher,distill,export]"]
     cmd = [sys.executable, "-m", "pipeline", "run", "--no-progress", "--quiet-config", f"data.root={tiny_scenes}",
            f"runs_dir={tmp_path}", *TINY, *longer]
     log = tmp_path / "first.log"

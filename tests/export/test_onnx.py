@@ -195,4 +195,5 @@ def test_graph_nms_never_suppresses_across_classes_left_of_the_image():
             return boxes, torch.tensor([[[0.9, 0.0], [0.0, 0.8], [0.7, 0.0]]])
 
     boxes, scores, labels = GraphNMS(Fixed())(torch.zeros(1, 3, 8, 8))
-    assert labels.tolist() == [0, 1] and scores.tolist() == pytest.approx([0.9, 0.8])  # the third: same class, IoU 0.997
+    # the third: same class, IoU 0.997
+    assert labels.tolist() == [0, 1] and scores.tolist() == pytest.approx([0.9, 0.8])

@@ -47,7 +47,8 @@ def ort_int8(tiny_onnx, tiny_splits, tmp_path_factory):
 def ov_irs(tiny_onnx, tiny_splits, tmp_path_factory):
     work = tmp_path_factory.mktemp("ov")
     paths = calibration_paths(tiny_splits[0], 16)
-    return {"fp32": openvino_ir(tiny_onnx, work / "fp32.xml"), "fp16": openvino_ir(tiny_onnx, work / "fp16.xml", fp16=True),
+    return {"fp32": openvino_ir(tiny_onnx, work / "fp32.xml"),
+            "fp16": openvino_ir(tiny_onnx, work / "fp16.xml", fp16=True),
             "int8": quantize_openvino(tiny_onnx, work / "int8.xml", paths, (128, 128))}
 
 
@@ -86,7 +87,8 @@ def test_onnxruntime_int8_leaves_the_decode_in_float(ort_int8):
 
 
 @pytest.mark.parametrize("symmetric, min_corr", [(True, 0.75), (False, 0.9)])  # measured 0.79 and 0.93
-def test_onnxruntime_int8_scores_follow_fp32(ort_int8, tiny_onnx, tiny_splits, val_images, tmp_path, symmetric, min_corr):
+def test_onnxruntime_int8_scores_follow_fp32(ort_int8, tiny_onnx, tiny_splits, val_images, tmp_path, symmetric,
+                                             min_corr):
     path = ort_int8[0] if symmetric else quantize_onnxruntime(
         ort_int8[1], tmp_path / "u8.onnx", calibration_paths(tiny_splits[0], 16), (128, 128), symmetric=False)
     runner, int8 = outputs(path, val_images)
@@ -131,7 +133,8 @@ def test_the_qdq_check_against_hand_made_graphs():
     assert "values [3]" in tensorrt_qdq_problems(graph(zero=3))[0]
     assert "no zero point, which means uint8" in tensorrt_qdq_problems(graph(with_zero=False))[0]
     assert "QuantizeLinear 'q_w': a Conv weight quantized along axis 1" in tensorrt_qdq_problems(graph(axis=1))[0]
-    assert "an activation quantized per channel" in tensorrt_qdq_problems(graph(act_scale=np.full(3, 0.1, np.float32)))[0]
+    assert "an activation quantized per channel" in tensorrt_qdq_problems(
+        graph(act_scale=np.full(3, 0.1, np.float32)))[0]
     assert "1 of its 1 scales are not positive" in tensorrt_qdq_problems(graph(act_scale=0.0))[0]
     assert "1 of its 1 scales are subnormal" in tensorrt_qdq_problems(graph(act_scale=1e-40))[0]
     float_model = graph()
@@ -248,7 +251,8 @@ def test_openvino_layer_profile_shows_int8_convolutions(ov_irs):
         for g in ("1x1 conv", "kxk conv"):
             assert all(family in k for k in int8[g]["kernels"]), (family, int8[g]["kernels"])
         for g in convs:
-            assert all(float_family in k and "amx" not in k for k in fp32[g]["kernels"]), (float_family, fp32[g]["kernels"])
+            assert all(float_family in k and "amx" not in k
+                       for k in fp32[g]["kernels"]), (float_family, fp32[g]["kernels"])
         if "group/depthwise conv" in int8:
             assert all("amx" not in k for k in int8["group/depthwise conv"]["kernels"])
 
@@ -261,7 +265,8 @@ def test_bf16_is_the_fp32_ir_compiled_for_bf16_where_the_cpu_has_it(ov_irs, val_
     from deploy.runtimes.openvino import device_capabilities
 
     if "BF16" not in device_capabilities(ov.Core(), "CPU"):  # the expectation on a CPU without bf16: one line
-        with pytest.raises(InputError, match=r"bf16 inference asked, but CPU reports no BF16 in OPTIMIZATION_CAPABILITIES"):
+        with pytest.raises(InputError, match=r"bf16 inference asked, but CPU reports no BF16 "
+                                             r"in OPTIMIZATION_CAPABILITIES"):
             open_runner(str(ov_irs["fp32"]), inference_precision="bf16")
         return
     try:
@@ -304,7 +309,8 @@ def test_the_executed_precision_of_a_hand_built_ir(tmp_path):
     assert runner.execution["convolutions"] == {"fp32": 1} and runner.threads >= 1
     if "BF16" in device_capabilities(ov.Core(), "CPU") and kernel_family() not in ("avx2", "sse41"):
         bf16 = open_runner(str(tmp_path / "conv.xml"), inference_precision="bf16")
-        assert (bf16.precision, bf16.executed_precision, bf16.execution["convolutions"]) == ("bf16", "bf16", {"bf16": 1})
+        assert (bf16.precision, bf16.executed_precision, bf16.execution["convolutions"]) == (
+            "bf16", "bf16", {"bf16": 1})
 
 
 @pytest.mark.slow
@@ -315,7 +321,8 @@ def test_inference_precision_bad_inputs(ov_irs, monkeypatch):
 
     with pytest.raises(InputError, match=r"unknown inference precision 'f64'; valid: f32, bf16, f16"):
         open_runner(str(ov_irs["fp32"]), inference_precision="f64")
-    with pytest.raises(InputError, match=r"quantize.inference_precision.openvino_fp32: unknown inference precision 'fp32'"):
+    with pytest.raises(InputError, match=r"quantize.inference_precision.openvino_fp32: unknown inference precision "
+                                         r"'fp32'"):
         openvino_inference(QuantizeConfig(inference_precision={"openvino_fp32": "fp32"}))
     with pytest.raises(InputError, match=r"'openvino_fp8' is no OpenVINO artifact"):
         openvino_inference(QuantizeConfig(inference_precision={"openvino_fp8": "f16"}))
@@ -326,7 +333,8 @@ def test_inference_precision_bad_inputs(ov_irs, monkeypatch):
         open_runner(str(ov_irs["fp16"]), inference_precision="bf16")
     # a CPU without bf16 (as an AVX2-only EPYC reports): one line, nothing compiled
     monkeypatch.setattr(ov_runner, "device_capabilities", lambda core, device: ["FP32", "INT8"])
-    with pytest.raises(InputError, match=r"bf16 inference asked, but CPU reports no BF16 in OPTIMIZATION_CAPABILITIES \(FP32, INT8\)"):
+    with pytest.raises(InputError, match=r"bf16 inference asked, but CPU reports no BF16 "
+                                         r"in OPTIMIZATION_CAPABILITIES \(FP32, INT8\)"):
         open_runner(str(ov_irs["fp32"]), inference_precision="bf16")
 
 
@@ -344,7 +352,8 @@ def test_the_quantize_stage_has_a_builder_for_each_planned_artifact_in_its_order
     assert planned_artifacts(cfg) == list(BUILDERS)
     cfg.quantize.artifacts, cfg.export.uint8_input, cfg.export.nms = ["openvino_bf16"], False, "host"
     assert planned_artifacts(cfg) == ["openvino_fp32", "openvino_bf16"]  # bf16 compiles the FP32 IR
-    assert set(SKIPPABLE) <= set(BUILDERS) and {n for n in BUILDERS if n.startswith("openvino")} == set(OPENVINO_INFERENCE)
+    assert (set(SKIPPABLE) <= set(BUILDERS)
+            and {n for n in BUILDERS if n.startswith("openvino")} == set(OPENVINO_INFERENCE))
 
 
 def test_onnxruntime_reports_the_int8_kernels_it_fused(ort_int8, tiny_splits, tmp_path):
@@ -366,7 +375,8 @@ def test_layer_profile_of_a_missing_ir_is_a_one_line_error(tmp_path, capsys):
 
     missing = tmp_path / "model_fp16.xml"
     assert main(["--layers", "--json", str(tmp_path / "l.json"), str(missing)]) == 2
-    assert capsys.readouterr().err.strip() == f"error: {missing}: no such IR (run the quantize stage first, or pick RUN=)"
+    assert capsys.readouterr().err.strip() == (f"error: {missing}: no such IR (run the quantize stage first, "
+                                               "or pick RUN=)")
     assert not (tmp_path / "l.json").exists()
 
 
@@ -561,8 +571,8 @@ def test_appended_nms_matches_graph_nms_and_host_nms_on_hand_made_outputs(anchor
     reference = tmp_path / "graph_nms.onnx"
     with warnings.catch_warnings():  # the TorchScript exporter's deprecation and tracer warnings, as export_onnx
         warnings.simplefilter("ignore")
-        torch.onnx.export(GraphNMS(_Split()).eval(), (torch.zeros(1, anchors, 4 + classes),), str(reference), dynamo=False,
-                          opset_version=17, input_names=["images"], output_names=list(GRAPH_NMS_OUTPUTS),
+        torch.onnx.export(GraphNMS(_Split()).eval(), (torch.zeros(1, anchors, 4 + classes),), str(reference),
+                          dynamo=False, opset_version=17, input_names=["images"], output_names=list(GRAPH_NMS_OUTPUTS),
                           dynamic_axes={o: {0: "detections"} for o in GRAPH_NMS_OUTPUTS})
     ours, theirs = (core.compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
                     for m in (appended, ov.convert_model(str(reference))))

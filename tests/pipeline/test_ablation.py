@@ -13,7 +13,8 @@ from tests.conftest import REPO
 DEFAULT = REPO / "configs" / "pipelines" / "default.yaml"
 
 
-SMALL = {"input_size": "[128,128]", "fpn_channels": 16, "head_channels": 16, "head_convs": 1, "backbone": "efficientnet_lite0"}
+SMALL = {"input_size": "[128,128]", "fpn_channels": 16, "head_channels": 16, "head_convs": 1,
+         "backbone": "efficientnet_lite0"}
 
 
 def tiny_config(tiny_scenes, *extra):
@@ -43,9 +44,11 @@ def test_summarise_pairs_each_seed_with_its_own_baseline():
     assert b["seeds"] == [0, 1, 2] and b["AP_per_seed"] == [0.23, 0.22, 0.25]
     assert b["AP"] == pytest.approx(0.70 / 3) and b["AP_sd"] == pytest.approx((42 / 9 * 1e-4 / 2) ** 0.5)
     # paired gains: +0.03, 0.00, +0.04
-    assert b["gain"] == pytest.approx(0.07 / 3) and b["gain_min"] == pytest.approx(0.0) and b["gain_max"] == pytest.approx(0.04)
+    assert (b["gain"] == pytest.approx(0.07 / 3) and b["gain_min"] == pytest.approx(0.0)
+            and b["gain_max"] == pytest.approx(0.04))
     k = s["kd"]
-    assert k["seeds"] == [2, 3] and k["AP"] == pytest.approx(0.27) and k["gain_seeds"] == 1 and k["gain"] == pytest.approx(0.03)
+    assert (k["seeds"] == [2, 3] and k["AP"] == pytest.approx(0.27) and k["gain_seeds"] == 1
+            and k["gain"] == pytest.approx(0.03))
 
     single = summarise({0: {"none": metrics(0.2), "bckd": metrics(0.25)}})
     assert single["bckd"]["AP_sd"] is None and single["bckd"]["gain"] == pytest.approx(0.05)
@@ -77,7 +80,8 @@ def test_two_seed_ablation_writes_each_seed_apart_and_a_paired_summary(tiny_scen
     assert summary["seeds"] == [0, 5]
     for seed, d in ((0, out), (5, out / "seed5")):
         for name in ("none", "bckd"):
-            assert summary["per_seed"][str(seed)][name]["AP"] == json.loads((d / name / "metrics.json").read_text())["AP"]
+            assert (summary["per_seed"][str(seed)][name]["AP"]
+                    == json.loads((d / name / "metrics.json").read_text())["AP"])
     gains = [per_seed[s]["bckd"]["AP"] - per_seed[s]["none"]["AP"] for s in (0, 5)]
     assert summary["variants"]["bckd"]["gain"] == pytest.approx(sum(gains) / 2)
     assert "| student bckd | 2 |" in (out / "ablation-seeds.md").read_text()
@@ -91,7 +95,8 @@ def test_two_seed_ablation_writes_each_seed_apart_and_a_paired_summary(tiny_scen
     # A finished run of other settings is refused, not reported as this configuration's, and before
     # anything trains: seed 7 has no runs yet, and none is written for it.
     changed = tiny_config(tiny_scenes, "distill.loc_weight=2.0")
-    with pytest.raises(InputError, match=r"seed5/bckd/last.pt: trained with other settings \(distill.loc_weight: 4.0 there, 2.0 now\)"):
+    with pytest.raises(InputError, match=r"seed5/bckd/last.pt: trained with other settings "
+                                         r"\(distill.loc_weight: 4.0 there, 2.0 now\)"):
         run_seeds(changed, teacher, ["none", "bckd"], out, [7, 5])
     assert not (out / "seed7").exists()
     with pytest.raises(InputError, match="repeated seed"):

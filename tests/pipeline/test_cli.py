@@ -49,15 +49,18 @@ def user_dataset(tmp_path, images=None, anns=()):
 
 
 def test_unknown_config_key():
-    assert_one_line_error(cli("run", "--config", DEFAULT, "data.rot=x"), "unknown key 'data.rot'", "did you mean 'root'")
+    assert_one_line_error(cli("run", "--config", DEFAULT, "data.rot=x"), "unknown key 'data.rot'",
+                          "did you mean 'root'")
 
 
 def test_unknown_stage():
-    assert_one_line_error(cli("run", "--config", DEFAULT, "--stages", "dat"), "unknown stage 'dat'", "valid stages: data")
+    assert_one_line_error(cli("run", "--config", DEFAULT, "--stages", "dat"), "unknown stage 'dat'",
+                          "valid stages: data")
 
 
 def test_missing_dataset_folder(tmp_path):
-    proc = cli("run", "--config", DEFAULT, f"data.root={tmp_path / 'nowhere'}", "data.generator=null", f"runs_dir={tmp_path / 'runs'}")
+    proc = cli("run", "--config", DEFAULT, f"data.root={tmp_path / 'nowhere'}", "data.generator=null",
+               f"runs_dir={tmp_path / 'runs'}")
     assert_one_line_error(proc, "data.root: dataset folder not found", "nowhere")
 
 
@@ -181,7 +184,8 @@ def test_generating_the_dataset_prints_no_worker_tracebacks(tmp_path):
     """The pipeline's SIGTERM handler reached the generator's forked workers, and the pool's exit printed a
     ForkPoolWorker KeyboardInterrupt traceback from each."""
     proc = cli("run", "--config", DEFAULT, "--no-progress", "--stages", "data", "data.generator.size=tiny",
-               "data.generator.workers=2", f"data.root={tmp_path / 'scenes'}", f"runs_dir={tmp_path / 'runs'}", process=True)
+               "data.generator.workers=2", f"data.root={tmp_path / 'scenes'}", f"runs_dir={tmp_path / 'runs'}",
+               process=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr
 
@@ -193,8 +197,8 @@ def test_a_setting_the_data_refutes_stops_before_any_stage_trains(tmp_path):
                "teacher.train.batch_size=1", "teacher.train.max_steps=1", *overrides)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1] == (
-        f"error: student.train.batch_size: 8 exceeds the 1 training images ({tmp_path}/annotations/instances_train.json); "
-        "lower it, or add images")
+        "error: student.train.batch_size: 8 exceeds the 1 training images "
+        f"({tmp_path}/annotations/instances_train.json); lower it, or add images")
     assert not (tmp_path / "runs" / "default" / "teacher").exists()
 
 
@@ -207,9 +211,9 @@ def test_the_edgekd_command_is_installed_and_runs(tmp_path):
         "data", "teacher", "distill", "export", "quantize", "qat", "engines", "benchmark", "report"]
 
 
-@pytest.mark.parametrize("command", ["train", "distill", "export", "quantize", "qat", "qat-ablation", "engines", "benchmark", "ablation",
-                                     "ablation-heads", "detection-errors", "diagnose-bckd", "bench-train",
-                                     "bench-openvino", "bench-nms", "ship-teacher"])
+@pytest.mark.parametrize("command", ["train", "distill", "export", "quantize", "qat", "qat-ablation", "engines",
+                                     "benchmark", "ablation", "ablation-heads", "detection-errors", "diagnose-bckd",
+                                     "bench-train", "bench-openvino", "bench-nms", "ship-teacher"])
 def test_every_edgekd_subcommand_is_its_module_command_line(command, capsys):
     from pipeline.__main__ import main
 
@@ -292,7 +296,8 @@ def test_every_subcommand_help_and_usage_error_load_no_heavy_package(command):
                               env={**os.environ, "PYTHONPATH": str(REPO)})
         assert proc.returncode == status, proc.stderr[-2000:]
         assert (proc.stdout if status == 0 else proc.stderr).startswith("usage: "), (proc.stdout + proc.stderr)[-2000:]
-        assert proc.stdout.strip().splitlines()[-1] == "[]", f"{command} {args[0]} imported {proc.stdout.splitlines()[-1]}"
+        assert proc.stdout.strip().splitlines()[-1] == "[]", (
+            f"{command} {args[0]} imported {proc.stdout.splitlines()[-1]}")
 
 
 def test_debug_shows_the_library_error_behind_the_line(tmp_path):

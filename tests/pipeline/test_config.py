@@ -92,7 +92,8 @@ def test_each_embedded_default_head_pair_is_distillable(head):
     from distill.models.detector import build_detector
     from pipeline.tools.ablation_heads import head_overrides
 
-    cfg = load_config(DEFAULT, [*head_overrides(head), "teacher.model.pretrained=none", "student.model.pretrained=none"])
+    cfg = load_config(DEFAULT, [*head_overrides(head), "teacher.model.pretrained=none",
+                                "student.model.pretrained=none"])
     assert cfg.teacher.model.name == cfg.student.model.name == head and cfg.run == f"head-{head}"
     teacher, student = (build_detector(getattr(cfg, r).model, 10, seed=0) for r in ("teacher", "student"))
     size = tuple(cfg.student.model.input_size)

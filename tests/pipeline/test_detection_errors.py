@@ -22,7 +22,8 @@ def test_a_wrong_class_on_a_found_box_costs_what_hand_computed_ap_says(tmp_path,
                    {"id": 2, "file_name": "b.jpg", "width": 200, "height": 200}],
         "categories": [{"id": 1, "name": "Bag"}, {"id": 2, "name": "Coat"}],
         "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 100, 100], "area": 1e4, "iscrowd": 0},
-                        {"id": 2, "image_id": 2, "category_id": 2, "bbox": [50, 50, 100, 100], "area": 1e4, "iscrowd": 0}]})
+                        {"id": 2, "image_id": 2, "category_id": 2, "bbox": [50, 50, 100, 100], "area": 1e4,
+                         "iscrowd": 0}]})
     wrong_class = write(tmp_path / "wrong_class.json", [
         {"image_id": 1, "category_id": 1, "bbox": [0, 0, 100, 100], "score": 0.9},
         {"image_id": 1, "category_id": 2, "bbox": [2, 2, 100, 100], "score": 0.95},
@@ -48,7 +49,8 @@ def test_a_wrong_class_on_a_found_box_costs_what_hand_computed_ap_says(tmp_path,
 
     assert main([str(wrong_class), "--annotations", str(gt), "--json", str(tmp_path / "e.json")]) == 0
     assert table(r).splitlines()[2].startswith(f"| {wrong_class} | 75.0 | 100.0 | 50.0 | 25.0 | 0.0 |")
-    assert json.loads((tmp_path / "e.json").read_text())["results"][str(wrong_class)]["Cls"] == pytest.approx(25.0, abs=0.1)
+    assert (json.loads((tmp_path / "e.json").read_text())["results"][str(wrong_class)]["Cls"]
+            == pytest.approx(25.0, abs=0.1))
     assert main([str(tmp_path / "nope.json"), "--annotations", str(gt)]) == 2
     assert "predictions file not found: " in capsys.readouterr().err
     # A detection of a class the dataset lacks: one line naming the file and the entry, no JSON written.

@@ -41,7 +41,8 @@ def test_an_mmdetection_teacher_is_evaluated_and_distilled_from(tiny_scenes, tin
     path = tmp_path / "gfl_mmdet.pth"
     torch.save({"state_dict": state, "meta": {"dataset_meta": {"classes": theirs}}}, path)
     common = [f"data.root={tiny_scenes}", "data.generator.size=tiny", f"runs_dir={tmp_path}",
-              "teacher.format=mmdet", f"teacher.checkpoint={path}", "teacher.checkpoint_sha256=null", *overrides("teacher.model", TEACHER)]
+              "teacher.format=mmdet", f"teacher.checkpoint={path}", "teacher.checkpoint_sha256=null",
+              *overrides("teacher.model", TEACHER)]
     proc = run("pipeline.stages.train", ["--role", "teacher", *common], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "teacher (from" in proc.stdout and "mmdet" in proc.stdout
@@ -61,7 +62,8 @@ def test_a_dataset_class_outside_coco_is_one_line(tiny_scenes, tmp_path):
               "teacher.source=torchvision:fcos_resnet50_fpn", "teacher.model.input_size=[128,128]"]
     proc = run("pipeline.stages.train", ["--role", "teacher", *common], tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr.startswith("error: teacher.source: torchvision:fcos_resnet50_fpn knows COCO's 80 classes, not 'T-shirt/top'")
+    assert proc.stderr.startswith("error: teacher.source: torchvision:fcos_resnet50_fpn "
+                                  "knows COCO's 80 classes, not 'T-shirt/top'")
     assert len(proc.stderr.strip().splitlines()) == 1
 
 

@@ -36,12 +36,13 @@ def run(tmp_path):
         write(r / stage / "metrics.json", {"AP": ap, "AP50": ap + 0.1, "AP75": ap, "APs": 0, "APm": 0, "APl": 0})
         write(r / stage / "profile.json", {"params": 5, "gflops": 1.0, "size_mb": 2.0, "latency_ms": latency(40.0),
                                            "artifact": str(r / stage / "last.pt")})
-    art = {"AP": 0.235, "AP50": 0.3, "AP75": 0.2, "latency_ms": latency(10.0), "size_mb": 12.0, "backend": "onnxruntime",
-           "precision": "fp32", "artifact": str(r / "export" / "model.onnx")}
+    art = {"AP": 0.235, "AP50": 0.3, "AP75": 0.2, "latency_ms": latency(10.0), "size_mb": 12.0,
+           "backend": "onnxruntime", "precision": "fp32", "artifact": str(r / "export" / "model.onnx")}
     write(r / "export" / "metrics.json", {"onnxruntime_fp32": art, "model": {"params": 3, "gflops": 0.5},
                                           "parity": {"scores_max_abs": 2e-4, "boxes_max_abs": 1e-3}})
-    int8 = {**art, "AP": 0.22, "precision": "int8", "latency_ms": latency(5.0), "artifact": str(r / "quantize" / "m.onnx"),
-            "executed_precision": "int8+fp32", "precision_warning": "warning: m.onnx: runs fp32"}
+    int8 = {**art, "AP": 0.22, "precision": "int8", "latency_ms": latency(5.0),
+            "artifact": str(r / "quantize" / "m.onnx"), "executed_precision": "int8+fp32",
+            "precision_warning": "warning: m.onnx: runs fp32"}
     write(r / "quantize" / "metrics.json", {"artifacts": {"onnxruntime_int8": int8}, "reference": {"fp32_AP": 0.235}})
 
     return cfg
@@ -53,8 +54,8 @@ def test_rows_split_end_to_end_time_into_its_parts():
     split = {**latency(5.0), "preprocess": {"p50": 0.4}, "postprocess": {"p50": 0.3}}
     row = _row("quantize", "m", {"backend": "onnxruntime"}, split, {})
     assert (row["preprocess_ms"], row["postprocess_ms"], row["e2e_over_infer"]) == (0.4, 0.3, 1.2)
-    assert "| 5.00 | 10.00 | 6.00 | 10.00 | 0.40 | 0.30 | 1.20 |" in report_table([{**row, "pareto": False, "previous": None,
-                                                                     "delta_AP_previous": None, "delta_AP_teacher": None}])
+    assert "| 5.00 | 10.00 | 6.00 | 10.00 | 0.40 | 0.30 | 1.20 |" in report_table(
+        [{**row, "pareto": False, "previous": None, "delta_AP_previous": None, "delta_AP_teacher": None}])
 
 
 def test_rows_carry_deltas_to_previous_stage_and_teacher(run):
@@ -69,7 +70,8 @@ def test_rows_carry_deltas_to_previous_stage_and_teacher(run):
     # Pareto: int8 (5 ms, 22.0) and fp32 (10 ms, 23.5) and the teacher (40 ms, 30.0); the PyTorch students lose.
     assert [n for n, r in rows.items() if r["pareto"]] == ["teacher", "onnxruntime_fp32", "onnxruntime_int8"]
     table = report_table(list(rows.values()))
-    assert "| quantize/onnxruntime_int8 * | onnxruntime | int8 | int8+fp32 (!) | 22.0 |" in table and "-1.50 (onnxruntime_fp32)" in table
+    assert ("| quantize/onnxruntime_int8 * | onnxruntime | int8 | int8+fp32 (!) | 22.0 |" in table
+            and "-1.50 (onnxruntime_fp32)" in table)
 
 
 def test_gates_stop_with_stage_figure_and_limit(run):

@@ -8,7 +8,8 @@ from pipeline.stages.train import train_role
 from tests.conftest import REPO
 
 DEFAULT = REPO / "configs" / "pipelines" / "default.yaml"
-TINY = {"input_size": "[128,128]", "fpn_channels": 16, "head_channels": 16, "head_convs": 1, "backbone": "efficientnet_lite0"}
+TINY = {"input_size": "[128,128]", "fpn_channels": 16, "head_channels": 16, "head_convs": 1,
+        "backbone": "efficientnet_lite0"}
 
 
 def config(tiny_scenes, tmp_path, *extra):
@@ -23,10 +24,12 @@ def test_a_finished_teacher_with_other_settings_is_refused_not_reported(tiny_sce
     """Before: `python -m pipeline.stages.train --role teacher --resume teacher.train.lr=0.5` on a finished run said
     "already trained" and kept the old model (rc 0)."""
     train_role(config(tiny_scenes, tmp_path), "teacher", resume=True, progress=False)
-    with pytest.raises(InputError, match=r"teacher/last.pt: trained with other settings \(teacher.train.lr: 0.001 there, 0.5 now\)"):
+    with pytest.raises(InputError, match=r"teacher/last.pt: trained with other settings "
+                                         r"\(teacher.train.lr: 0.001 there, 0.5 now\)"):
         train_role(config(tiny_scenes, tmp_path, "teacher.train.lr=0.5"), "teacher", resume=True, progress=False)
     with pytest.raises(InputError, match=r"teacher.model.head_channels: 16 there, 32 now"):
-        train_role(config(tiny_scenes, tmp_path, "teacher.model.head_channels=32"), "teacher", resume=True, progress=False)
+        train_role(config(tiny_scenes, tmp_path, "teacher.model.head_channels=32"), "teacher", resume=True,
+                   progress=False)
     # Settings that do not change what was learned (how often to log or validate) may differ.
     capsys.readouterr()
     train_role(config(tiny_scenes, tmp_path, "teacher.train.log_every=5"), "teacher", resume=True, progress=False)

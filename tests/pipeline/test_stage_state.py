@@ -34,8 +34,10 @@ def test_settings_added_later_leave_the_hash_of_older_runs_alone():
     older = {k: v for k, v in asdict(DistillConfig()).items() if k not in ("until_epoch", "loc_detached_features")}
     older_model = {k: v for k, v in asdict(ModelConfig()).items() if k not in ("point_offset", "relu_before_p7")}
     assert config_hash({"distill": DistillConfig()}) == config_hash({"distill": older})
-    assert config_hash({"student": {"model": older_model}}) != config_hash({"student": {"model": asdict(ModelConfig(point_offset=0.0))}})
-    assert config_hash({"student": {"model": asdict(ModelConfig())}}) == config_hash({"student": {"model": older_model}})
+    assert (config_hash({"student": {"model": older_model}})
+            != config_hash({"student": {"model": asdict(ModelConfig(point_offset=0.0))}}))
+    assert (config_hash({"student": {"model": asdict(ModelConfig())}})
+            == config_hash({"student": {"model": older_model}}))
     assert config_hash({"distill": DistillConfig(until_epoch=2)}) != config_hash({"distill": older})
 
 
@@ -114,7 +116,8 @@ def test_an_unreadable_stage_json_is_named_not_adopted(tmp_path):
     for text in ("", '{"state": "do', "[1, 2]"):
         (stage / "stage.json").write_text(text)
         status = stage_status(stage, "c", "i", [], [])
-        assert (status.state, status.reason) == ("stale", f"{stage / 'stage.json'} is unreadable (empty, cut or not JSON): reruns")
+        assert (status.state, status.reason) == (
+            "stale", f"{stage / 'stage.json'} is unreadable (empty, cut or not JSON): reruns")
     (stage / "stage.json").unlink()
     assert stage_status(stage, "c", "i", [], []).reason == "has files from a run outside the pipeline: adopts them"
 
@@ -133,7 +136,8 @@ def test_outputs_are_named_relative_to_the_run_folder(tmp_path):
     copy = tmp_path / "copy"
     (copy / "export").mkdir(parents=True)
     (copy / "export" / "model.onnx").write_bytes(b"onnx")
-    assert inputs_hash([copy / "export" / "model.onnx"], copy)[0] == inputs_hash([run / "export" / "model.onnx"], run)[0]
+    assert (inputs_hash([copy / "export" / "model.onnx"], copy)[0]
+            == inputs_hash([run / "export" / "model.onnx"], run)[0])
     write_state(copy / "export", state="done", config_hash="c", inputs_hash="i", names="run-relative", outputs=files)
     assert stage_status(copy / "export", "c", ("i",), [], []).state == "done"
     (copy / "export" / "model.onnx").unlink()  # the copy's own file, not the original's

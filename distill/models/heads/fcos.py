@@ -24,7 +24,8 @@ class FCOSHead(CenternessHead):
     @staticmethod
     def distill_boxes(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Decoded boxes [N, A, 4] xyxy input pixels."""
-        return distance_to_box(outputs["points"][None], outputs["distances"].float() * outputs["strides"][None, :, None])
+        return distance_to_box(outputs["points"][None],
+                               outputs["distances"].float() * outputs["strides"][None, :, None])
 
     def decode(self, outputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         scores = outputs["cls_logits"].float().sigmoid() * outputs["centerness"].float().sigmoid()[..., None]
