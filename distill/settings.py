@@ -33,6 +33,9 @@ class TrainConfig:
     channels_last: bool = True  # NHWC memory format (faster on CUDA and, with oneDNN, on CPU)
     eval_every: int = 1  # validate every N epochs (and after the last)
     max_val_images: int = 0  # validate during training on the first N val images (0 = all); final eval uses all
+    # the split the evaluations during training (their log lines, best.pt) read; `select` (data.select_images
+    # held-out training images) draws a learning curve, and chooses a schedule, without looking at val
+    monitor: Literal["val", "select"] = "val"
     log_every: int = 10  # steps between log.jsonl lines
     save_every_steps: int = 0  # extra mid-epoch checkpoints (0 = at epoch ends only)
     workers: int = 2  # data-loading processes per training process

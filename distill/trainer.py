@@ -232,19 +232,38 @@ def steps_in_epoch(epoch: int, steps_per_epoch: int, total_steps: int) -> int:
     return max(0, min(steps_per_epoch, total_steps - epoch * steps_per_epoch))
 
 
-def evaluate(s: Session, val_set: CocoDataset, input_size: tuple[int, int], final: bool,
-             progress: bool) -> dict[str, Any]:
-    """Val mAP (a subset during training, all of val at the end); best.pt follows the best AP."""
-    val = val_set if final else subset(val_set, s.cfg.max_val_images)
-    metrics, results = evaluate_model(s.model, val, input_size, s.cfg.batch_size, s.info.device, progress)
-    log(s, {"step": s.step, "epoch": s.epoch, "val_images": len(val.images),
-            "val": {k: metrics[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}})
-    print(f"epoch {-(-s.step // s.steps_per_epoch)}: val ({len(val.images)} images) {format_metrics(metrics)}",
-          flush=True)
-    if metrics["AP"] > s.best_ap:
-        s.best_ap = metrics["AP"]
+def _evaluate_split(s: Session, dataset: CocoDataset, split: str, input_size: tuple[int, int],
+                    progress: bool) -> tuple[dict[str, Any], list[dict]]:
+    metrics, results = evaluate_model(s.model, dataset, input_size, s.cfg.batch_size, s.info.device, progress)
+    log(s, {"step": s.step, "epoch": s.epoch, f"{split}_images": len(dataset.images),
+            split: {k: metrics[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}})
+    print(f"epoch {-(-s.step // s.steps_per_epoch)}: {split} ({len(dataset.images)} images) "
+          f"{format_metrics(metrics)}", flush=True)
+    return metrics, results
+
+
+def _keep_best(s: Session, ap: float) -> None:
+    if ap > s.best_ap:
+        s.best_ap = ap
         save(s, s.out_dir / "last.pt")  # records best_ap for a resume
         save(s, s.out_dir / "best.pt")
+
+
+def evaluate(s: Session, val_set: CocoDataset, input_size: tuple[int, int], final: bool,
+             progress: bool, monitor_set: CocoDataset | None = None) -> dict[str, Any]:
+    """Val mAP (a subset during training, all of val at the end); best.pt follows the best AP of the split
+    monitored during training. With a monitor split, every evaluation (the last one too) reads it, and the
+    final one reads all of val besides, for metrics.json alone."""
+    if monitor_set is not None:
+        metrics, _ = _evaluate_split(s, subset(monitor_set, s.cfg.max_val_images), s.cfg.monitor, input_size,
+                                     progress)
+        _keep_best(s, metrics["AP"])
+        if not final:
+            return metrics
+    metrics, results = _evaluate_split(s, val_set if final else subset(val_set, s.cfg.max_val_images), "val",
+                                       input_size, progress)
+    if monitor_set is None:
+        _keep_best(s, metrics["AP"])
     if final:
         write_evaluation(str(s.out_dir), metrics, results)
     return metrics
@@ -252,7 +271,8 @@ def evaluate(s: Session, val_set: CocoDataset, input_size: tuple[int, int], fina
 
 def train(model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, train_set: CocoDataset, val_set: CocoDataset,
           out_dir: str | Path, input_size: tuple[int, int], extra_state: dict[str, Any],
-          resume: bool = False, progress: bool = True, dist_info: DistInfo | None = None) -> dict[str, Any]:
+          resume: bool = False, progress: bool = True, dist_info: DistInfo | None = None,
+          monitor_set: CocoDataset | None = None) -> dict[str, Any]:
     """Train `model` with `loss_fn(model, images, targets) -> {'loss_*': weighted term, ...}`; return final metrics.
 
     extra_state (model config, classes) is stored in every checkpoint.
@@ -324,9 +344,10 @@ def train(model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, train_set: CocoDa
         if info.main and (s.step % steps_per_epoch == 0 or s.step >= total_steps):
             save(s, s.out_dir / "last.pt")
             if s.step >= total_steps or (epoch + 1) % cfg.eval_every == 0:
-                metrics = evaluate(s, val_set, input_size, final=s.step >= total_steps, progress=progress)
+                metrics = evaluate(s, val_set, input_size, final=s.step >= total_steps, progress=progress,
+                                   monitor_set=monitor_set)
         if info.world > 1:
             dist.barrier()
     if info.main and not metrics:  # trained to the end before, but stopped ahead of the final evaluation
-        metrics = evaluate(s, val_set, input_size, final=True, progress=progress)
+        metrics = evaluate(s, val_set, input_size, final=True, progress=progress, monitor_set=monitor_set)
     return metrics

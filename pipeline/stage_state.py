@@ -40,7 +40,8 @@ def versions() -> dict[str, str]:
 ADDED_AT_DEFAULT = {"point_offset": 0.5, "relu_before_p7": True, "format": "edgekd", "source": None,
                     "until_epoch": None, "loc_detached_features": False, "uint8_input": False, "nms": "host",
                     "efficient_nms": False, "int8_source": "ptq", "resize": "pil", "select_images": 0,
-                    "long_tail_ratio": 1.0, "cls_region": "all", "kd_pos_weight": 10.0, "kd_pos_temperature": 2.0}
+                    "long_tail_ratio": 1.0, "cls_region": "all", "kd_pos_weight": 10.0, "kd_pos_temperature": 2.0,
+                    "monitor": "val"}
 
 
 def _without_added_defaults(values: Any) -> Any:

@@ -35,6 +35,17 @@ def load_split(data: DataConfig, split: Literal["train", "val", "select"]) -> Co
     return replace(ds, images=ds.images[:-n] if split == "train" else ds.images[-n:])
 
 
+def monitor_split(data: DataConfig, train: TrainConfig, role: str) -> CocoDataset | None:
+    """The split a training evaluates on between epochs: None for val (the trainer's default), the selection
+    split for `monitor: select` (refused in one line when the config holds none out)."""
+    if train.monitor == "val":
+        return None
+    if not data.select_images:
+        raise InputError(f"{role}.train.monitor: select evaluates on the selection split, and data.select_images "
+                         "is 0; hold some training images out (data.select_images=300) or monitor val")
+    return load_split(data, "select")
+
+
 def check_schedule_fits(data: DataConfig, train: TrainConfig, role: str, images: int) -> None:
     """With a selection split held out, refuse a schedule that asks for more training images than remain
     (without one, max_train_images above the split's size means all of it, as it always has)."""

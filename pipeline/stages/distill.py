@@ -21,7 +21,7 @@ from pipeline import paths
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
 from pipeline.run_lock import run_lock
-from pipeline.stages.data import check_schedule_fits, load_split, run_data
+from pipeline.stages.data import check_schedule_fits, load_split, monitor_split, run_data
 
 # torch and the trainer are imported by the functions that train, so that `edgekd distill --help` loads neither.
 
@@ -58,7 +58,8 @@ def distill_student(cfg: PipelineConfig, teacher_file: str | None = None, resume
     extra = {"config": asdict(cfg.student.model), "classes": train_set.class_names,
              "distill": asdict(cfg.distill), "teacher": teacher_info.source}
     return train(student, distiller, cfg.student.train, train_set, val_set, cfg.run_dir / out_name, input_size,
-                 extra, resume=resume, progress=progress, dist_info=info)
+                 extra, resume=resume, progress=progress, dist_info=info,
+                 monitor_set=monitor_split(cfg.data, cfg.student.train, "student"))
 
 
 def run_stage(cfg: PipelineConfig, out: Path, progress: bool) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from pipeline import paths
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
 from pipeline.run_lock import run_lock
-from pipeline.stages.data import check_schedule_fits, load_split, run_data
+from pipeline.stages.data import check_schedule_fits, load_split, monitor_split, run_data
 
 # torch and the trainer are imported by the functions that train, so that `edgekd train --help` loads neither.
 
@@ -103,7 +103,8 @@ def train_role(cfg: PipelineConfig, role: str, resume: bool = True, progress: bo
     loss_fn = make_detection_loss(role_cfg.model)
     extra = {"config": asdict(role_cfg.model), "classes": train_set.class_names}
     return train(model, loss_fn, role_cfg.train, train_set, val_set, out_dir, input_size, extra,
-                 resume=resume, progress=progress, dist_info=info)
+                 resume=resume, progress=progress, dist_info=info,
+                 monitor_set=monitor_split(cfg.data, role_cfg.train, role))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,3 +73,27 @@ def test_a_selection_split_that_leaves_too_little_is_one_line(tiny_scenes):
 def test_bad_study_settings_are_one_line_at_load(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(DEFAULT, overrides)
+
+
+@pytest.mark.slow
+def test_monitor_select_draws_the_curve_on_the_selection_split_and_keeps_val_for_the_end(tiny_scenes, tiny_model,
+                                                                                         tmp_path):
+    from pipeline.stages.distill import distill_student
+    from tests.pipeline.test_ablation import tiny_config
+
+    cfg = tiny_config(tiny_scenes, "data.select_images=10", f"runs_dir={tmp_path}", "distill.method=none",
+                      "student.train.max_steps=0", "student.train.max_train_images=8", "student.train.epochs=2",
+                      "student.train.monitor=select")
+    metrics = distill_student(cfg, str(tiny_model[2]), resume=False, progress=False)
+    out = cfg.run_dir / "distill"
+    evaluations = [e for e in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" not in e]
+    # each epoch on the 10 held-out images (best.pt follows them), then all of val once, for metrics.json
+    assert [(e["epoch"], "select" in e, e.get("select_images") or e.get("val_images")) for e in evaluations] == \
+        [(1, True, 10), (2, True, 10), (2, False, len(load_split(cfg.data, "val").images))]
+    assert json.loads((out / "metrics.json").read_text())["AP"] == metrics["AP"] == evaluations[-1]["val"]["AP"]
+    assert (out / "best.pt").is_file()
+
+    with pytest.raises(InputError, match="student.train.monitor: select evaluates on the selection split, and "
+                                         "data.select_images is 0"):
+        distill_student(tiny_config(tiny_scenes, f"runs_dir={tmp_path / 'b'}", "student.train.monitor=select"),
+                        str(tiny_model[2]), resume=False, progress=False)
