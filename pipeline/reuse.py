@@ -20,7 +20,7 @@ from distill.settings import DistillConfig, TrainConfig
 
 # Settings that do not change what a run learns, so a resumed or reused run may differ in them.
 RUN_ONLY = {"eval_every", "max_val_images", "log_every", "save_every_steps", "workers", "device",
-            "min_gain_over_baseline", "monitor"}
+            "min_gain_over_baseline"}  # not `monitor`: best.pt's AP would compare two splits across a resume
 
 
 def _resolved(settings: dict[str, Any]) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
 from pipeline.gates import check_gate
 from pipeline.run_lock import run_lock
-from pipeline.stages.data import load_split
+from pipeline.stages.data import load_split, monitor_split
 
 if TYPE_CHECKING:  # torch, onnx and ModelOpt load when the stage runs, not for `edgekd qat --help`
     import torch
@@ -126,7 +126,8 @@ def run_qat(cfg: PipelineConfig, out_dir: Path, progress: bool = True, fine_tune
     extra = {"config": state["config"], "classes": classes, "qat": asdict(qc), "source": str(source),
              "teacher": teacher_info.source}
     trained = (train(student, distiller, qc.train, train_set, val_set, out_dir, input_size, extra,
-                     resume=True, progress=progress, dist_info=info) if fine_tune else {})
+                     resume=True, progress=progress, dist_info=info,
+                     monitor_set=monitor_split(cfg.data, qc.train, "qat")) if fine_tune else {})
     student = student.cpu().to(memory_format=torch.contiguous_format).eval()
 
     onnx_path = export_onnx(student, classes, out_dir / paths.qat_onnx(cfg).name, input_size, ec.opset, ec.batch,

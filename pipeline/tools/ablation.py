@@ -117,18 +117,22 @@ def head_and_tail(cfg: PipelineConfig, k: int = 5) -> tuple[list[str], list[str]
     if generator is None or generator.long_tail_ratio == 1.0:
         return None
     train = load_split(cfg.data, "train")
-    counts = Counter(int(label) for labels in train.labels.values() for label in labels)
+    # labels covers every image of the file; the split's own images are those it trains on
+    counts = Counter(int(label) for image in train.images for label in train.labels[image["id"]])
     ranked = sorted(range(len(train.class_names)), key=lambda c: -counts[c])
     return [train.class_names[c] for c in ranked[:k]], [train.class_names[c] for c in ranked[-k:]]
 
 
 def add_head_tail(row: dict[str, Any], classes: tuple[list[str], list[str]]) -> None:
-    """Mean per-class AP of the head and of the tail classes, on val and (when held out) the selection split."""
+    """Mean per-class AP of the head and of the tail classes, on val and (when held out) the selection split.
+    A class with no box in the split has no AP (None) and is left out; a group with none of its classes there
+    gets no figure."""
     for prefix in ("", "select_"):
-        per_class = row.get(f"{prefix}per_class_AP")
-        if per_class:
-            row[f"{prefix}head_AP"], row[f"{prefix}tail_AP"] = (statistics.fmean(per_class[c] for c in group)
-                                                                for group in classes)
+        per_class = row.get(f"{prefix}per_class_AP") or {}
+        for name, group in zip(("head_AP", "tail_AP"), classes):
+            present = [per_class[c] for c in group if per_class.get(c) is not None]
+            if present:
+                row[f"{prefix}{name}"] = statistics.fmean(present)
 
 
 def table(rows: dict[str, dict[str, Any]], teacher: dict[str, Any]) -> str:

@@ -145,7 +145,9 @@ def test_head_and_tail_rank_classes_by_training_boxes_and_average_their_ap(monke
     names = [f"c{i}" for i in range(12)]
     counts = [30, 2, 50, 7, 1, 40, 9, 3, 20, 5, 60, 4]  # by count: c10 c2 c5 c0 c8 | c6 c3 | c9 c11 c7 c1 c4
     labels = {i: np.array([c] * n) for i, (c, n) in enumerate(enumerate(counts))}
-    fake = type("Split", (), {"class_names": names, "labels": labels})()
+    labels[99] = np.array([4] * 100)  # a held-out image's boxes: in the file, not in the split's images
+    images = [{"id": i} for i in range(len(counts))]
+    fake = type("Split", (), {"class_names": names, "labels": labels, "images": images})()
     monkeypatch.setattr(ablation, "load_split", lambda data, split: fake)
     cfg = PipelineConfig()
     assert ablation.head_and_tail(cfg) is None  # no generator: balanced by assumption
@@ -155,8 +157,13 @@ def test_head_and_tail_rank_classes_by_training_boxes_and_average_their_ap(monke
     head, tail = ablation.head_and_tail(cfg)
     assert head == ["c10", "c2", "c5", "c0", "c8"] and tail == ["c9", "c11", "c7", "c1", "c4"]
 
-    row = {"per_class_AP": {n: i / 100 for i, n in enumerate(names)}, "select_per_class_AP": None}
+    row = {"per_class_AP": {n: i / 100 for i, n in enumerate(names)},
+           "select_per_class_AP": {**{n: 0.5 for n in names}, "c1": None, "c4": None}}
     ablation.add_head_tail(row, (head, tail))
     assert row["head_AP"] == pytest.approx((10 + 2 + 5 + 0 + 8) / 500)
     assert row["tail_AP"] == pytest.approx((9 + 11 + 7 + 1 + 4) / 500)
-    assert "select_head_AP" not in row
+    # classes with no box in the split (AP None) are left out of the mean
+    assert row["select_head_AP"] == row["select_tail_AP"] == 0.5
+    row = {"per_class_AP": {n: None for n in names}}
+    ablation.add_head_tail(row, (head, tail))
+    assert "head_AP" not in row and "tail_AP" not in row

@@ -34,3 +34,22 @@ def test_a_finished_teacher_with_other_settings_is_refused_not_reported(tiny_sce
     capsys.readouterr()
     train_role(config(tiny_scenes, tmp_path, "teacher.train.log_every=5"), "teacher", resume=True, progress=False)
     assert "already trained" in capsys.readouterr().out
+
+
+def test_a_run_monitored_on_another_split_is_not_resumed(tmp_path):
+    # best.pt's AP would compare a val figure with a selection-split one across the resume
+    from dataclasses import asdict
+
+    from distill.checkpoint import save_checkpoint
+    from distill.models.config import ModelConfig
+    from distill.settings import TrainConfig
+    from pipeline.reuse import changed_setting
+
+    path = tmp_path / "last.pt"
+    stored = asdict(TrainConfig())
+    del stored["monitor"]  # a checkpoint from before the setting: monitored val
+    save_checkpoint(path, {"model": {}, "train": stored, "config": asdict(ModelConfig())})
+    assert changed_setting(path, "student", TrainConfig(), ModelConfig()) is None
+    assert changed_setting(path, "student", TrainConfig(monitor="select"), ModelConfig()) == \
+        "student.train.monitor: 'val' there, 'select' now"
+    assert changed_setting(path, "student", TrainConfig(eval_every=2), ModelConfig()) is None  # run-only
