@@ -152,14 +152,17 @@ def table(rows: dict[str, dict[str, Any]], teacher: dict[str, Any]) -> str:
 HEAD_TAIL = ("head_AP", "tail_AP", "select_head_AP", "select_tail_AP")
 
 
+def _head_tail_keys(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """The head/tail figures any row holds: a table's columns."""
+    return [k for k in HEAD_TAIL if any(k in r for r in rows.values())]
+
+
 def _head_tail_columns(rows: dict[str, dict[str, Any]]) -> list[str]:
-    shown = [k for k in HEAD_TAIL if any(k in r for r in rows.values())]
-    return [k.replace("select_", "selection ").replace("_AP", " AP") for k in shown]
+    return [k.replace("select_", "selection ").replace("_AP", " AP") for k in _head_tail_keys(rows)]
 
 
 def _head_tail_cells(row: dict[str, Any], rows: dict[str, dict[str, Any]]) -> list[str]:
-    shown = [k for k in HEAD_TAIL if any(k in r for r in rows.values())]
-    return [f"{100 * row[k]:.1f}" if k in row else "" for k in shown]
+    return [f"{100 * row[k]:.1f}" if k in row else "" for k in _head_tail_keys(rows)]
 
 
 def seed_dir(out: Path, seed: int, home: int) -> Path:
