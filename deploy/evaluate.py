@@ -21,6 +21,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from deploy import metrics_file
 from deploy.coco import CocoDataset, load_coco
 from deploy.errors import InputError
 from deploy.files import write_json
@@ -109,10 +110,12 @@ def coco_eval(ds: CocoDataset, results: list[dict[str, Any]]) -> dict[str, Any]:
     return metrics
 
 
-def write_evaluation(out_dir: str, metrics: dict[str, Any], results: list[dict[str, Any]]) -> None:
-    """Write predictions.json (the detections) and metrics.json (what they scored) atomically."""
+def write_evaluation(out_dir: str, metrics: dict[str, Any], results: list[dict[str, Any]],
+                     name: str = metrics_file.CHECKPOINT) -> None:
+    """Write predictions.json (the detections) and metrics.json (what they scored, as the artifact `name`:
+    deploy/metrics_file.py's layout) atomically."""
     write_json(os.path.join(out_dir, "predictions.json"), results, indent=None)
-    write_json(os.path.join(out_dir, "metrics.json"), metrics)
+    metrics_file.write(out_dir, {name: metrics})
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
@@ -148,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(format_metrics(metrics))
     if args.out:
-        write_evaluation(args.out, metrics, results)
+        write_evaluation(args.out, metrics, results, os.path.splitext(os.path.basename(args.predictions))[0])
     return 0
 
 

@@ -34,6 +34,8 @@ from deploy.coco import CocoDataset
 from deploy.errors import InputError
 from deploy.evaluate import format_metrics, write_evaluation
 from deploy.files import write_json, write_text
+from deploy.metrics_file import measurement
+from deploy.metrics_file import read as read_metrics
 from distill.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from distill.data.dataset import DetectionDataset, collate
 from distill.settings import NonFiniteLoss, TrainConfig
@@ -299,10 +301,11 @@ def train(model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, train_set: CocoDa
                 torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16))
     resume_or_start(s, resume)
     total_steps = total_steps_for(cfg, steps_per_epoch)
-    if s.step >= total_steps and (s.out_dir / "metrics.json").is_file():
+    finished = measurement(read_metrics(s.out_dir / "metrics.json")) if s.step >= total_steps else {}
+    if finished:  # else (no final evaluation written, or unreadable) the final evaluation below runs again
         if info.main:
             print(f"already trained: {s.out_dir / 'last.pt'} is at step {s.step}")
-        return json.loads((s.out_dir / "metrics.json").read_text())
+        return finished
     train_model = DistributedDataParallel(model) if info.world > 1 else model
     if info.main:
         s.out_dir.mkdir(parents=True, exist_ok=True)

@@ -5,14 +5,13 @@ benchmark table, benchmark.json and the report name one file alike and two stage
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploy import metrics_file
 from pipeline import paths
 from pipeline.config import PipelineConfig
 
-EXPORTED = ("onnxruntime_fp32", "onnxruntime_fp32_uint8", "onnxruntime_fp32_nms")  # export.uint8_input, export.nms
 QAT_NAMES = {"qat_onnxruntime": "onnxruntime_int8_qdq", "qat_openvino": "openvino_int8"}
 
 
@@ -30,11 +29,9 @@ def qualified_name(stage: str, key: str) -> str:
     return f"{stage}/{QAT_NAMES.get(key, key)}" if stage == "qat" else f"{stage}/{key}"
 
 
-def _metrics(cfg: PipelineConfig, stage: str) -> dict:
-    try:
-        return json.loads(paths.metrics_file(cfg, stage).read_text())
-    except (OSError, ValueError):
-        return {}
+def stage_metrics(cfg: PipelineConfig, stage: str) -> dict:
+    """The stage's metrics.json in deploy/metrics_file.py's layout; {} when missing or unreadable."""
+    return metrics_file.read(paths.metrics_file(cfg, stage))
 
 
 def _in_this_run(cfg: PipelineConfig, stage: str, recorded: str) -> Path:
@@ -51,13 +48,10 @@ def run_artifacts(cfg: PipelineConfig) -> list[Artifact]:
     """The run's artifacts that exist on disk: export's ONNX files, quantize's and qat's files (as their
     metrics name them), TensorRT engines, then any other model file those stages left (named by its file)."""
     found: list[Artifact] = []
-    exported = _metrics(cfg, "export")
-    found += [Artifact(qualified_name("export", k), "export", k, _in_this_run(cfg, "export", exported[k]["artifact"]))
-              for k in EXPORTED if k in exported]
-    for stage in ("quantize", "qat"):
+    for stage in ("export", "quantize", "qat"):
         found += [Artifact(qualified_name(stage, k), stage, k, _in_this_run(cfg, stage, m["artifact"]),
                            m.get("inference_precision"))
-                  for k, m in _metrics(cfg, stage).get("artifacts", {}).items()]
+                  for k, m in stage_metrics(cfg, stage).get("artifacts", {}).items()]
     found += [Artifact(f"engines/tensorrt_{p.stem.removeprefix('model_')}", "engines",
                        f"tensorrt_{p.stem.removeprefix('model_')}", p)
               for p in sorted(paths.engines_dir(cfg).glob("*.engine"))]

@@ -11,31 +11,28 @@ and for one skipped as up to date (a gate tightened since still stops the run).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from deploy import metrics_file
 from deploy.errors import GateError, InputError
 from pipeline import paths
+from pipeline.artifacts import stage_metrics
 from pipeline.config import PipelineConfig
 from pipeline.stage_table import call, get
 
 
-def _metrics(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _read_key(path: Path, key: str) -> Any:
-    """metrics.json's `key`; one line naming the file when it is missing, unreadable or lacks the key (a stage
-    folder edited or cut by hand), rather than a KeyError."""
-    metrics = _metrics(path)
-    if key not in metrics:
-        raise InputError(f"{path}: {'missing or unreadable' if not metrics else f'has no {key!r}'}; "
-                         f"its gate cannot be checked (rerun the {path.parent.name} stage)")
-    return metrics[key]
+def _read_key(path: Path, key: str, *within: str) -> Any:
+    """metrics.json's `key` (inside `within`, a path of keys); one line naming the file when it is missing,
+    unreadable or lacks the key (a stage folder edited or cut by hand), rather than a KeyError."""
+    metrics = value = metrics_file.read(path)
+    keys = (*within, key)
+    for depth, k in enumerate(keys):
+        if not isinstance(value, dict) or k not in value:
+            what = f"has no {'.'.join(keys[:depth + 1])!r}" if metrics else "missing or unreadable"
+            raise InputError(f"{path}: {what}; its gate cannot be checked (rerun the {path.parent.name} stage)")
+        value = value[k]
+    return value
 
 
 def check_gate(stage: str, cfg: PipelineConfig) -> str | None:
@@ -49,10 +46,11 @@ def check_gate(stage: str, cfg: PipelineConfig) -> str | None:
 
 def distill_gate(cfg: PipelineConfig, stage: str = "distill") -> str | None:
     limit = cfg.distill.min_gain_over_baseline
-    baseline = _metrics(paths.metrics_file(cfg, "student"))
+    baseline = metrics_file.measurement(stage_metrics(cfg, "student"))
     if limit is None or "student" not in cfg.stages or "AP" not in baseline:
         return None
-    ap, base = 100 * _read_key(paths.metrics_file(cfg, "distill"), "AP"), 100 * baseline["AP"]
+    ap = 100 * _read_key(paths.metrics_file(cfg, "distill"), "AP", "artifacts", metrics_file.CHECKPOINT)
+    base = 100 * baseline["AP"]
     if ap < base + limit:
         raise GateError(f"stage distill: AP {ap:.2f} is below the student-alone baseline's {base:.2f} + {limit} "
                         f"(distill.min_gain_over_baseline); artifacts left in {paths.stage_dir(cfg, 'distill')}")
@@ -71,7 +69,7 @@ def export_gate(cfg: PipelineConfig, stage: str = "export") -> str:
 def int8_gate(cfg: PipelineConfig, stage: str) -> str | None:
     """Every INT8 artifact of the quantize or qat stage within <stage>.max_map_drop AP of FP32."""
     path = paths.metrics_file(cfg, stage)
-    fp32, artifacts = 100 * _read_key(path, "reference")["fp32_AP"], _read_key(path, "artifacts")
+    fp32, artifacts = 100 * _read_key(path, "AP", "reference", "onnxruntime_fp32"), _read_key(path, "artifacts")
     drops = {n: fp32 - 100 * m["AP"] for n, m in artifacts.items() if m["precision"] == "int8"}
     limit = getattr(cfg, stage).max_map_drop
     for name, drop in drops.items():

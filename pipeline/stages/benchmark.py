@@ -22,7 +22,7 @@ from deploy.errors import InputError
 from deploy.files import write_json
 from deploy.runtimes.tensorrt import available
 from pipeline import paths
-from pipeline.artifacts import run_artifacts
+from pipeline.artifacts import run_artifacts, stage_metrics
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
 from pipeline.run_lock import run_lock
@@ -34,8 +34,7 @@ def artifacts(cfg: PipelineConfig) -> tuple[list[tuple[str, str]], list[tuple[st
     """([(stage-qualified name, deploy/benchmark.py argument)] runnable here, [(artifact, why skipped)]) of the
     run. OpenVINO IRs run with the inference precision their stage measured them with (quantize/openvino_bf16
     is the FP32 IR @bf16)."""
-    quantized = (json.loads(paths.metrics_file(cfg, "quantize").read_text())
-                 if paths.metrics_file(cfg, "quantize").is_file() else {})
+    quantized = stage_metrics(cfg, "quantize")
     specs = [(a.name, join_artifact(a.path, a.inference_precision)) for a in run_artifacts(cfg)]
     skipped = [(f"{paths.openvino_ir(cfg, 'fp32')}@bf16 (quantize/{name})", why)
                for name, why in quantized.get("skipped", {}).items()]

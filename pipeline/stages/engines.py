@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from deploy import metrics_file
 from deploy.build_engine import EngineConfig, build_engine
 from deploy.errors import InputError
 from deploy.files import write_json
@@ -50,7 +51,7 @@ def run_export_trt(cfg: PipelineConfig, precision: str, dla_core: int | None = N
     metrics, results = measure_artifact(runner, val, (height, width), cfg.export.warmup, cfg.export.iters,
                                         sample_images(val, 8))
     write_json(out_dir / f"predictions_{precision}.json", results)
-    write_json(out_dir / f"metrics_{precision}.json", metrics)
+    write_json(out_dir / f"metrics_{precision}.json", metrics_file.layout({f"tensorrt_{precision}": metrics}))
     print(f"[export-trt] {engine}: AP {100 * metrics['AP']:.2f}, "
           f"infer p50 {metrics['latency_ms']['infer']['p50']:.2f} ms")
     return metrics

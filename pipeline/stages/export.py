@@ -3,7 +3,8 @@ gated on ONNX Runtime vs PyTorch parity, with both measured by the deploy/ evalu
 
     python -m pipeline.stages.export --config configs/pipelines/default.yaml [key=value ...]
 
-Writes model.onnx, metrics.json ({"pytorch": ..., "onnxruntime_fp32": ..., "parity": ...}),
+Writes model.onnx, metrics.json ({"artifacts": {"onnxruntime_fp32": ...}, "reference": {"pytorch": ...},
+"parity": ...}),
 predictions.json (the ONNX model's) and predictions_pytorch.json.
 """
 
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from deploy import metrics_file
 from deploy.coco import CocoDataset
 from deploy.errors import GateError, InputError
 from deploy.evaluate import check_results
@@ -25,7 +27,6 @@ from deploy.preprocess import model_input, preprocess_batch
 from deploy.runtimes.onnxruntime import OrtRunner
 from export.settings import ExportConfig
 from pipeline import paths
-from pipeline.artifacts import EXPORTED
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
 from pipeline.progress import step_printer
@@ -83,12 +84,11 @@ def run_export(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> dic
         step("model.nms.onnx: export and measure")
         uint8.update(graph_nms_artifact(detector, classes, out_dir, input_size, val, decoded, source, onnx_metrics, ec))
     model = {"params": sum(p.numel() for p in detector.parameters()), "gflops": count_gflops(detector, input_size)}
-    metrics = {"pytorch": reference, "onnxruntime_fp32": onnx_metrics, **uint8, "parity": diff,
-               "input_size": list(input_size), "classes": classes, "source": str(source), "model": model}
     write_json(out_dir / "predictions_pytorch.json", ref_results)
     write_json(out_dir / "predictions.json", results)
-    write_json(out_dir / "metrics.json", metrics)
-    return metrics
+    return metrics_file.write(out_dir, {"onnxruntime_fp32": onnx_metrics, **uint8}, {"pytorch": reference},
+                              parity=diff, input_size=list(input_size), classes=classes, source=str(source),
+                              model=model)
 
 
 def uint8_artifact(detector: nn.Module, classes: list[str], out_dir: Path, input_size: tuple[int, int],
@@ -146,9 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         with run_lock(cfg.run_dir, "edgekd export"):
             metrics = run_export(cfg, paths.stage_dir(cfg, "export"), progress=not args.no_progress)
-            rows = {k: metrics[k] for k in ("pytorch", *EXPORTED)
-                    if k in metrics}
-            print(format_table(rows, metrics["pytorch"]["AP"]))
+            pytorch = metrics["reference"]["pytorch"]
+            print(format_table({"pytorch": pytorch, **metrics["artifacts"]}, pytorch["AP"]))
 
     return guarded(body, args.debug)
 

@@ -15,12 +15,12 @@ metrics.json, both artifacts measured by the deploy/ evaluator against the FP32 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from deploy import metrics_file
 from deploy.errors import InputError
 from deploy.files import write_json
 from deploy.measure import measure_artifact, sample_images
@@ -102,7 +102,9 @@ def run_qat(cfg: PipelineConfig, out_dir: Path, progress: bool = True, fine_tune
                          "found (run `make distill`, or set export.checkpoint)")
     if not export_json.is_file():
         raise InputError(f"{export_json} missing: run `make export` first (QAT is measured against the FP32 ONNX)")
-    exported = json.loads(export_json.read_text())
+    exported = metrics_file.read(export_json)
+    if not metrics_file.measurement(exported, "onnxruntime_fp32"):
+        raise InputError(f"{export_json}: unreadable or without the ONNX Runtime FP32 measurement: rerun `make export`")
     out_dir.mkdir(parents=True, exist_ok=True)
     info = setup_distributed(qc.train.device)
     if info.world > 1:
@@ -140,25 +142,23 @@ def run_qat(cfg: PipelineConfig, out_dir: Path, progress: bool = True, fine_tune
           "(int8 rounding ties and accumulation order)", flush=True)
     xml = openvino_ir(onnx_path, out_dir / paths.qat_openvino(cfg).name)
 
-    fp32_ap, decoded, rows = exported["onnxruntime_fp32"]["AP"], sample_images(val_set, 8), {}
+    fp32_ap, pytorch_ap = (metrics_file.measurement(exported, n)["AP"] for n in ("onnxruntime_fp32", "pytorch"))
+    decoded, rows = sample_images(val_set, 8), {}
     threads = ec.threads or None
     for name, runner in (("qat_onnxruntime", open_runner(str(onnx_path), threads=threads)),
                          ("qat_openvino", open_runner(str(xml), threads=threads))):
         metrics, results = measure_artifact(runner, val_set, input_size, ec.warmup, ec.iters, decoded)
         metrics.update(delta_AP_vs_fp32=metrics["AP"] - fp32_ap,
-                       delta_AP_vs_pytorch=metrics["AP"] - exported["pytorch"]["AP"])
+                       delta_AP_vs_pytorch=metrics["AP"] - pytorch_ap)
         write_json(out_dir / f"predictions_{name}.json", results)
         rows[name] = metrics
         print(f"[qat] {name}: AP {100 * metrics['AP']:.2f} ({100 * metrics['delta_AP_vs_fp32']:+.2f} vs FP32 ONNX "
               f"{100 * fp32_ap:.2f}), infer p50 {metrics['latency_ms']['infer']['p50']:.2f} ms", flush=True)
-    result = {"artifacts": rows, "reference": {"fp32_AP": fp32_ap, "pytorch_AP": exported["pytorch"]["AP"]},
-              "pytorch_fake_quant": {k: trained[k] for k in ("AP", "AP50", "AP75") if k in trained},
-              "parity": diff,
-              "method": qc.distill.method if fine_tune else None, "steps": steps if fine_tune else 0,
-              "calibration_images": qc.calib_images,
-              "gate": {"max_map_drop": qc.max_map_drop}}
-    write_json(out_dir / "metrics.json", result)
-    return result
+    return metrics_file.write(out_dir, rows, {"onnxruntime_fp32": {"AP": fp32_ap}, "pytorch": {"AP": pytorch_ap}},
+                              pytorch_fake_quant={k: trained[k] for k in ("AP", "AP50", "AP75") if k in trained},
+                              parity=diff, method=qc.distill.method if fine_tune else None,
+                              steps=steps if fine_tune else 0, calibration_images=qc.calib_images,
+                              gate={"max_map_drop": qc.max_map_drop})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ Writes runs/<run>/quantize/: model.int8.onnx, model.int8.trt.onnx (the Q/DQ form
 checked by deploy/qdq_check.py), model.int8.cpu.onnx on request,
 openvino/model_{fp32,fp16,int8}.xml (+ .bin; openvino_bf16 is model_fp32.xml compiled for bf16 arithmetic,
 where the CPU has it; model_int8.uint8.xml with export.uint8_input, model_int8.nms.xml with export.nms: graph),
-predictions_<artifact>.json, metrics.json ({"artifacts": {name: metrics}, ...}) and table.md, the
+predictions_<artifact>.json, metrics.json ({"artifacts": {name: metrics}, "reference": ...}) and table.md, the
 table across every artifact (PyTorch and ONNX Runtime FP32 from the export stage included).
 
 run_quantize draws the calibration images once, then calls one builder per planned artifact (BUILDERS),
@@ -17,7 +17,6 @@ each building its file with export/onnxruntime_int8.py or export/openvino_int8.p
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from collections.abc import Callable
@@ -27,11 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from deploy import metrics_file
 from deploy.coco import CocoDataset
 from deploy.errors import InputError
 from deploy.evaluate import coco_eval
 from deploy.files import check_writable, write_json, write_text
 from deploy.measure import measure_artifact, sample_images
+from deploy.metrics_file import measurement
 from deploy.predict import predict, runner_infer
 from deploy.qdq_check import check_tensorrt_qdq
 from deploy.runtimes import open_runner
@@ -129,7 +130,10 @@ def exported_metrics(cfg: PipelineConfig) -> dict[str, Any]:
     if cfg.export.nms == "graph" and not paths.graph_nms_onnx(cfg).is_file():
         raise InputError(f"{paths.graph_nms_onnx(cfg)} missing (export.nms: graph): run `make export` with it first")
     check_writable(paths.openvino_dir(cfg))
-    return json.loads(export_json.read_text())
+    exported = metrics_file.read(export_json)
+    if not measurement(exported, "onnxruntime_fp32") or "input_size" not in exported:
+        raise InputError(f"{export_json}: unreadable or without the ONNX Runtime FP32 measurement: rerun `make export`")
+    return exported
 
 
 def artifact_measurer(cfg: PipelineConfig, out_dir: Path, exported: dict[str, Any], val: CocoDataset,
@@ -151,8 +155,8 @@ def artifact_measurer(cfg: PipelineConfig, out_dir: Path, exported: dict[str, An
         else:
             runner = open_runner(str(path), **options["onnxruntime"])
         metrics, results = measure_artifact(runner, val, input_size, ec.warmup, ec.iters, decoded)
-        metrics.update(extra or {}, delta_AP_vs_pytorch=metrics["AP"] - exported["pytorch"]["AP"],
-                       delta_AP_vs_fp32=metrics["AP"] - exported["onnxruntime_fp32"]["AP"],
+        metrics.update(extra or {}, delta_AP_vs_pytorch=metrics["AP"] - measurement(exported, "pytorch")["AP"],
+                       delta_AP_vs_fp32=metrics["AP"] - measurement(exported, "onnxruntime_fp32")["AP"],
                        inference_precision=inference.get(name))
         write_json(out_dir / f"predictions_{name}.json", results)
         print(f"[quantize] {name}: AP {100 * metrics['AP']:.2f} ({100 * metrics['delta_AP_vs_fp32']:+.2f} vs FP32), "
@@ -290,13 +294,14 @@ def run_quantize(cfg: PipelineConfig, out_dir: Path, progress: bool = True) -> d
     qc = cfg.quantize
     exported = exported_metrics(cfg)
     input_size = tuple(exported["input_size"])
+    fp32_ap = measurement(exported, "onnxruntime_fp32")["AP"]
     train, val = load_split(cfg.data, "train"), load_split(cfg.data, "val")
     calib = calibration_paths(train, qc.calib_images, qc.seed)
     measure = artifact_measurer(cfg, out_dir, exported, val, input_size)
     rows: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as work:
-        q = QuantizeRun(cfg, paths.onnx_model(cfg), calib, input_size, 100 * exported["onnxruntime_fp32"]["AP"], val,
+        q = QuantizeRun(cfg, paths.onnx_model(cfg), calib, input_size, 100 * fp32_ap, val,
                         Path(work), measure)
         for name in planned_artifacts(cfg):
             try:
@@ -313,13 +318,12 @@ def write_results(q: QuantizeRun, out_dir: Path, exported: dict[str, Any], rows:
                   skipped: dict[str, str]) -> dict[str, Any]:
     """metrics.json and table.md: every artifact beside the export stage's PyTorch and ONNX Runtime FP32."""
     qc, ec = q.cfg.quantize, q.cfg.export
-    everything = {"pytorch": exported["pytorch"], "onnxruntime_fp32": exported["onnxruntime_fp32"], **rows}
-    table = format_table(everything, exported["pytorch"]["AP"])
-    result = {"artifacts": rows, "skipped": skipped,
-              "reference": {"pytorch_AP": exported["pytorch"]["AP"], "fp32_AP": q.float_ap / 100},
-              "calibration": {"images": len(q.calib), "method": qc.calibration, "seed": qc.seed},
-              "gate": {"max_map_drop": qc.max_map_drop}}
-    write_json(out_dir / "metrics.json", result)
+    pytorch, fp32 = measurement(exported, "pytorch"), measurement(exported, "onnxruntime_fp32")
+    table = format_table({"pytorch": pytorch, "onnxruntime_fp32": fp32, **rows}, pytorch["AP"])
+    reference = {"pytorch": {"AP": pytorch["AP"]}, "onnxruntime_fp32": {"AP": fp32["AP"]}}
+    result = metrics_file.write(out_dir, rows, reference, skipped=skipped,
+                                calibration={"images": len(q.calib), "method": qc.calibration, "seed": qc.seed},
+                                gate={"max_map_drop": qc.max_map_drop})
     write_text(out_dir / "table.md", f"AP on {len(q.val.images)} val images (percent); latency at batch "
                f"{ec.batch}, {ec.iters} timed iterations.\n\n{table}\n")
     print(table, flush=True)

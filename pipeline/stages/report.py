@@ -15,13 +15,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from deploy import metrics_file
 from deploy.benchmark import join_artifact
 from deploy.errors import InputError
 from deploy.files import write_json, write_text
 from deploy.machine import machine_info, machine_line
 from deploy.tables import markdown_table
 from pipeline import paths
-from pipeline.artifacts import EXPORTED, qualified_name
+from pipeline.artifacts import qualified_name, stage_metrics
 from pipeline.config import PipelineConfig
 from pipeline.stage_state import read_state, versions
 from pipeline.stages.report_plots import pareto_front, plot_ap_bars, plot_ap_latency, plot_training
@@ -70,23 +71,21 @@ def collect_rows(cfg: PipelineConfig) -> list[dict[str, Any]]:
     """A row per artifact the run holds, in stage order, with deltas to the previous stage and the teacher."""
     rows: list[dict[str, Any]] = []
     for stage in ("teacher", "student", "distill"):
-        metrics, profile = _read(paths.metrics_file(cfg, stage)), _read(paths.stage_dir(cfg, stage) / "profile.json")
+        metrics = metrics_file.measurement(stage_metrics(cfg, stage))
+        profile = _read(paths.stage_dir(cfg, stage) / "profile.json")
         if "AP" in metrics and stage in cfg.stages:
             rows.append(_row(stage, stage,
                              {**profile, **metrics,
                               "artifact": profile.get("artifact", str(paths.stage_dir(cfg, stage) / "last.pt"))},
                              profile.get("latency_ms"), profile))
-    exported = _read(paths.metrics_file(cfg, "export"))
-    model = exported.get("model", {})
+    model = stage_metrics(cfg, "export").get("model", {})
     artifacts = {}
-    for name in EXPORTED:
-        if name in exported:
-            artifacts[name] = ("export", exported[name])
-    for stage in ("quantize", "qat"):
-        for name, m in _read(paths.metrics_file(cfg, stage)).get("artifacts", {}).items():
+    for stage in ("export", "quantize", "qat"):
+        for name, m in stage_metrics(cfg, stage).get("artifacts", {}).items():
             artifacts[name] = (stage, m)
     for precision in ("fp32", "fp16", "int8"):
-        m = _read(paths.engines_dir(cfg) / f"metrics_{precision}.json")
+        m = metrics_file.measurement(metrics_file.read(paths.engines_dir(cfg) / f"metrics_{precision}.json"),
+                                     f"tensorrt_{precision}")
         if m:
             artifacts[f"tensorrt_{precision}"] = ("engines", m)
     # The benchmark's entries by their stage-qualified name; an older benchmark.json by file, one file
@@ -212,7 +211,7 @@ def notes(cfg: PipelineConfig) -> list[str]:
         out.append(f"TensorRT engines not built on this machine: {engines['skipped']}.")
     for skipped in _read(paths.benchmark_json(cfg)).get("skipped", []):
         out.append(f"Not timed here: {skipped['artifact']} ({skipped['reason']}).")
-    quantized = _read(paths.metrics_file(cfg, "quantize"))
+    quantized = stage_metrics(cfg, "quantize")
     for name, why in quantized.get("skipped", {}).items():
         out.append(f"Not built here: {name} ({why}).")
     for name, m in quantized.get("artifacts", {}).items():

@@ -31,6 +31,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from deploy import metrics_file
 from deploy.errors import InputError
 from deploy.evaluate import coco_eval
 from deploy.files import sha256_file, write_json, write_text
@@ -78,9 +79,9 @@ COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 def teacher_metrics(cfg: PipelineConfig, path: Path) -> dict[str, Any]:
     """The teacher's val metrics: its stage's metrics.json when beside it, else evaluated now."""
-    beside = path.parent / "metrics.json"
-    if beside.is_file():
-        return json.loads(beside.read_text())
+    beside = metrics_file.measurement(metrics_file.read(path.parent / metrics_file.NAME))
+    if beside:
+        return beside
     from distill.teachers import load_teacher
     from distill.validate import predict
 

@@ -14,7 +14,6 @@ the FP32 ONNX.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import replace
 from typing import Any
@@ -24,6 +23,7 @@ from deploy.files import write_json, write_text
 from deploy.tables import markdown_table
 from distill.settings import METHODS
 from pipeline import paths
+from pipeline.artifacts import stage_metrics
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
 
@@ -69,9 +69,8 @@ def run_qat_ablation(cfg: PipelineConfig, methods: list[str], progress: bool = T
         else:
             variant = replace(cfg, qat=replace(cfg.qat, distill=replace(cfg.qat.distill, method=name)))
             rows[name] = run_qat(variant, out, progress)
-    fp32_ap = next(iter(rows.values()))["reference"]["fp32_AP"]
-    quantized = paths.metrics_file(cfg, "quantize")
-    ptq = json.loads(quantized.read_text()).get("artifacts", {}) if quantized.is_file() else {}
+    fp32_ap = next(iter(rows.values()))["reference"]["onnxruntime_fp32"]["AP"]
+    ptq = stage_metrics(cfg, "quantize").get("artifacts", {})
     table = ablation_table(rows, fp32_ap, ptq)
     qc = cfg.qat
     header = (f"QAT ablation: {paths.export_source(cfg)}, {qc.calib_images} calibration images, "

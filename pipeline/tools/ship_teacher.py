@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from deploy import metrics_file
 from deploy.errors import InputError
 from deploy.files import sha256_file, write_text
 from deploy.machine import machine_info, machine_line
@@ -70,11 +71,14 @@ def model_card(name: str, digest: str, size_mb: float, meta: dict[str, Any], met
 
 
 def ship(run_dir: Path, out: Path, command: str, note: str = "") -> dict[str, Any]:
-    checkpoint, metrics_file, log = run_dir / "last.pt", run_dir / "metrics.json", run_dir / "log.jsonl"
-    for f in (checkpoint, metrics_file, log):
+    checkpoint, measured, log = run_dir / "last.pt", run_dir / metrics_file.NAME, run_dir / "log.jsonl"
+    for f in (checkpoint, measured, log):
         if not f.is_file():
             raise InputError(f"{f} missing: the teacher run has not finished "
                              "(its final evaluation writes metrics.json)")
+    metrics = metrics_file.measurement(metrics_file.read(measured))
+    if "AP" not in metrics:
+        raise InputError(f"{measured}: unreadable or without the checkpoint's measurement (rerun the teacher stage)")
     from distill.weights_file import write_weights  # torch: not for `edgekd ship-teacher --help`
 
     meta = write_weights(checkpoint, out)
@@ -83,7 +87,6 @@ def ship(run_dir: Path, out: Path, command: str, note: str = "") -> dict[str, An
         out.unlink()  # nothing half-done stays beside the error
         raise InputError(f"{out}: {size_mb:.1f} MiB, over the {MAX_MB} MiB the repo takes under weights/")
     digest = sha256_file(out)
-    metrics = json.loads(metrics_file.read_text())
     card = model_card(out.name, digest, size_mb, meta, metrics, epoch_curve(log), command, machine_line(machine_info()))
     if note:
         card = card.replace("\n\nValidation AP after", f"\n- Note: {note}\n\nValidation AP after", 1)

@@ -71,11 +71,11 @@ def test_benchmark_reports_every_field_and_the_export_stage_map(exported, tiny_s
         # statistics is consistent in itself.
         for kind in ("infer", "end_to_end", "preprocess", "postprocess"):
             assert 0 < lat[kind]["min"] <= lat[kind]["p50"] <= lat[kind]["p90"] <= lat[kind]["p99"], kind
-    expected = export_metrics["onnxruntime_fp32"]["AP"]
+    expected = export_metrics["artifacts"]["onnxruntime_fp32"]["AP"]
     assert expected > 0
     assert onnx_entry["AP"] == pytest.approx(expected, abs=1e-9)
     assert ov_entry["AP"] == pytest.approx(expected, abs=2e-3)  # OpenVINO differs from ORT by ~1e-6 in scores
-    assert onnx_entry["AP50"] == pytest.approx(export_metrics["onnxruntime_fp32"]["AP50"], abs=1e-9)
+    assert onnx_entry["AP50"] == pytest.approx(export_metrics["artifacts"]["onnxruntime_fp32"]["AP50"], abs=1e-9)
     machine = result["machine"]
     assert machine["cpu_threads"] >= 1 and "onnxruntime" in machine["runtimes"] and "openvino" in machine["runtimes"]
     assert machine["cpu"] and isinstance(machine["isa"], list)

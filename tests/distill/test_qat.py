@@ -188,7 +188,8 @@ def test_a_teacher_of_other_classes_is_refused(tmp_path, tiny_model, tiny_splits
                                    "classes": [f"other{i}" for i in range(len(classes))]})
     export_dir = tmp_path / "default" / "export"
     export_dir.mkdir(parents=True)
-    (export_dir / "metrics.json").write_text(json.dumps({"onnxruntime_fp32": {"AP": 0.0}, "pytorch": {"AP": 0.0}}))
+    (export_dir / "metrics.json").write_text(json.dumps({"artifacts": {"onnxruntime_fp32": {"AP": 0.0}},
+                                                         "reference": {"pytorch": {"AP": 0.0}}}))
     cfg = load_config(REPO / "configs/pipelines/default.yaml",
                       [f"runs_dir={tmp_path}", f"data.root={tiny_scenes}", f"teacher.checkpoint={teacher_path}",
                        "teacher.checkpoint_sha256=null", f"export.checkpoint={student_path}"])

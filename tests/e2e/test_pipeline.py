@@ -61,7 +61,7 @@ def test_tiny_pipeline_caches_reruns_what_changed_and_gates(tiny_scenes, tmp_pat
         state = json.loads((run / stage / "stage.json").read_text())
         assert state["state"] == "done" and state["stage"] == stage and len(state["config_hash"]) == 16
     for stage in ("teacher", "student", "distill"):
-        assert json.loads((run / stage / "metrics.json").read_text())["num_images"] == 24
+        assert json.loads((run / stage / "metrics.json").read_text())["artifacts"]["pytorch"]["num_images"] == 24
         profile = json.loads((run / stage / "profile.json").read_text())
         assert profile["params"] > 1e5 and profile["gflops"] > 0 and profile["latency_ms"]["infer"]["p50"] > 0
     for name in ("export/model.onnx", "quantize/model.int8.onnx", "quantize/openvino/model_int8.xml",

@@ -81,7 +81,7 @@ def test_two_seed_ablation_writes_each_seed_apart_and_a_paired_summary(tiny_scen
     for seed, d in ((0, out), (5, out / "seed5")):
         for name in ("none", "bckd"):
             assert (summary["per_seed"][str(seed)][name]["AP"]
-                    == json.loads((d / name / "metrics.json").read_text())["AP"])
+                    == json.loads((d / name / "metrics.json").read_text())["artifacts"]["pytorch"]["AP"])
     gains = [per_seed[s]["bckd"]["AP"] - per_seed[s]["none"]["AP"] for s in (0, 5)]
     assert summary["variants"]["bckd"]["gain"] == pytest.approx(sum(gains) / 2)
     assert "| student bckd | 2 |" in (out / "ablation-seeds.md").read_text()

@@ -27,23 +27,29 @@ def write(path, data):
     path.write_text(json.dumps(data))
 
 
-@pytest.fixture
-def run(tmp_path):
+@pytest.fixture(params=["one layout", "before one layout"])
+def run(tmp_path, request):
+    """A run folder with its stages' metrics.json in deploy/metrics_file.py's layout, or in the layouts the
+    stages wrote before it (an existing run folder reads the same)."""
+    before = request.param == "before one layout"
     cfg = PipelineConfig(runs_dir=str(tmp_path), stages=["teacher", "student", "distill", "export", "quantize"])
     r = cfg.run_dir
     aps = {"teacher": 0.30, "student": 0.20, "distill": 0.24}
     for stage, ap in aps.items():
-        write(r / stage / "metrics.json", {"AP": ap, "AP50": ap + 0.1, "AP75": ap, "APs": 0, "APm": 0, "APl": 0})
+        measured = {"AP": ap, "AP50": ap + 0.1, "AP75": ap, "APs": 0, "APm": 0, "APl": 0}
+        write(r / stage / "metrics.json", measured if before else {"artifacts": {"pytorch": measured}})
         write(r / stage / "profile.json", {"params": 5, "gflops": 1.0, "size_mb": 2.0, "latency_ms": latency(40.0),
                                            "artifact": str(r / stage / "last.pt")})
     art = {"AP": 0.235, "AP50": 0.3, "AP75": 0.2, "latency_ms": latency(10.0), "size_mb": 12.0,
            "backend": "onnxruntime", "precision": "fp32", "artifact": str(r / "export" / "model.onnx")}
-    write(r / "export" / "metrics.json", {"onnxruntime_fp32": art, "model": {"params": 3, "gflops": 0.5},
-                                          "parity": {"scores_max_abs": 2e-4, "boxes_max_abs": 1e-3}})
+    extra = {"model": {"params": 3, "gflops": 0.5}, "parity": {"scores_max_abs": 2e-4, "boxes_max_abs": 1e-3}}
+    write(r / "export" / "metrics.json", {"onnxruntime_fp32": art, **extra} if before else
+          {"artifacts": {"onnxruntime_fp32": art}, "reference": {"pytorch": {"AP": 0.24}}, **extra})
     int8 = {**art, "AP": 0.22, "precision": "int8", "latency_ms": latency(5.0),
             "artifact": str(r / "quantize" / "m.onnx"), "executed_precision": "int8+fp32",
             "precision_warning": "warning: m.onnx: runs fp32"}
-    write(r / "quantize" / "metrics.json", {"artifacts": {"onnxruntime_int8": int8}, "reference": {"fp32_AP": 0.235}})
+    write(r / "quantize" / "metrics.json", {"artifacts": {"onnxruntime_int8": int8}, "reference": {"fp32_AP": 0.235}
+                                            if before else {"onnxruntime_fp32": {"AP": 0.235}}})
 
     return cfg
 
@@ -95,7 +101,7 @@ def test_the_qat_gate_holds_both_runtimes_to_qat_max_map_drop(run):
     art = {"AP": 0.235, "AP50": 0.3, "AP75": 0.2, "latency_ms": latency(5.0), "size_mb": 3.0, "precision": "int8"}
     write(r / "qat" / "metrics.json", {"artifacts": {"qat_onnxruntime": {**art, "AP": 0.232, "backend": "onnxruntime"},
                                                       "qat_openvino": {**art, "AP": 0.226, "backend": "openvino"}},
-                                       "reference": {"fp32_AP": 0.235}})
+                                       "reference": {"onnxruntime_fp32": {"AP": 0.235}}})
     run.qat.max_map_drop = 0.5
     with pytest.raises(GateError, match=r"stage qat: qat_openvino loses 0.90 AP .* max 0.5 \(qat.max_map_drop\)"):
         check_gate("qat", run)
@@ -173,9 +179,15 @@ def test_a_gate_on_a_cut_or_missing_metrics_file_is_one_line(run):
     """A KeyError escaped the error handling when a stage's metrics.json lacked what its gate reads."""
     from deploy.errors import InputError
 
-    (run.run_dir / "export" / "metrics.json").write_text("{}")
+    (run.run_dir / "export" / "metrics.json").write_text("{")
     with pytest.raises(InputError, match=r"export/metrics.json: missing or unreadable; its gate cannot be checked"):
         check_gate("export", run)
+    (run.run_dir / "export" / "metrics.json").write_text("{}")
+    with pytest.raises(InputError, match=r"export/metrics.json: has no 'parity'; its gate cannot be checked"):
+        check_gate("export", run)
     (run.run_dir / "quantize" / "metrics.json").write_text('{"artifacts": {}}')
-    with pytest.raises(InputError, match=r"quantize/metrics.json: has no 'reference'"):
+    with pytest.raises(InputError, match=r"quantize/metrics.json: has no 'reference.onnxruntime_fp32'"):
         check_gate("quantize", run)
+    (run.run_dir / "distill" / "metrics.json").unlink()
+    with pytest.raises(InputError, match=r"distill/metrics.json: missing or unreadable"):
+        check_gate("distill", run)

@@ -90,7 +90,8 @@ def test_monitor_select_draws_the_curve_on_the_selection_split_and_keeps_val_for
     # each epoch on the 10 held-out images (best.pt follows them), then all of val once, for metrics.json
     assert [(e["epoch"], "select" in e, e.get("select_images") or e.get("val_images")) for e in evaluations] == \
         [(1, True, 10), (2, True, 10), (2, False, len(load_split(cfg.data, "val").images))]
-    assert json.loads((out / "metrics.json").read_text())["AP"] == metrics["AP"] == evaluations[-1]["val"]["AP"]
+    written = json.loads((out / "metrics.json").read_text())["artifacts"]["pytorch"]
+    assert written["AP"] == metrics["AP"] == evaluations[-1]["val"]["AP"]
     assert (out / "best.pt").is_file()
 
     with pytest.raises(InputError, match="student.train.monitor: select evaluates on the selection split, and "
