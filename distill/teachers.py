@@ -26,6 +26,7 @@ from distill.models.detector import build_detector, load_detector
 from distill.models.mmdet import mmdet_to_edgekd, read_mmdet_checkpoint
 from distill.weights_file import check_architecture, check_preprocessing
 from pipeline import paths
+from pipeline.config import external_teacher
 
 if TYPE_CHECKING:
     from distill.models.torchvision_teacher import TorchvisionConfig
@@ -67,7 +68,7 @@ def load_teacher(cfg: PipelineConfig, dataset_classes: list[str], path_override:
     An edgekd file carries its own model config; check_model also holds it to teacher.model's architecture
     (the teacher stage, which reports the configured teacher; a student distils from the file as it is)."""
     t = cfg.teacher
-    if path_override is None and (t.source or t.format != "edgekd"):
+    if path_override is None and external_teacher(t):
         return _external_teacher(t, dataset_classes)
     return _edgekd_teacher(cfg, dataset_classes, path_override, check_model)
 

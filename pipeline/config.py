@@ -71,6 +71,11 @@ class RoleConfig:
     source: str | None = None
 
 
+def external_teacher(t: RoleConfig) -> bool:
+    """Whether the teacher comes from outside edgekd (an mmdetection checkpoint or a torchvision detector)."""
+    return bool(t.source) or t.format != "edgekd"
+
+
 @dataclass
 class EnginesConfig:
     """TensorRT engines (built where TensorRT and a GPU are present; the stage records why not elsewhere)."""

@@ -20,7 +20,7 @@ from typing import Any
 from deploy.errors import GateError, InputError
 from deploy.files import write_text
 from pipeline import paths
-from pipeline.config import ConfigError, PipelineConfig, to_yaml
+from pipeline.config import ConfigError, PipelineConfig, external_teacher, to_yaml
 from pipeline.gates import check_gate
 from pipeline.run_lock import run_lock
 from pipeline.stage_state import (
@@ -144,11 +144,9 @@ def summary(result: Any) -> str:
     """A stage result's headline for its done line."""
     if not isinstance(result, dict):
         return ""
-    if isinstance(result.get("AP"), float):
+    if isinstance(result.get("AP"), float):  # a training stage's measurement of its checkpoint
         return f"AP {100 * result['AP']:.2f}"
-    if "onnxruntime_fp32" in result:
-        return f"ONNX Runtime FP32 AP {100 * result['onnxruntime_fp32']['AP']:.2f}"
-    if "artifacts" in result:
+    if result.get("artifacts"):
         return ", ".join(f"{n} AP {100 * m['AP']:.2f}" for n, m in result["artifacts"].items())
     if isinstance(result.get("skipped"), str):
         return "skipped"
@@ -164,8 +162,8 @@ def check_against_data(cfg: PipelineConfig, selected: list[str]) -> None:
         return  # no counts yet: the trainer checks the same when it starts
     for stage in selected:
         role = {"teacher": "teacher", "student": "student", "distill": "student"}.get(stage)
-        if role is None or (role == "teacher" and (cfg.teacher.checkpoint or cfg.teacher.source)):  # nothing trains
-            continue
+        if role is None or (role == "teacher" and (cfg.teacher.checkpoint or external_teacher(cfg.teacher))):
+            continue  # nothing trains
         train = getattr(cfg, role).train
         usable = min(train.max_train_images or images, images)
         if train.batch_size > usable:

@@ -14,38 +14,72 @@ import argparse
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from deploy.coco import CocoDataset
 from deploy.evaluate import format_metrics, write_evaluation
 from deploy.files import write_json
 from pipeline import paths
 from pipeline.cli import common_arguments, guarded
-from pipeline.config import PipelineConfig, load_config
+from pipeline.config import PipelineConfig, external_teacher, load_config
 from pipeline.run_lock import run_lock
 from pipeline.stages.data import check_schedule_fits, load_split, monitor_split, run_data
+
+if TYPE_CHECKING:
+    from torch import nn
 
 # torch and the trainer are imported by the functions that train, so that `edgekd train --help` loads neither.
 
 
-def external_teacher(cfg: PipelineConfig) -> bool:
-    """Whether the teacher comes from outside edgekd (an mmdetection checkpoint or a torchvision detector)."""
-    return bool(cfg.teacher.source) or cfg.teacher.format != "edgekd"
+def given_teacher(cfg: PipelineConfig) -> bool:
+    """Whether the teacher stage measures a teacher it is given rather than training one."""
+    return bool(cfg.teacher.checkpoint) or external_teacher(cfg.teacher)
 
 
 def run_teacher_stage(cfg: PipelineConfig, out: Path, progress: bool) -> dict[str, Any]:
-    """The teacher stage: train or measure the teacher, then profile it (the built model when it comes from
-    outside edgekd: no edgekd checkpoint to read)."""
-    from distill.teachers import load_teacher
+    """The teacher stage: train the teacher and profile its checkpoint, or load the one given once (checked
+    in load_teacher), measure it and profile that model."""
     from pipeline.stages.profile import profile_model, write_profile
 
-    metrics = train_role(cfg, "teacher", resume=True, progress=progress)
-    if external_teacher(cfg):
-        val, bc = load_split(cfg.data, "val"), cfg.benchmark
-        model, info = load_teacher(cfg, val.class_names)
-        write_json(out / "profile.json", profile_model(model, info.source, val, bc.warmup, bc.iters, bc.threads))
-    else:
+    if not given_teacher(cfg):
+        metrics = train_role(cfg, "teacher", resume=True, progress=progress)
         write_profile(cfg, paths.trained_checkpoint(cfg, "teacher"), out)
+        return metrics
+    model, source, metrics = measure_teacher(cfg, progress)
+    val, bc = load_split(cfg.data, "val"), cfg.benchmark
+    write_json(out / "profile.json", profile_model(model, source, val, bc.warmup, bc.iters, bc.threads))
     return metrics
+
+
+def _prepare(cfg: PipelineConfig, role: str, progress: bool) -> tuple[Any, CocoDataset, CocoDataset]:
+    """(process group info, train split, val split), the data generated and validated first."""
+    import torch.distributed as dist
+
+    from distill.trainer import setup_distributed
+
+    info = setup_distributed(getattr(cfg, role).train.device)
+    if info.main:
+        run_data(cfg.data, cfg.run_dir / "data", progress)  # generates when missing; validates up front
+    if info.world > 1:
+        dist.barrier()
+    return info, load_split(cfg.data, "train"), load_split(cfg.data, "val")
+
+
+def measure_teacher(cfg: PipelineConfig, progress: bool = True) -> tuple[nn.Module, str, dict[str, Any]]:
+    """A teacher given rather than trained (teacher.checkpoint, mmdetection, torchvision): loaded and checked
+    once, measured on val (<run>/teacher/metrics.json); returns (model, its source, val metrics)."""
+    from distill.teachers import load_teacher
+    from distill.validate import evaluate_model
+
+    info, train_set, val_set = _prepare(cfg, "teacher", progress)
+    model, teacher_info = load_teacher(cfg, train_set.class_names, check_model=True)
+    tc = cfg.teacher
+    metrics, results = evaluate_model(model, val_set, tuple(tc.model.input_size), tc.train.batch_size, info.device,
+                                      progress)
+    if info.main:
+        write_evaluation(str(cfg.run_dir / "teacher"), metrics, results)
+        print(f"teacher (from {teacher_info.source}, {teacher_info.kind}): val {format_metrics(metrics)}")
+    return model, teacher_info.source, metrics
 
 
 def run_student_stage(cfg: PipelineConfig, out: Path, progress: bool) -> dict[str, Any]:
@@ -59,37 +93,24 @@ def run_student_stage(cfg: PipelineConfig, out: Path, progress: bool) -> dict[st
 
 def train_role(cfg: PipelineConfig, role: str, resume: bool = True, progress: bool = True) -> dict[str, Any]:
     """Train cfg.<role> on cfg.data (or evaluate the given checkpoint); return its val metrics."""
-    import torch.distributed as dist
-
     from distill.checkpoint import load_model_state
     from distill.losses.detection import make_detection_loss
     from distill.models.detector import build_detector
-    from distill.teachers import load_teacher
-    from distill.trainer import setup_distributed, train
+    from distill.trainer import train
     from distill.validate import evaluate_model
     from distill.weights_file import check_weights
     from pipeline.reuse import refuse_other_settings
 
+    if role == "teacher" and given_teacher(cfg):  # nothing to train: measure it
+        return measure_teacher(cfg, progress)[2]
     role_cfg = getattr(cfg, role)
-    info = setup_distributed(role_cfg.train.device)
     out_dir = cfg.run_dir / role
-    if info.main:
-        run_data(cfg.data, cfg.run_dir / "data", progress)  # generates when missing; validates up front
-    if info.world > 1:
-        dist.barrier()
-    train_set, val_set = load_split(cfg.data, "train"), load_split(cfg.data, "val")
+    info, train_set, val_set = _prepare(cfg, role, progress)
     input_size = tuple(role_cfg.model.input_size)
-    if role == "teacher" and (role_cfg.checkpoint or external_teacher(cfg)):  # nothing to train: measure it
-        model, teacher_info = load_teacher(cfg, train_set.class_names, check_model=True)
-        metrics, results = evaluate_model(model, val_set, input_size, role_cfg.train.batch_size, info.device, progress)
-        if info.main:
-            write_evaluation(str(out_dir), metrics, results)
-            print(f"teacher (from {teacher_info.source}, {teacher_info.kind}): val {format_metrics(metrics)}")
-        return metrics
     model = build_detector(role_cfg.model, num_classes=len(train_set.categories), seed=role_cfg.train.seed)
     if not role_cfg.checkpoint:
         check_schedule_fits(cfg.data, role_cfg.train, role, len(train_set.images))
-    if role_cfg.checkpoint:  # the student alone's: the teacher's was loaded above
+    if role_cfg.checkpoint:  # the student alone's (a given teacher is measured above)
         state = check_weights(role_cfg.checkpoint, role_cfg.model, train_set.class_names, role_cfg.checkpoint_sha256,
                               f"{role}.checkpoint")
         load_model_state(model, state["model"], role_cfg.checkpoint)
