@@ -131,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--annotations", required=True, help="COCO instances json (ground truth)")
     parser.add_argument("--predictions", required=True, help="COCO results json (a list of detections)")
     parser.add_argument("--out", help="folder to write metrics.json and predictions.json into")
+    parser.add_argument("--name", default=metrics_file.CHECKPOINT,
+                        help="the artifact's name in metrics.json (default: pytorch, a training stage's checkpoint)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
     try:
@@ -151,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(format_metrics(metrics))
     if args.out:
-        write_evaluation(args.out, metrics, results, os.path.splitext(os.path.basename(args.predictions))[0])
+        write_evaluation(args.out, metrics, results, args.name)
     return 0
 
 

@@ -44,7 +44,7 @@ def write(out_dir: PathLike, artifacts: Mapping[str, dict[str, Any]],
 def normalise(data: Mapping[str, Any]) -> dict[str, Any]:
     """A metrics.json's content in this layout, whichever layout it was written in."""
     data = dict(data)
-    if isinstance(data.get("AP"), (int, float)) and "artifacts" not in data:  # a flat measurement
+    if "AP" in data and "artifacts" not in data:  # a flat measurement (AP None: a split without boxes)
         name = f"{data['backend']}_{data.get('precision', 'fp32')}" if "backend" in data else CHECKPOINT
         return layout({name: data})
     if "artifacts" not in data and any(k in data for k in _OLD_EXPORT):  # export, before this layout
@@ -70,4 +70,7 @@ def read(path: PathLike) -> dict[str, Any]:
 
 def measurement(data: Mapping[str, Any], name: str = CHECKPOINT) -> dict[str, Any]:
     """An artifact's measurement, else the reference's of that name; {} when the file has neither."""
-    return dict(data.get("artifacts", {}).get(name) or data.get("reference", {}).get(name) or {})
+    for side in ("artifacts", "reference"):
+        if name in (data.get(side) or {}):
+            return dict(data[side][name])
+    return {}

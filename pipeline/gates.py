@@ -70,6 +70,8 @@ def int8_gate(cfg: PipelineConfig, stage: str) -> str | None:
     """Every INT8 artifact of the quantize or qat stage within <stage>.max_map_drop AP of FP32."""
     path = paths.metrics_file(cfg, stage)
     fp32, artifacts = 100 * _read_key(path, "AP", "reference", "onnxruntime_fp32"), _read_key(path, "artifacts")
+    if not artifacts:  # a stage that built nothing has nothing to hold to its limit: a cut file, not a pass
+        raise InputError(f"{path}: lists no artifact; its gate cannot be checked (rerun the {stage} stage)")
     drops = {n: fp32 - 100 * m["AP"] for n, m in artifacts.items() if m["precision"] == "int8"}
     limit = getattr(cfg, stage).max_map_drop
     for name, drop in drops.items():

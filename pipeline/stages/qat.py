@@ -103,8 +103,9 @@ def run_qat(cfg: PipelineConfig, out_dir: Path, progress: bool = True, fine_tune
     if not export_json.is_file():
         raise InputError(f"{export_json} missing: run `make export` first (QAT is measured against the FP32 ONNX)")
     exported = metrics_file.read(export_json)
-    if not metrics_file.measurement(exported, "onnxruntime_fp32"):
-        raise InputError(f"{export_json}: unreadable or without the ONNX Runtime FP32 measurement: rerun `make export`")
+    if any("AP" not in metrics_file.measurement(exported, n) for n in ("onnxruntime_fp32", "pytorch")):
+        raise InputError(f"{export_json}: unreadable, or without the PyTorch and ONNX Runtime FP32 measurements: "
+                         "rerun `make export`")
     out_dir.mkdir(parents=True, exist_ok=True)
     info = setup_distributed(qc.train.device)
     if info.world > 1:

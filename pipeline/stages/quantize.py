@@ -131,8 +131,10 @@ def exported_metrics(cfg: PipelineConfig) -> dict[str, Any]:
         raise InputError(f"{paths.graph_nms_onnx(cfg)} missing (export.nms: graph): run `make export` with it first")
     check_writable(paths.openvino_dir(cfg))
     exported = metrics_file.read(export_json)
-    if not measurement(exported, "onnxruntime_fp32") or "input_size" not in exported:
-        raise InputError(f"{export_json}: unreadable or without the ONNX Runtime FP32 measurement: rerun `make export`")
+    if any("AP" not in measurement(exported, n) for n in ("onnxruntime_fp32", "pytorch")) \
+            or "input_size" not in exported:
+        raise InputError(f"{export_json}: unreadable, or without the PyTorch and ONNX Runtime FP32 measurements: "
+                         "rerun `make export`")
     return exported
 
 

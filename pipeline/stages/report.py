@@ -84,8 +84,9 @@ def collect_rows(cfg: PipelineConfig) -> list[dict[str, Any]]:
         for name, m in stage_metrics(cfg, stage).get("artifacts", {}).items():
             artifacts[name] = (stage, m)
     for precision in ("fp32", "fp16", "int8"):
-        m = metrics_file.measurement(metrics_file.read(paths.engines_dir(cfg) / f"metrics_{precision}.json"),
-                                     f"tensorrt_{precision}")
+        engine = metrics_file.read(paths.engines_dir(cfg) / f"metrics_{precision}.json").get("artifacts", {})
+        # an engine's file holds it alone (an older one is named from its build metadata, possibly "unknown")
+        m = engine.get(f"tensorrt_{precision}") or (next(iter(engine.values())) if len(engine) == 1 else {})
         if m:
             artifacts[f"tensorrt_{precision}"] = ("engines", m)
     # The benchmark's entries by their stage-qualified name; an older benchmark.json by file, one file

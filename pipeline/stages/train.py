@@ -45,8 +45,8 @@ def run_teacher_stage(cfg: PipelineConfig, out: Path, progress: bool) -> dict[st
         metrics = train_role(cfg, "teacher", resume=True, progress=progress)
         write_profile(cfg, paths.trained_checkpoint(cfg, "teacher"), out)
         return metrics
-    model, source, metrics = measure_teacher(cfg, progress)
-    val, bc = load_split(cfg.data, "val"), cfg.benchmark
+    model, source, metrics, val = measure_teacher(cfg, progress)
+    bc = cfg.benchmark
     write_json(out / "profile.json", profile_model(model, source, val, bc.warmup, bc.iters, bc.threads))
     return metrics
 
@@ -65,9 +65,9 @@ def _prepare(cfg: PipelineConfig, role: str, progress: bool) -> tuple[Any, CocoD
     return info, load_split(cfg.data, "train"), load_split(cfg.data, "val")
 
 
-def measure_teacher(cfg: PipelineConfig, progress: bool = True) -> tuple[nn.Module, str, dict[str, Any]]:
+def measure_teacher(cfg: PipelineConfig, progress: bool = True) -> tuple[nn.Module, str, dict[str, Any], CocoDataset]:
     """A teacher given rather than trained (teacher.checkpoint, mmdetection, torchvision): loaded and checked
-    once, measured on val (<run>/teacher/metrics.json); returns (model, its source, val metrics)."""
+    once, measured on val (<run>/teacher/metrics.json); returns (model, its source, val metrics, val)."""
     from distill.teachers import load_teacher
     from distill.validate import evaluate_model
 
@@ -79,7 +79,7 @@ def measure_teacher(cfg: PipelineConfig, progress: bool = True) -> tuple[nn.Modu
     if info.main:
         write_evaluation(str(cfg.run_dir / "teacher"), metrics, results)
         print(f"teacher (from {teacher_info.source}, {teacher_info.kind}): val {format_metrics(metrics)}")
-    return model, teacher_info.source, metrics
+    return model, teacher_info.source, metrics, val_set
 
 
 def run_student_stage(cfg: PipelineConfig, out: Path, progress: bool) -> dict[str, Any]:

@@ -135,8 +135,11 @@ def test_cli_writes_metrics_and_rejects_unknown_category(tmp_path, dataset, caps
     preds.write_text(json.dumps(perfect_results(dataset)))
     out = tmp_path / "out"
     assert main(["--annotations", dataset.annotations_path, "--predictions", str(preds), "--out", str(out)]) == 0
-    # deploy/metrics_file.py's layout, the artifact named by its predictions file
-    assert json.loads((out / "metrics.json").read_text())["artifacts"]["preds"]["AP"] == pytest.approx(1.0)
+    # deploy/metrics_file.py's layout, the artifact named by --name (a training stage's checkpoint by default)
+    assert json.loads((out / "metrics.json").read_text())["artifacts"]["pytorch"]["AP"] == pytest.approx(1.0)
+    assert main(["--annotations", dataset.annotations_path, "--predictions", str(preds), "--out", str(out),
+                 "--name", "openvino_int8"]) == 0
+    assert list(json.loads((out / "metrics.json").read_text())["artifacts"]) == ["openvino_int8"]
     assert len(json.loads((out / "predictions.json").read_text())) == 4
     preds.write_text(json.dumps([det([0, 0, 5, 5], 0.5) | {"image_id": 11, "category_id": 99}]))
     assert main(["--annotations", dataset.annotations_path, "--predictions", str(preds)]) == 2

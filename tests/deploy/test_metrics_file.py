@@ -19,6 +19,9 @@ def test_the_layouts_before_it_read_into_it():
     # a training stage's flat measurement: its checkpoint, `pytorch`
     assert metrics_file.normalise({"AP": 0.3, "num_images": 24}) == {
         "artifacts": {"pytorch": {"AP": 0.3, "num_images": 24}}, "reference": {}}
+    # a split without boxes scores None (pycocotools' -1), still a measurement
+    assert metrics_file.measurement(metrics_file.normalise({"AP": None, "num_images": 0})) == {
+        "AP": None, "num_images": 0}
     # export's: its ONNX files at the top, PyTorch beside them, and the stage's own keys
     assert metrics_file.normalise({"pytorch": {"AP": 0.24}, "onnxruntime_fp32": ORT,
                                    "onnxruntime_fp32_nms": {"AP": 0.235}, "parity": {"x": 1}, "model": {}}) == {
@@ -40,6 +43,8 @@ def test_normalise_is_idempotent_and_measurement_finds_either_side():
     assert metrics_file.measurement(data, "onnxruntime_fp32") == ORT
     assert metrics_file.measurement(data, "pytorch") == {"AP": 0.24}
     assert metrics_file.measurement(data, "openvino_int8") == {}
+    # an artifact measured as nothing is not the reference's of the same name
+    assert metrics_file.measurement(metrics_file.layout({"pytorch": {}}, {"pytorch": {"AP": 0.24}}), "pytorch") == {}
 
 
 def test_missing_or_unreadable_is_empty(tmp_path):

@@ -188,6 +188,9 @@ def test_a_gate_on_a_cut_or_missing_metrics_file_is_one_line(run):
     (run.run_dir / "quantize" / "metrics.json").write_text('{"artifacts": {}}')
     with pytest.raises(InputError, match=r"quantize/metrics.json: has no 'reference.onnxruntime_fp32'"):
         check_gate("quantize", run)
+    (run.run_dir / "quantize" / "metrics.json").write_text('{"reference": {"onnxruntime_fp32": {"AP": 0.2}}}')
+    with pytest.raises(InputError, match=r"quantize/metrics.json: lists no artifact; its gate cannot be checked"):
+        check_gate("quantize", run)
     (run.run_dir / "distill" / "metrics.json").unlink()
     with pytest.raises(InputError, match=r"distill/metrics.json: missing or unreadable"):
         check_gate("distill", run)
