@@ -202,8 +202,10 @@ def diverged(s: Session, error: str) -> NonFiniteLoss:
 
 
 def log(s: Session, record: dict[str, Any]) -> None:
-    """One line of log.jsonl, with the wall time of this session."""
+    """One line of log.jsonl, with the wall time of this session and the threads it runs on (what a wall time
+    means: the ablation reports both)."""
     record["elapsed_s"] = round(time.perf_counter() - s.started, 1)
+    record["threads"] = torch.get_num_threads()
     with open(s.out_dir / "log.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
 

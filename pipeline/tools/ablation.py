@@ -111,6 +111,59 @@ def selection_metrics(cfg: PipelineConfig, checkpoint: Path) -> dict[str, Any] |
     return metrics
 
 
+def training_time(log: Path) -> dict[str, Any]:
+    """{"train_min", "threads"}: a variant's training wall time over every session that trained it (elapsed_s
+    restarts at a resume; time after the last checkpoint of a cut session was lost with it) and the threads
+    it trained with, from its log.jsonl; {} without one. A reused run's figures are its own, not this call's."""
+    try:
+        lines = log.read_text().splitlines()
+    except OSError:
+        return {}
+    total = last = 0.0
+    threads = None
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if "elapsed_s" in record:
+            if record["elapsed_s"] < last:  # a new session
+                total += last
+            last = record["elapsed_s"]
+        threads = record.get("threads", threads)
+    return {"train_min": round((total + last) / 60, 1), "threads": threads}
+
+
+def int8_deployment(variant: PipelineConfig, run: Path) -> dict[str, Any]:
+    """What a user ships from a finished variant: the export and quantize stages on its checkpoint, OpenVINO
+    INT8 alone, in <run>/deploy/ (up-to-date stages are skipped on a rerun); the INT8 file's val AP and its
+    latency (batch 1, export.iters calls, export.threads). A gate that fails is reported, not fatal: the
+    figures are written before the gate is checked."""
+    from deploy.errors import GateError
+    from pipeline.artifacts import stage_metrics
+    from pipeline.run import run_pipeline
+
+    deploy = copy.deepcopy(variant)
+    deploy.runs_dir, deploy.run = str(run), "deploy"
+    deploy.export.checkpoint = str(run / "last.pt")
+    deploy.quantize.artifacts = ["openvino_int8"]
+    deploy.stages = ["data", "export", "quantize"]
+    try:
+        run_pipeline(deploy, deploy.stages, progress=False)
+    except GateError as exc:
+        print(f"[ablation] {run.name}: {exc}", flush=True)
+    built = stage_metrics(deploy, "quantize").get("artifacts", {})
+    if "openvino_int8" not in built:
+        raise InputError(f"{run / 'deploy' / 'quantize'}: no OpenVINO INT8 measurement written")
+    m, device = built["openvino_int8"], built.get("openvino_int8_uint8_nms", {})  # the latter: export's options
+
+    def p50(measured: dict[str, Any], kind: str) -> float | None:
+        return measured.get("latency_ms", {}).get(kind, {}).get("p50")
+
+    return {"int8_AP": m["AP"], "int8_infer_p50_ms": p50(m, "infer"), "int8_e2e_p50_ms": p50(m, "end_to_end"),
+            "int8_executed": m.get("executed_precision"), "device_form_e2e_p50_ms": p50(device, "end_to_end")}
+
+
 def head_and_tail(cfg: PipelineConfig, k: int = 5) -> tuple[list[str], list[str]] | None:
     """The k most and k least frequent classes of a long-tailed training split, by its boxes (None when
     the split is balanced: data.generator.long_tail_ratio unset or 1)."""
@@ -140,17 +193,19 @@ def table(rows: dict[str, dict[str, Any]], teacher: dict[str, Any]) -> str:
     base, top = rows.get("none", {}).get("AP"), teacher["AP"]
     select = any("select_AP" in m for m in rows.values())
     cells = [["teacher", *(f"{100 * (teacher.get(c) or 0):.1f}" for c in COLUMNS), *([""] if select else []),
-              *[""] * len(_head_tail_columns(rows)), "", ""]]
+              *[""] * len(_head_tail_columns(rows)), *[""] * len(_int8_columns(rows)), "", ""]]
     for name, m in rows.items():
         gap = "" if base is None or name == "none" or top == base else f"{100 * (m['AP'] - base) / (top - base):.0f}%"
         chosen = [f"{100 * m['select_AP']:.1f}" if "select_AP" in m else ""] if select else []
         cells.append([f"student {name}", *(f"{100 * (m.get(c) or 0):.1f}" for c in COLUMNS), *chosen,
-                      *_head_tail_cells(m, rows), gap, m.get("train_min", "")])
+                      *_head_tail_cells(m, rows), *_int8_cells(m, rows), gap, m.get("train_min", "")])
     return markdown_table(["model", *COLUMNS, *(["selection AP"] if select else []), *_head_tail_columns(rows),
-                           "gap closed", "train min"], cells)
+                           *_int8_columns(rows), "gap closed", "train min"], cells)
 
 
 HEAD_TAIL = ("head_AP", "tail_AP", "select_head_AP", "select_tail_AP")
+# averaged over the seeds that have them
+DEPLOYED = ("train_min", "int8_AP", "int8_infer_p50_ms", "int8_e2e_p50_ms", "device_form_e2e_p50_ms")
 
 
 def _head_tail_keys(rows: dict[str, dict[str, Any]]) -> list[str]:
@@ -164,6 +219,18 @@ def _head_tail_columns(rows: dict[str, dict[str, Any]]) -> list[str]:
 
 def _head_tail_cells(row: dict[str, Any], rows: dict[str, dict[str, Any]]) -> list[str]:
     return [f"{100 * row[k]:.1f}" if k in row else "" for k in _head_tail_keys(rows)]
+
+
+def _int8_columns(rows: dict[str, dict[str, Any]]) -> list[str]:
+    return ["OpenVINO INT8 AP", "INT8 infer p50 ms"] if any(r.get("int8_AP") is not None for r in rows.values()) else []
+
+
+def _int8_cells(row: dict[str, Any], rows: dict[str, dict[str, Any]]) -> list[str]:
+    if not _int8_columns(rows):
+        return []
+    if row.get("int8_AP") is None:
+        return ["", ""]
+    return [f"{100 * row['int8_AP']:.2f}", f"{row['int8_infer_p50_ms']:.2f}" if row.get("int8_infer_p50_ms") else ""]
 
 
 def seed_dir(out: Path, seed: int, home: int) -> Path:
@@ -194,8 +261,8 @@ def summarise(per_seed: dict[int, dict[str, dict[str, Any]]]) -> dict[str, dict[
         selected = [m["select_AP"] for m in runs.values() if "select_AP" in m]
         if selected:
             row.update(select_AP=statistics.fmean(selected), select_AP_per_seed=selected)
-        for key in HEAD_TAIL:
-            values = [m[key] for m in runs.values() if key in m]
+        for key in (*HEAD_TAIL, *DEPLOYED):
+            values = [m[key] for m in runs.values() if m.get(key) is not None]
             if values:
                 row.update({key: statistics.fmean(values), f"{key}_per_seed": values})
         gains = [m["AP"] - per_seed[seed]["none"]["AP"] for seed, m in runs.items() if "none" in per_seed[seed]]
@@ -210,9 +277,11 @@ def seeds_table(summary: dict[str, dict[str, Any]], teacher: dict[str, Any]) -> 
     (what configurations are chosen on) when it was held out."""
     top, base = teacher["AP"], summary.get("none", {}).get("AP")
     select = any("select_AP" in r for r in summary.values())
+    timed = any(r.get("train_min") is not None for r in summary.values())
     cells = [["teacher", "", f"{100 * top:.1f}", "", "", f"{100 * (teacher.get('AP50') or 0):.1f}",
               f"{100 * (teacher.get('AP75') or 0):.1f}", *([""] if select else []),
-              *[""] * len(_head_tail_columns(summary)), "", ""]]
+              *[""] * len(_head_tail_columns(summary)), *[""] * len(_int8_columns(summary)), "", "",
+              *([""] if timed else [])]]
     for name, r in summary.items():
         sd = "" if r["AP_sd"] is None else f"{100 * r['AP_sd']:.2f}"
         gain = gap = ""
@@ -223,14 +292,17 @@ def seeds_table(summary: dict[str, dict[str, Any]], teacher: dict[str, Any]) -> 
         chosen = [f"{100 * r['select_AP']:.2f}" if "select_AP" in r else ""] if select else []
         cells.append([f"student {name}", len(r["seeds"]), f"{100 * r['AP']:.2f}", sd,
                       ", ".join(f"{100 * a:.1f}" for a in r["AP_per_seed"]), f"{100 * r['AP50']:.1f}",
-                      f"{100 * r['AP75']:.1f}", *chosen, *_head_tail_cells(r, summary), gain, gap])
+                      f"{100 * r['AP75']:.1f}", *chosen, *_head_tail_cells(r, summary), *_int8_cells(r, summary),
+                      gain, gap, *([f"{r['train_min']:.1f}" if r.get("train_min") is not None else ""]
+                                   if timed else [])])
     return markdown_table(["model", "seeds", "AP mean", "AP sd", "AP per seed", "AP50", "AP75",
                            *(["selection AP mean"] if select else []), *_head_tail_columns(summary),
-                           "gain over none, paired: mean [min, max]", "gap closed"], cells)
+                           *_int8_columns(summary), "gain over none, paired: mean [min, max]", "gap closed",
+                           *(["train min (mean)"] if timed else [])], cells)
 
 
-def run_seeds(cfg: PipelineConfig, path: Path, names: list[str], out: Path,
-              seeds: list[int]) -> tuple[dict[int, dict[str, dict[str, Any]]], dict[str, Any]]:
+def run_seeds(cfg: PipelineConfig, path: Path, names: list[str], out: Path, seeds: list[int],
+              int8: bool = False) -> tuple[dict[int, dict[str, dict[str, Any]]], dict[str, Any]]:
     """run_ablation once per seed, every seed checked before any trains (finished runs are reused); with
     more than one seed, also write out/ablation-seeds.{md,json}. Returns ({seed: rows}, teacher metrics)."""
     if len(set(seeds)) != len(seeds):
@@ -242,7 +314,7 @@ def run_seeds(cfg: PipelineConfig, path: Path, names: list[str], out: Path,
     per_seed: dict[int, dict[str, dict[str, Any]]] = {}
     teacher: dict[str, Any] = {}
     for seed, c in seeded.items():
-        per_seed[seed], teacher = _train_variants(c, path, names, seed_dir(out, seed, cfg.student.train.seed))
+        per_seed[seed], teacher = _train_variants(c, path, names, seed_dir(out, seed, cfg.student.train.seed), int8)
     if len(seeds) > 1:
         summary = summarise(per_seed)
         text = seeds_table(summary, teacher)
@@ -287,16 +359,16 @@ def check_variants(cfg: PipelineConfig, path: Path, names: list[str], out: Path)
                              f"or remove {out / name} to train it again")
 
 
-def run_ablation(cfg: PipelineConfig, path: Path, names: list[str],
-                 out: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+def run_ablation(cfg: PipelineConfig, path: Path, names: list[str], out: Path,
+                 int8: bool = False) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Check, then train each variant (finished ones are reused) and write out/ablation.{md,json}; return
-    (rows, teacher metrics)."""
+    (rows, teacher metrics). int8: each variant's OpenVINO INT8 file built and measured too."""
     check_variants(cfg, path, names, out)
-    return _train_variants(cfg, path, names, out)
+    return _train_variants(cfg, path, names, out, int8)
 
 
-def _train_variants(cfg: PipelineConfig, path: Path, names: list[str],
-                    out: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+def _train_variants(cfg: PipelineConfig, path: Path, names: list[str], out: Path,
+                    int8: bool = False) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     from pipeline.stages.distill import distill_student
 
     rows: dict[str, dict[str, Any]] = {}
@@ -307,7 +379,10 @@ def _train_variants(cfg: PipelineConfig, path: Path, names: list[str],
         start = time.perf_counter()
         metrics = distill_student(variant, str(path), resume=True, progress=sys.stderr.isatty(), out_name=name)
         rows[name] = {**{c: metrics.get(c) for c in COLUMNS}, "train_min": round((time.perf_counter() - start) / 60, 1),
+                      "threads": None, **training_time(out / name / "log.jsonl"),
                       "per_class_AP": metrics.get("per_class_AP")}
+        if int8:
+            rows[name].update(int8_deployment(variant, out / name))
         select = selection_metrics(variant, out / name / "last.pt")
         if select is not None:
             rows[name].update(select_AP=select["AP"], select_per_class_AP=select.get("per_class_AP"))
@@ -338,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", help="comma-separated student seeds (default: student.train.seed); that seed's "
                         "runs go to OUT/, the others' to OUT/seed<k>/, and the summary to OUT/ablation-seeds.md")
     parser.add_argument("--out", default="runs/ablation")
+    parser.add_argument("--int8", action="store_true", help="also export each variant and measure its OpenVINO "
+                        "INT8 file (AP, latency): the quantize stage in OUT/<variant>/deploy/")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = parser.parse_intermixed_args(argv)  # key=value overrides may stand before options too
 
@@ -348,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             raise InputError(f"--seeds: expected comma-separated integers, got '{args.seeds}'") from exc
         with run_lock(Path(args.out), "edgekd ablation"):  # each variant's folder is a run under it
-            run_seeds(cfg, paths.teacher_checkpoint(cfg, args.teacher), args.variants.split(","), Path(args.out), seeds)
+            run_seeds(cfg, paths.teacher_checkpoint(cfg, args.teacher), args.variants.split(","), Path(args.out), seeds,
+                      args.int8)
 
     return guarded(body)
 

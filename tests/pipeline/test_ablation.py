@@ -7,7 +7,7 @@ import torch
 
 from deploy.errors import InputError
 from pipeline.config import PipelineConfig, load_config
-from pipeline.tools.ablation import VARIANTS, run_seeds, seeds_table, summarise
+from pipeline.tools.ablation import VARIANTS, run_seeds, seeds_table, summarise, training_time
 from tests.conftest import REPO
 
 DEFAULT = REPO / "configs" / "pipelines" / "default.yaml"
@@ -132,6 +132,41 @@ def test_new_variants_train_and_report_the_selection_split(tiny_scenes, tiny_mod
     assert {"loss_bckd_cls", "loss_bckd_loc", "loss_kd"} <= set(logged) and "loss_kd_pos" in \
         json.loads((out / "kd_pos" / "log.jsonl").read_text().splitlines()[0])
     assert "selection AP" in (out / "ablation.md").read_text()
+
+
+def test_training_time_adds_the_sessions_of_a_resumed_run(tmp_path):
+    log = tmp_path / "log.jsonl"
+    records = [{"step": 10, "elapsed_s": 40.0, "threads": 2}, {"step": 20, "elapsed_s": 80.0, "threads": 2},
+               {"step": 20, "epoch": 1, "val": {}, "elapsed_s": 86.0, "threads": 2},
+               # resumed: the session's clock restarts
+               {"step": 30, "elapsed_s": 30.0, "threads": 1}, {"step": 40, "elapsed_s": 70.0, "threads": 1}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in records) + "{cut")
+    assert training_time(log) == {"train_min": round((86 + 70) / 60, 1), "threads": 1}
+    assert training_time(tmp_path / "none.jsonl") == {}
+
+
+@pytest.mark.slow
+def test_int8_builds_and_measures_each_variants_openvino_file(tiny_scenes, tiny_model, tmp_path):
+    """--int8: the export and quantize stages on the variant's checkpoint, OpenVINO INT8 alone; the row
+    holds that file's AP and latency, the training's own wall time and threads; a rerun reuses it all."""
+    _, _, teacher = tiny_model
+    cfg = tiny_config(tiny_scenes, "export.iters=3", "export.warmup=1", "export.parity_images=2",
+                      "quantize.accuracy_aware=false", "quantize.calib_images=8")
+    out = tmp_path / "ablation"
+    rows = run_seeds(cfg, teacher, ["none"], out, [0], int8=True)[0][0]
+    quantized = json.loads((out / "none" / "deploy" / "quantize" / "metrics.json").read_text())
+    # OpenVINO INT8 alone (and the FP32 IR it is made from), in the forms the config's export options ask
+    # (the default: uint8 input, NMS in the graph)
+    assert list(quantized["artifacts"]) == ["openvino_fp32", "openvino_int8", "openvino_int8_uint8",
+                                            "openvino_int8_nms", "openvino_int8_uint8_nms"]
+    m, device = quantized["artifacts"]["openvino_int8"], quantized["artifacts"]["openvino_int8_uint8_nms"]
+    assert rows["none"]["device_form_e2e_p50_ms"] == device["latency_ms"]["end_to_end"]["p50"]
+    assert rows["none"]["int8_AP"] == m["AP"] and rows["none"]["int8_infer_p50_ms"] == m["latency_ms"]["infer"]["p50"]
+    assert rows["none"]["threads"] == torch.get_num_threads() and rows["none"]["train_min"] >= 0
+    assert "OpenVINO INT8 AP" in (out / "ablation.md").read_text()
+    stamp = (out / "none" / "deploy" / "quantize" / "metrics.json").stat().st_mtime_ns
+    assert run_seeds(cfg, teacher, ["none"], out, [0], int8=True)[0][0]["none"]["int8_AP"] == m["AP"]
+    assert (out / "none" / "deploy" / "quantize" / "metrics.json").stat().st_mtime_ns == stamp  # reused
 
 
 def test_head_and_tail_rank_classes_by_training_boxes_and_average_their_ap(monkeypatch):
