@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy import metrics_file
+from deploy.errors import InputError
 from pipeline import paths
 from pipeline.config import PipelineConfig
 
@@ -32,6 +33,17 @@ def qualified_name(stage: str, key: str) -> str:
 def stage_metrics(cfg: PipelineConfig, stage: str) -> dict:
     """The stage's metrics.json in deploy/metrics_file.py's layout; {} when missing or unreadable."""
     return metrics_file.read(paths.metrics_file(cfg, stage))
+
+
+def exported_reference(cfg: PipelineConfig) -> dict:
+    """The export stage's metrics.json, holding the PyTorch and ONNX Runtime FP32 measurements the INT8
+    stages are held against; one line naming the file when it lacks them."""
+    path = paths.metrics_file(cfg, "export")
+    exported = stage_metrics(cfg, "export")
+    if any("AP" not in metrics_file.measurement(exported, n) for n in ("onnxruntime_fp32", "pytorch")):
+        raise InputError(f"{path}: unreadable, or without the PyTorch and ONNX Runtime FP32 measurements: "
+                         "rerun `make export`")
+    return exported
 
 
 def _in_this_run(cfg: PipelineConfig, stage: str, recorded: str) -> Path:

@@ -76,6 +76,12 @@ def external_teacher(t: RoleConfig) -> bool:
     return bool(t.source) or t.format != "edgekd"
 
 
+def given_teacher(t: RoleConfig) -> bool:
+    """Whether the teacher stage measures a teacher it is given (a file, mmdetection, torchvision) rather
+    than training one."""
+    return bool(t.checkpoint) or external_teacher(t)
+
+
 @dataclass
 class EnginesConfig:
     """TensorRT engines (built where TensorRT and a GPU are present; the stage records why not elsewhere)."""

@@ -20,7 +20,7 @@ from typing import Any
 from deploy.errors import GateError, InputError
 from deploy.files import write_text
 from pipeline import paths
-from pipeline.config import ConfigError, PipelineConfig, external_teacher, to_yaml
+from pipeline.config import ConfigError, PipelineConfig, given_teacher, to_yaml
 from pipeline.gates import check_gate
 from pipeline.run_lock import run_lock
 from pipeline.stage_state import (
@@ -162,8 +162,8 @@ def check_against_data(cfg: PipelineConfig, selected: list[str]) -> None:
         return  # no counts yet: the trainer checks the same when it starts
     for stage in selected:
         role = {"teacher": "teacher", "student": "student", "distill": "student"}.get(stage)
-        if role is None or (role == "teacher" and (cfg.teacher.checkpoint or external_teacher(cfg.teacher))):
-            continue  # nothing trains
+        if role is None or (role == "teacher" and given_teacher(cfg.teacher)):  # nothing trains
+            continue
         train = getattr(cfg, role).train
         usable = min(train.max_train_images or images, images)
         if train.batch_size > usable:

@@ -31,6 +31,7 @@ from distill.settings import QatConfig
 from export.calibration import calibration_batches, calibration_paths
 from export.openvino_int8 import openvino_ir
 from pipeline import paths
+from pipeline.artifacts import exported_reference
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
 from pipeline.gates import check_gate
@@ -102,10 +103,7 @@ def run_qat(cfg: PipelineConfig, out_dir: Path, progress: bool = True, fine_tune
                          "found (run `make distill`, or set export.checkpoint)")
     if not export_json.is_file():
         raise InputError(f"{export_json} missing: run `make export` first (QAT is measured against the FP32 ONNX)")
-    exported = metrics_file.read(export_json)
-    if any("AP" not in metrics_file.measurement(exported, n) for n in ("onnxruntime_fp32", "pytorch")):
-        raise InputError(f"{export_json}: unreadable, or without the PyTorch and ONNX Runtime FP32 measurements: "
-                         "rerun `make export`")
+    exported = exported_reference(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     info = setup_distributed(qc.train.device)
     if info.world > 1:

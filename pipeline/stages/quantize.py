@@ -49,6 +49,7 @@ from export.openvino_int8 import (
     quantize_openvino,
 )
 from pipeline import paths
+from pipeline.artifacts import exported_reference
 from pipeline.cli import common_arguments, guarded
 from pipeline.config import PipelineConfig, load_config
 from pipeline.gates import check_gate
@@ -130,11 +131,9 @@ def exported_metrics(cfg: PipelineConfig) -> dict[str, Any]:
     if cfg.export.nms == "graph" and not paths.graph_nms_onnx(cfg).is_file():
         raise InputError(f"{paths.graph_nms_onnx(cfg)} missing (export.nms: graph): run `make export` with it first")
     check_writable(paths.openvino_dir(cfg))
-    exported = metrics_file.read(export_json)
-    if any("AP" not in measurement(exported, n) for n in ("onnxruntime_fp32", "pytorch")) \
-            or "input_size" not in exported:
-        raise InputError(f"{export_json}: unreadable, or without the PyTorch and ONNX Runtime FP32 measurements: "
-                         "rerun `make export`")
+    exported = exported_reference(cfg)
+    if "input_size" not in exported:
+        raise InputError(f"{export_json}: without the model's input_size: rerun `make export`")
     return exported
 
 

@@ -21,7 +21,7 @@ from deploy.evaluate import format_metrics, write_evaluation
 from deploy.files import write_json
 from pipeline import paths
 from pipeline.cli import common_arguments, guarded
-from pipeline.config import PipelineConfig, external_teacher, load_config
+from pipeline.config import PipelineConfig, given_teacher, load_config
 from pipeline.run_lock import run_lock
 from pipeline.stages.data import check_schedule_fits, load_split, monitor_split, run_data
 
@@ -31,17 +31,12 @@ if TYPE_CHECKING:
 # torch and the trainer are imported by the functions that train, so that `edgekd train --help` loads neither.
 
 
-def given_teacher(cfg: PipelineConfig) -> bool:
-    """Whether the teacher stage measures a teacher it is given rather than training one."""
-    return bool(cfg.teacher.checkpoint) or external_teacher(cfg.teacher)
-
-
 def run_teacher_stage(cfg: PipelineConfig, out: Path, progress: bool) -> dict[str, Any]:
     """The teacher stage: train the teacher and profile its checkpoint, or load the one given once (checked
     in load_teacher), measure it and profile that model."""
     from pipeline.stages.profile import profile_model, write_profile
 
-    if not given_teacher(cfg):
+    if not given_teacher(cfg.teacher):
         metrics = train_role(cfg, "teacher", resume=True, progress=progress)
         write_profile(cfg, paths.trained_checkpoint(cfg, "teacher"), out)
         return metrics
@@ -101,7 +96,7 @@ def train_role(cfg: PipelineConfig, role: str, resume: bool = True, progress: bo
     from distill.weights_file import check_weights
     from pipeline.reuse import refuse_other_settings
 
-    if role == "teacher" and given_teacher(cfg):  # nothing to train: measure it
+    if role == "teacher" and given_teacher(cfg.teacher):  # nothing to train: measure it
         return measure_teacher(cfg, progress)[2]
     role_cfg = getattr(cfg, role)
     out_dir = cfg.run_dir / role

@@ -32,11 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from deploy import metrics_file
-from deploy.errors import InputError
+from deploy.errors import GateError, InputError
 from deploy.evaluate import coco_eval
 from deploy.files import sha256_file, write_json, write_text
 from deploy.tables import markdown_table
 from pipeline import paths
+from pipeline.artifacts import stage_metrics
 from pipeline.cli import guarded
 from pipeline.config import PipelineConfig, load_config
 from pipeline.run_lock import run_lock
@@ -139,8 +140,6 @@ def int8_deployment(variant: PipelineConfig, run: Path) -> dict[str, Any]:
     INT8 alone, in <run>/deploy/ (up-to-date stages are skipped on a rerun); the INT8 file's val AP and its
     latency (batch 1, export.iters calls, export.threads). A gate that fails is reported, not fatal: the
     figures are written before the gate is checked."""
-    from deploy.errors import GateError
-    from pipeline.artifacts import stage_metrics
     from pipeline.run import run_pipeline
 
     deploy = copy.deepcopy(variant)
