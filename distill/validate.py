@@ -24,6 +24,7 @@ def predict(model: torch.nn.Module, coco: CocoDataset, input_size: tuple[int, in
             device: torch.device | str = "cpu", progress: bool = False) -> list[dict[str, Any]]:
     """COCO results (xywh, original pixels and category ids) for every image of the dataset."""
     was_training = model.training
+    model.to(device)  # a checkpoint or given teacher is built on the CPU; the trainer's model is there already
     model.eval()
 
     @torch.no_grad()

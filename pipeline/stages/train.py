@@ -42,7 +42,8 @@ def run_teacher_stage(cfg: PipelineConfig, out: Path, progress: bool) -> dict[st
         return metrics
     model, source, metrics, val = measure_teacher(cfg, progress)
     bc = cfg.benchmark
-    write_json(out / "profile.json", profile_model(model, source, val, bc.warmup, bc.iters, bc.threads))
+    # The profile is the PyTorch CPU latency beside the deployed artifacts', whatever device measured AP.
+    write_json(out / "profile.json", profile_model(model.cpu(), source, val, bc.warmup, bc.iters, bc.threads))
     return metrics
 
 

@@ -72,3 +72,17 @@ def test_the_shipped_teacher_matches_its_hash_and_the_default_config(tiny_splits
                                 False)
     # the full-val AP is in the model card; on the 24 tiny val scenes a converged teacher is far above chance
     assert metrics["num_images"] == 24 and metrics["AP"] > 0.2, metrics["AP"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: the model is moved from the CPU to it")
+def test_a_model_built_on_the_cpu_is_evaluated_on_the_device_asked(tiny_model, tiny_splits):
+    import copy
+
+    from distill.validate import evaluate_model
+
+    detector, _, _ = tiny_model
+    model = copy.deepcopy(detector)  # the fixture is shared; evaluate_model moves the model it is given
+    cpu, _ = evaluate_model(model, tiny_splits[1], tuple(SMALL.input_size), 8, torch.device("cpu"))
+    cuda, _ = evaluate_model(model, tiny_splits[1], tuple(SMALL.input_size), 8, torch.device("cuda"))
+    assert next(model.parameters()).device.type == "cuda"
+    assert cuda["AP"] == pytest.approx(cpu["AP"], abs=0.01)
