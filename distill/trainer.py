@@ -30,12 +30,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from deploy import metrics_file
 from deploy.coco import CocoDataset
 from deploy.errors import InputError
 from deploy.evaluate import format_metrics, write_evaluation
 from deploy.files import write_json, write_text
-from deploy.metrics_file import measurement
-from deploy.metrics_file import read as read_metrics
 from distill.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from distill.data.dataset import DetectionDataset, collate
 from distill.settings import NonFiniteLoss, TrainConfig
@@ -303,7 +302,9 @@ def train(model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, train_set: CocoDa
                 torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16))
     resume_or_start(s, resume)
     total_steps = total_steps_for(cfg, steps_per_epoch)
-    finished = measurement(read_metrics(s.out_dir / "metrics.json")) if s.step >= total_steps else {}
+    finished = {}
+    if s.step >= total_steps:
+        finished = metrics_file.measurement(metrics_file.read(s.out_dir / metrics_file.NAME))
     if finished:  # else (no final evaluation written, or unreadable) the final evaluation below runs again
         if info.main:
             print(f"already trained: {s.out_dir / 'last.pt'} is at step {s.step}")

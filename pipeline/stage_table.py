@@ -17,9 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deploy import metrics_file
+
 Config = Any  # pipeline.config.Config, not imported: the config reads this table's stage names
 
-METRICS = "metrics.json"  # every stage that measures what it made writes it (pipeline/paths.py reads it)
+# Every stage that measures what it made writes it (pipeline/paths.py reads it); its layout is deploy/metrics_file.py's.
+METRICS = metrics_file.NAME
 
 
 @dataclass(frozen=True)
