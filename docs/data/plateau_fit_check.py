@@ -5,17 +5,14 @@ selection-vs-val gap is fit to the Fashion-MNIST train item pool.
 Usage: python docs/data/plateau_fit_check.py <data root> <student last.pt> ..."""
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from deploy.evaluate import coco_eval
-from distill.checkpoint import load_model_state
-from distill.data.fashion_mnist import CLASSES
-from distill.models.detector import build_detector, load_detector
-from distill.validate import predict
-from distill.weights_file import check_weights
+from distill.models.detector import load_detector
+from distill.teachers import load_teacher
+from distill.validate import predict, subset
 from pipeline.config import load_config
 from pipeline.stages.data import load_split
 
@@ -24,11 +21,8 @@ cfg = load_config(Path("configs/pipelines/default.yaml"))
 cfg.data.root = sys.argv[1]
 cfg.data.select_images = 300
 splits = {"val": load_split(cfg.data, "val"), "select": load_split(cfg.data, "select")}
-train = load_split(cfg.data, "train")
-splits["train300"] = replace(train, images=train.images[:300])
-state = check_weights(cfg.teacher.checkpoint, cfg.teacher.model, list(CLASSES), cfg.teacher.checkpoint_sha256)
-teacher = build_detector(replace(cfg.teacher.model, pretrained="none"), len(CLASSES)).eval()
-load_model_state(teacher, state["model"], cfg.teacher.checkpoint)
+splits["train300"] = subset(load_split(cfg.data, "train"), 300)
+teacher, _ = load_teacher(cfg, splits["val"].class_names)  # the shipped file, its hash checked
 models = {"teacher": (teacher, tuple(cfg.teacher.model.input_size))}
 for name in sys.argv[2:]:
     m, _, _ = load_detector(Path(name))
