@@ -2,7 +2,8 @@
 300 training scenes) and the first 300 of the students' own training scenes, to see whether the
 selection-vs-val gap is fit to the Fashion-MNIST train item pool.
 
-Usage: python docs/data/plateau_fit_check.py <data root> <student last.pt> ..."""
+Usage: python docs/data/plateau_fit_check.py <data root> <label>=<student last.pt> ...
+(plateau-fit-seed0.json is the JSON it prints last, under "AP", with what / command / machine added.)"""
 import json
 import sys
 from pathlib import Path
@@ -24,9 +25,10 @@ splits = {"val": load_split(cfg.data, "val"), "select": load_split(cfg.data, "se
 splits["train300"] = subset(load_split(cfg.data, "train"), 300)
 teacher, _ = load_teacher(cfg, splits["val"].class_names)  # the shipped file, its hash checked
 models = {"teacher": (teacher, tuple(cfg.teacher.model.input_size))}
-for name in sys.argv[2:]:
-    m, _, _ = load_detector(Path(name))
-    models[name] = (m, tuple(m.cfg.input_size))
+for arg in sys.argv[2:]:
+    label, _, path = arg.rpartition("=")
+    m, _, _ = load_detector(Path(path))
+    models[label or path] = (m, tuple(m.cfg.input_size))
 out = {}
 for name, (m, size) in models.items():
     out[name] = {s: round(100 * coco_eval(ds, predict(m, ds, size))["AP"], 2) for s, ds in splits.items()}

@@ -26,7 +26,6 @@ import copy
 import json
 import statistics
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -115,12 +114,14 @@ def selection_metrics(cfg: PipelineConfig, checkpoint: Path) -> dict[str, Any] |
 def training_time(log: Path) -> dict[str, Any]:
     """{"train_min", "threads"}: a variant's training wall time over every session that trained it (elapsed_s
     restarts at a resume; time after the last checkpoint of a cut session was lost with it) and the threads
-    it trained with, from its log.jsonl; {} without one. A reused run's figures are its own, not this call's."""
+    it trained with, from its log.jsonl; each key only where the log records it (a log written before
+    elapsed_s existed has no time: unknown, not 0). A reused run's figures are its own, not this call's."""
     try:
         lines = log.read_text().splitlines()
     except OSError:
         return {}
     total = last = 0.0
+    timed = False
     threads = None
     for line in lines:
         try:
@@ -128,11 +129,13 @@ def training_time(log: Path) -> dict[str, Any]:
         except ValueError:
             continue
         if "elapsed_s" in record:
+            timed = True
             if record["elapsed_s"] < last:  # a new session
                 total += last
             last = record["elapsed_s"]
         threads = record.get("threads", threads)
-    return {"train_min": round((total + last) / 60, 1), "threads": threads}
+    found: dict[str, Any] = {"train_min": round((total + last) / 60, 1)} if timed else {}
+    return {**found, "threads": threads} if threads is not None else found
 
 
 def int8_deployment(variant: PipelineConfig, run: Path) -> dict[str, Any]:
@@ -197,7 +200,8 @@ def table(rows: dict[str, dict[str, Any]], teacher: dict[str, Any]) -> str:
         gap = "" if base is None or name == "none" or top == base else f"{100 * (m['AP'] - base) / (top - base):.0f}%"
         chosen = [f"{100 * m['select_AP']:.1f}" if "select_AP" in m else ""] if select else []
         cells.append([f"student {name}", *(f"{100 * (m.get(c) or 0):.1f}" for c in COLUMNS), *chosen,
-                      *_head_tail_cells(m, rows), *_int8_cells(m, rows), gap, m.get("train_min", "")])
+                      *_head_tail_cells(m, rows), *_int8_cells(m, rows), gap,
+                      "" if m.get("train_min") is None else m["train_min"]])
     return markdown_table(["model", *COLUMNS, *(["selection AP"] if select else []), *_head_tail_columns(rows),
                            *_int8_columns(rows), "gap closed", "train min"], cells)
 
@@ -375,10 +379,10 @@ def _train_variants(cfg: PipelineConfig, path: Path, names: list[str], out: Path
     for name in names:
         variant = variant_config(cfg, name, out)
         print(f"[ablation] {name}: {VARIANTS[name]}", flush=True)
-        start = time.perf_counter()
         metrics = distill_student(variant, str(path), resume=True, progress=sys.stderr.isatty(), out_name=name)
-        rows[name] = {**{c: metrics.get(c) for c in COLUMNS}, "train_min": round((time.perf_counter() - start) / 60, 1),
-                      "threads": None, **training_time(out / name / "log.jsonl"),
+        # the time comes from the run's own log: this call's clock reads ~0 for a reused run
+        rows[name] = {**{c: metrics.get(c) for c in COLUMNS}, "train_min": None, "threads": None,
+                      **training_time(out / name / "log.jsonl"),
                       "per_class_AP": metrics.get("per_class_AP")}
         if int8:
             rows[name].update(int8_deployment(variant, out / name))

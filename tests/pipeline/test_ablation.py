@@ -143,6 +143,9 @@ def test_training_time_adds_the_sessions_of_a_resumed_run(tmp_path):
     log.write_text("".join(json.dumps(r) + "\n" for r in records) + "{cut")
     assert training_time(log) == {"train_min": round((86 + 70) / 60, 1), "threads": 1}
     assert training_time(tmp_path / "none.jsonl") == {}
+    # a log from before elapsed_s was recorded: the time is unknown, not 0 minutes
+    log.write_text(json.dumps({"step": 10, "loss": 1.0}) + "\n")
+    assert training_time(log) == {}
 
 
 @pytest.mark.slow
