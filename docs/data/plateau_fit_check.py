@@ -26,9 +26,12 @@ splits["train300"] = subset(load_split(cfg.data, "train"), 300)
 teacher, _ = load_teacher(cfg, splits["val"].class_names)  # the shipped file, its hash checked
 models = {"teacher": (teacher, tuple(cfg.teacher.model.input_size))}
 for arg in sys.argv[2:]:
-    label, _, path = arg.rpartition("=")
+    label, sep, path = arg.partition("=")
+    label, path = (label, path) if sep else (arg, arg)
+    if label in models:
+        sys.exit(f"plateau_fit_check: the label {label!r} is given twice")
     m, _, _ = load_detector(Path(path))
-    models[label or path] = (m, tuple(m.cfg.input_size))
+    models[label] = (m, tuple(m.cfg.input_size))
 out = {}
 for name, (m, size) in models.items():
     out[name] = {s: round(100 * coco_eval(ds, predict(m, ds, size))["AP"], 2) for s, ds in splits.items()}
