@@ -113,9 +113,16 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _truncate_log(path: Path, step: int) -> None:
-    """After a resume, drop log lines past the checkpoint's step (they will be logged again)."""
+    """After a resume, drop log lines past the checkpoint's step (they will be logged again), and a line a kill
+    cut mid-write (it would not parse, and the readers of the log skip it anyway)."""
     if path.is_file():
-        keep = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    keep.append(line)
+            except ValueError:
+                continue
         write_text(path, "".join(line + "\n" for line in keep))
 
 

@@ -11,7 +11,7 @@ from distill.checkpoint import load_checkpoint, load_model_state, save_checkpoin
 from distill.losses.detection import make_detection_loss
 from distill.models.detector import ModelConfig, build_detector
 from distill.settings import NonFiniteLoss, TrainConfig
-from distill.trainer import train
+from distill.trainer import _truncate_log, train
 from pipeline.config import DataConfig
 from pipeline.stages.data import load_split
 from tests.conftest import REPO
@@ -196,3 +196,11 @@ def test_the_progress_bar_counts_the_steps_an_epoch_will_run():
     assert steps_in_epoch(0, 12, 3) == 3
     assert [steps_in_epoch(e, 10, 25) for e in range(3)] == [10, 10, 5]
     assert steps_in_epoch(1, 12, 12) == 0
+
+
+def test_a_resume_drops_later_steps_and_a_line_cut_by_a_kill(tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 10, "loss": 2.0}\n{"step": 20, "epoch": 1, "val": {}}\n\n'
+                   '{"step": 30, "loss": 1.0}\n{"step": 4')  # the last line cut by a kill
+    _truncate_log(log, 20)
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [10, 20]
