@@ -1,4 +1,5 @@
-"""Atomic writes: an artifact appears under its final name complete, or not at all."""
+"""Artifact files: atomic writes (an artifact appears under its final name complete, or not at all), hashes, and
+reading back a JSON-lines log that a kill may have cut mid-line."""
 
 from __future__ import annotations
 
@@ -47,6 +48,20 @@ def write_text(path: PathLike, text: str) -> None:
 def write_json(path: PathLike, data: Any, indent: int = 2) -> None:
     """Write JSON atomically (NaN is refused: it is not JSON)."""
     write_text(path, json.dumps(data, indent=indent, allow_nan=False) + "\n")
+
+
+def read_jsonl(path: PathLike) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file (a trainer's log.jsonl), skipping any line that does not parse: a kill cuts
+    the line being written, and the lines before it are still whole. OSError if the file cannot be read."""
+    records = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:

@@ -34,7 +34,7 @@ from deploy import metrics_file
 from deploy.coco import CocoDataset
 from deploy.errors import InputError
 from deploy.evaluate import format_metrics, write_evaluation
-from deploy.files import write_json, write_text
+from deploy.files import read_jsonl, write_json, write_text
 from distill.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from distill.data.dataset import DetectionDataset, collate
 from distill.settings import NonFiniteLoss, TrainConfig
@@ -116,14 +116,8 @@ def _truncate_log(path: Path, step: int) -> None:
     """After a resume, drop log lines past the checkpoint's step (they will be logged again), and a line a kill
     cut mid-write (it would not parse, and the readers of the log skip it anyway)."""
     if path.is_file():
-        keep = []
-        for line in path.read_text().splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= step:
-                    keep.append(line)
-            except ValueError:
-                continue
-        write_text(path, "".join(line + "\n" for line in keep))
+        keep = [record for record in read_jsonl(path) if record.get("step", 0) <= step]
+        write_text(path, "".join(json.dumps(record) + "\n" for record in keep))
 
 
 @dataclass

@@ -3,7 +3,6 @@ training curves of teacher and students."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
-from deploy.files import atomic_path  # noqa: E402
+from deploy.files import atomic_path, read_jsonl  # noqa: E402
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -86,11 +85,7 @@ def plot_ap_bars(rows: list[dict[str, Any]], path: Path) -> Path:
 def read_log(path: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
     """([(step, loss)], [(step, val AP %)]) from a trainer's log.jsonl."""
     losses, aps = [], []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line cut by a crash
+    for record in read_jsonl(path):
         if "val" in record:
             aps.append((record["step"], 100 * record["val"]["AP"]))
         elif "loss" in record:

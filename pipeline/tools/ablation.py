@@ -33,7 +33,7 @@ from typing import Any
 from deploy import metrics_file
 from deploy.errors import GateError, InputError
 from deploy.evaluate import coco_eval
-from deploy.files import sha256_file, write_json, write_text
+from deploy.files import read_jsonl, sha256_file, write_json, write_text
 from deploy.tables import markdown_table
 from pipeline import paths
 from pipeline.artifacts import stage_metrics
@@ -117,17 +117,13 @@ def training_time(log: Path) -> dict[str, Any]:
     it trained with, from its log.jsonl; each key only where the log records it (a log written before
     elapsed_s existed has no time: unknown, not 0). A reused run's figures are its own, not this call's."""
     try:
-        lines = log.read_text().splitlines()
+        records = read_jsonl(log)
     except OSError:
         return {}
     total = last = 0.0
     timed = False
     threads = None
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
+    for record in records:
         if "elapsed_s" in record:
             timed = True
             if record["elapsed_s"] < last:  # a new session

@@ -10,14 +10,13 @@ command, seed, epochs, wall time, machine, AP/AP50/AP75/APs/m/l on all val image
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from deploy import metrics_file
 from deploy.errors import InputError
-from deploy.files import sha256_file, write_text
+from deploy.files import read_jsonl, sha256_file, write_text
 from deploy.machine import machine_info, machine_line
 from deploy.tables import markdown_table
 from pipeline.cli import guarded
@@ -28,8 +27,7 @@ MAX_MB = 12.0  # the before-stop size check allows files under weights/ up to 12
 def epoch_curve(log: Path) -> list[dict[str, Any]]:
     """[{'epoch', 'step', 'AP', 'AP50', 'val_images'}] from a trainer's log.jsonl, one per evaluation."""
     rows = []
-    for line in log.read_text().splitlines():
-        record = json.loads(line)
+    for record in read_jsonl(log):
         if "val" in record:
             rows.append({"step": record["step"], "val_images": record["val_images"],
                          **{k: record["val"][k] for k in ("AP", "AP50")}, "elapsed_s": record.get("elapsed_s")})
