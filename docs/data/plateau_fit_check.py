@@ -2,8 +2,9 @@
 300 training scenes) and the first 300 of the students' own training scenes, to see whether the
 selection-vs-val gap is fit to the Fashion-MNIST train item pool.
 
-Usage: python docs/data/plateau_fit_check.py <data root> <label>=<student last.pt> ...
-(plateau-fit-seed0.json is the JSON it prints last, under "AP", with what / command / machine added.)"""
+Usage: python docs/data/plateau_fit_check.py [--no-teacher] <data root> <label>=<student last.pt> ...
+(--no-teacher: the students only; the teacher's figures do not change between calls.
+plateau-fit-seed0.json is the JSON it prints last, under "AP", with what / command / machine added.)"""
 import json
 import sys
 from pathlib import Path
@@ -18,14 +19,19 @@ from pipeline.config import load_config
 from pipeline.stages.data import load_split
 
 torch.set_num_threads(1)
+args = sys.argv[1:]
+with_teacher = "--no-teacher" not in args
+args = [a for a in args if a != "--no-teacher"]
 cfg = load_config(Path("configs/pipelines/default.yaml"))
-cfg.data.root = sys.argv[1]
+cfg.data.root = args[0]
 cfg.data.select_images = 300
 splits = {"val": load_split(cfg.data, "val"), "select": load_split(cfg.data, "select")}
 splits["train300"] = subset(load_split(cfg.data, "train"), 300)
-teacher, _ = load_teacher(cfg, splits["val"].class_names)  # the shipped file, its hash checked
-models = {"teacher": (teacher, tuple(cfg.teacher.model.input_size))}
-for arg in sys.argv[2:]:
+models = {}
+if with_teacher:
+    teacher, _ = load_teacher(cfg, splits["val"].class_names)  # the shipped file, its hash checked
+    models["teacher"] = (teacher, tuple(cfg.teacher.model.input_size))
+for arg in args[1:]:
     label, sep, path = arg.partition("=")
     label, path = (label, path) if sep else (arg, arg)
     if label in models:
